@@ -1,0 +1,80 @@
+"""Backend dispatch: the one place that picks a Triton kernel or its PyTorch reference.
+
+Every public kernel entry point goes through here. ``backend`` is one of
+
+- ``"auto"``: Triton for CUDA tensors, the PyTorch reference for CPU tensors;
+- ``"triton"``: the Triton kernel (on CPU tensors it runs in the Triton interpreter, see
+  `spiffy_triton.triton_mode`);
+- ``"torch"``: the pure-PyTorch reference.
+
+The environment variable ``SPIFFY_TRITON_BACKEND`` replaces the meaning of ``"auto"`` (an
+explicit ``backend="triton"`` or ``"torch"`` argument always wins), so a whole program can be
+switched without touching call sites.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+
+from . import triton_mode
+
+BACKENDS = ("auto", "triton", "torch")
+BACKEND_ENV = "SPIFFY_TRITON_BACKEND"
+
+
+def _validate_name(backend: object, source: str) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def resolve_backend(backend: str, tensors: Iterable[torch.Tensor], op: str) -> str:
+    """Return ``"triton"`` or ``"torch"`` for one call of `op` on `tensors`."""
+    backend = _validate_name(backend, "backend")
+    if backend == "auto":
+        env = os.environ.get(BACKEND_ENV)
+        if env:
+            backend = _validate_name(env.strip().lower(), f"environment variable {BACKEND_ENV}")
+    devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(devices)}")
+    device = devices.pop() if devices else "cpu"
+    if backend == "auto":
+        return "triton" if device == "cuda" and triton_mode.triton_available() else "torch"
+    if backend == "triton":
+        triton_mode.check_triton_runs_on(device, op)
+    return backend
+
+
+def graph_attention(q, k, v, layout, *, scale=None, return_lse=False, backend="auto"):
+    """Attention of `q` over `k, v` under a `SegmentLayout` (see the kernel's docstring)."""
+    if resolve_backend(backend, (q, k, v), "graph_attention") == "triton":
+        from .kernels.graph_attention import graph_attention as impl
+    else:
+        from .reference.graph_attention import graph_attention as impl
+    return impl(q, k, v, layout, scale=scale, return_lse=return_lse)
+
+
+def marginals(
+    logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=None, backend="auto"
+):
+    """Fused per-row token choice, confidence, top-k, lse and entropy over the vocabulary."""
+    if resolve_backend(backend, (logits, positions), "marginals") == "triton":
+        from .kernels.marginals import marginals as impl
+    else:
+        from .reference.marginals import marginals as impl
+    return impl(
+        logits, top_k=top_k, temperature=temperature, seed=seed, step=step, positions=positions
+    )
+
+
+def rank_positions(confidence, eligible, *, backend="auto"):
+    """Positions per row by descending confidence (ties: lower position), ineligible last."""
+    if resolve_backend(backend, (confidence, eligible), "rank_positions") == "triton":
+        from .kernels.marginals import rank_positions as impl
+    else:
+        from .reference.marginals import rank_positions as impl
+    return impl(confidence, eligible)
