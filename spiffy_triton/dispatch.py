@@ -58,9 +58,7 @@ def graph_attention(q, k, v, layout, *, scale=None, return_lse=False, backend="a
     return impl(q, k, v, layout, scale=scale, return_lse=return_lse)
 
 
-def marginals(
-    logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=None, backend="auto"
-):
+def marginals(logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=None, backend="auto"):
     """Fused per-row token choice, confidence, top-k, lse and entropy over the vocabulary."""
     if resolve_backend(backend, (logits, positions), "marginals") == "triton":
         from .kernels.marginals import marginals as impl

@@ -1,0 +1,75 @@
+"""Shared test helpers: per-dtype tolerances and a comparison that says where and how much.
+
+Import as `from utils import assert_close, TOLERANCES` (pytest puts tests/ on sys.path).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# (atol, rtol) for outputs computed with fp32 accumulation from inputs of the given dtype,
+# compared with a float32/float64 reference of the same inputs.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (2e-3, 2e-3),
+    torch.bfloat16: (1.6e-2, 1.6e-2),
+}
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    if dtype not in TOLERANCES:
+        raise KeyError(f"no tolerance defined for {dtype}")
+    return TOLERANCES[dtype]
+
+
+def interpreter_active() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def describe_difference(
+    actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, name: str = "tensor"
+) -> str:
+    """Where and by how much `actual` departs from `expected` (for assertion messages)."""
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    both_nan = torch.isnan(a) & torch.isnan(e)
+    same_inf = torch.isinf(a) & torch.isinf(e) & (a == e)
+    diff = (a - e).abs()
+    diff[both_nan | same_inf] = 0.0
+    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+    allowed = atol + rtol * e.abs().nan_to_num(0.0, posinf=0.0, neginf=0.0)
+    bad = diff > allowed
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return f"{name}: all {a.numel()} elements within atol={atol:g} rtol={rtol:g}"
+    flat = int(torch.argmax(torch.where(bad, diff, torch.zeros_like(diff))))
+    idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape))
+    return (
+        f"{name}: {n_bad} of {a.numel()} elements ({100.0 * n_bad / max(a.numel(), 1):.3g}%) "
+        f"outside atol={atol:g} rtol={rtol:g}; worst at index {idx}: actual {a[idx].item():.8g} "
+        f"expected {e[idx].item():.8g} (|diff| {diff[idx].item():.3g}); "
+        f"max |diff| {diff.max().item():.3g}"
+    )
+
+
+def assert_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    name: str = "tensor",
+):
+    """Assert `actual` ~ `expected` with the tolerance of `dtype` (default: actual's dtype)."""
+    assert actual.shape == expected.shape, (
+        f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    )
+    d_atol, d_rtol = tolerance(dtype or actual.dtype)
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    message = describe_difference(actual, expected, atol, rtol, name)
+    assert message.endswith(f"within atol={atol:g} rtol={rtol:g}"), message
