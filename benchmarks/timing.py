@@ -8,6 +8,7 @@ as a table and written as JSON under `benchmarks/results/`.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# SPIFFY_BENCH_RESULTS_DIR redirects every script's results (run_all's --out-dir, tests).
+RESULTS_DIR = Path(
+    os.environ.get("SPIFFY_BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results"
+)
 
 
 def on_gpu() -> bool:

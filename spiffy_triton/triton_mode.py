@@ -36,12 +36,28 @@ def configure() -> None:
 
 
 def triton_available() -> bool:
-    return "triton" in sys.modules or importlib.util.find_spec("triton") is not None
+    if "triton" in sys.modules:
+        return sys.modules["triton"] is not None  # None: imports of triton are blocked
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def triton_library_interpreted() -> bool | None:
+    """Whether triton's own `@jit` library (tl.sum, tl.max...) was defined interpreted;
+    None while triton is not imported (it will follow the environment variable)."""
+    if sys.modules.get("triton.language") is None:
+        return None
+    from triton.language import standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(standard.sum, InterpretedFunction)
 
 
 def interpreter_enabled() -> bool:
     """True when triton kernels defined in this process run in the interpreter."""
-    return _truthy(os.environ.get(_ENV))
+    return _truthy(os.environ.get(_ENV)) and triton_library_interpreted() is not False
 
 
 def check_triton_runs_on(device_type: str, op: str) -> None:
@@ -56,6 +72,14 @@ def check_triton_runs_on(device_type: str, op: str) -> None:
     if device_type == "cpu":
         if interpreter_enabled():
             return
+        if _truthy(os.environ.get(_ENV)):
+            raise RuntimeError(
+                f"{op}: backend='triton' got CPU tensors, but triton was imported before "
+                "TRITON_INTERPRET=1 was set, so its library is compiled for the GPU and the "
+                "interpreter cannot run the kernels. Set TRITON_INTERPRET=1 in the environment "
+                "before Python starts (or before the first import of triton or spiffy_triton), "
+                "or use backend='torch'."
+            )
         raise RuntimeError(
             f"{op}: backend='triton' got CPU tensors, but Triton kernels in this process are "
             "compiled for the GPU (TRITON_INTERPRET is off). Set TRITON_INTERPRET=1 in the "

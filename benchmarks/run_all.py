@@ -1,0 +1,322 @@
+"""Run every benchmark study that can run on this machine; write a summary and plots.
+
+    python -m benchmarks.run_all [--quick] [--only a,b] [--skip a,b] [--out-dir DIR]
+    python benchmarks/run_all.py ...            (the same; `spiffy-triton bench` calls it)
+
+Each study is a script run in its own subprocess with a timeout (a crash or a hang in one does
+not stop the others); `--quick` is passed to scripts that accept it. Scripts write
+`<out-dir>/<name>.json` through `benchmarks/timing.py` (the out dir reaches them as
+`SPIFFY_BENCH_RESULTS_DIR`). Afterwards this collects every JSON there and writes
+`SUMMARY.md`, PNG plots, `run_all.json` (what ran, how long, exit status) and `logs/<study>.log`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.timing import RESULTS_DIR, machine_info
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study: a script under benchmarks/ or a module run with `python -m`."""
+
+    name: str
+    what: str
+    script: Path | None = None
+    module: str | None = None
+    timeout_s: float = 900.0
+    env: dict = field(default_factory=dict)
+    args: tuple[str, ...] = ()  # extra arguments; "{out_dir}" is replaced by the results dir
+
+    def source(self) -> Path | None:
+        """The file that must exist for the study to run."""
+        if self.script is not None:
+            return self.script
+        parts = self.module.split(".")
+        if parts[0] == "spiffy_triton":
+            return REPO_ROOT.joinpath("spiffy_triton", *parts[1:]).with_suffix(".py")
+        return REPO_ROOT.joinpath(*parts).with_suffix(".py")
+
+    def command(self, quick: bool, out_dir: Path) -> list[str]:
+        target = [str(self.script)] if self.script is not None else ["-m", self.module]
+        extra = [a.replace("{out_dir}", str(out_dir)) for a in self.args]
+        accepts_quick = "--quick" in self.source().read_text(encoding="utf-8", errors="replace")
+        return [sys.executable, *target, *extra, *(["--quick"] if quick and accepts_quick else [])]
+
+
+# Order matters: perf_model reads nfe.json for the measured acceptance.
+STUDIES = (
+    Study(
+        "graph_attention", "graph-masked attention kernel vs SDPA", BENCH_DIR / "graph_attention.py"
+    ),
+    Study("marginals", "fused marginals kernel vs PyTorch composition", BENCH_DIR / "marginals.py"),
+    Study(
+        "compile_report",
+        "every shipped kernel config compiled for sm_90 / sm_80",
+        module="spiffy_triton.compile_report",
+        env={"TRITON_INTERPRET": "0"},
+        args=("--out", "{out_dir}/compile_report.json"),
+    ),
+    Study("nfe", "forward passes (NFE): vanilla vs Spiffy", BENCH_DIR / "nfe.py", 1800.0),
+    Study(
+        "calibration", "calibrated vs default draft graphs", BENCH_DIR / "calibration.py", 1800.0
+    ),
+    Study("wallclock", "CPU tokens/s, vanilla vs Spiffy, phase split", BENCH_DIR / "wallclock.py"),
+    Study("perf_model", "MODEL of LLaDA-8B on H100 / H200", BENCH_DIR / "perf_model.py", 300.0),
+)
+
+
+def run_study(study: Study, *, out_dir: Path, quick: bool, timeout_s: float | None) -> dict:
+    """Run one study in a subprocess; returns its status record (never raises for the study's
+    own failures)."""
+    record = {"study": study.name, "what": study.what, "status": "missing", "seconds": 0.0}
+    source = study.source()
+    if not source.is_file():
+        shown = source.relative_to(REPO_ROOT) if source.is_relative_to(REPO_ROOT) else source
+        record["detail"] = f"{shown} not found"
+        return record
+    command = study.command(quick, out_dir)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["SPIFFY_BENCH_RESULTS_DIR"] = str(out_dir)
+    env.update(study.env)
+    log_dir = out_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{study.name}.log"
+    limit = timeout_s if timeout_s is not None else study.timeout_s
+    record["command"] = " ".join(
+        Path(command[0]).name if i == 0 else c for i, c in enumerate(command)
+    )
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        try:
+            proc = subprocess.run(
+                command,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=limit,
+                check=False,
+            )
+            record["status"] = "ok" if proc.returncode == 0 else "failed"
+            record["returncode"] = proc.returncode
+        except subprocess.TimeoutExpired:
+            record["status"] = "timeout"
+            record["detail"] = f"killed after {limit:.0f} s"
+    record["seconds"] = round(time.perf_counter() - start, 2)
+    record["log"] = str(log_path.relative_to(out_dir))
+    if record["status"] == "failed":
+        lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        record["detail"] = lines[-1][:200] if lines else "no output"
+    return record
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)[:60]
+    return "" if value is None else str(value).replace("|", "\\|")
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return "(no rows)\n"
+    columns = list(columns or dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# Columns shown in the summary for wide tables (the JSON keeps them all).
+SUMMARY_COLUMNS = {
+    "perf_model": (
+        "gpu cached C D query_rows total_GB total_TFLOP t_mem_ms t_compute_ms t_step_ms bound "
+        "step_cost_vs_D0 fused_saving_pct steps_per_forward speedup_per_step speedup_per_block"
+    ).split(),
+}
+# Rows shown in the summary for long tables.
+SUMMARY_ROWS = {
+    "perf_model": lambda r: r.get("C") == 1024,
+    "perf_model_attention": lambda r: r.get("C") == 1024,
+}
+MAX_SUMMARY_ROWS = 60
+
+
+def collect_results(out_dir: Path) -> dict[str, dict]:
+    payloads = {}
+    for path in sorted(out_dir.glob("*.json")):
+        if path.name == "run_all.json":
+            continue
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            payload = {"rows": [], "meta": {"error": f"unreadable JSON: {exc}"}}
+        payloads[path.stem] = payload if isinstance(payload, dict) else {"rows": payload}
+    return payloads
+
+
+def make_plots(payloads: dict[str, dict], out_dir: Path) -> list[Path]:
+    """Plots for results that do not draw their own; returns every PNG in out_dir."""
+    try:
+        from benchmarks import plots
+    except ImportError:
+        return sorted(out_dir.glob("*.png"))
+    for name, payload in payloads.items():
+        png = out_dir / f"{name}.png"
+        if png.exists() or name.startswith(("perf_model", "wallclock")):
+            continue
+        try:
+            plots.plot_acceptance(payload, png) or plots.plot_timings(payload, png)
+        except ImportError:
+            break  # no matplotlib: the summary says so
+    return sorted(out_dir.glob("*.png"))
+
+
+def write_summary(
+    records: Sequence[dict], payloads: dict[str, dict], pngs: Sequence[Path], out_dir: Path, argv
+) -> Path:
+    info = machine_info()
+    lines = [
+        "# spiffy-triton benchmark summary",
+        "",
+        f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
+        f"`{' '.join(['python -m benchmarks.run_all', *argv])}`",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "",
+        "Tables marked MODELED are analytic predictions (benchmarks/perf_model.py), not "
+        "measurements. Everything else was measured on the machine above.",
+        "",
+        "## Studies",
+        "",
+        markdown_table(records, ["study", "what", "status", "seconds", "command", "detail"]),
+    ]
+    order = [r["study"] for r in records]
+
+    def rank(name: str) -> tuple[int, str]:
+        base = next((s for s in order if name == s or name.startswith(s + "_")), None)
+        return (order.index(base) if base else len(order), name)
+
+    for name in sorted(payloads, key=rank):
+        payload = payloads[name]
+        meta = payload.get("meta") or {}
+        rows = payload.get("rows") or []
+        label = meta.get("label") if isinstance(meta.get("label"), str) else ""
+        lines += [f"## {name}", ""]
+        if label:
+            lines += [f"**{label}**", ""]
+        scalars = {
+            k: v for k, v in meta.items() if k != "label" and isinstance(v, (str, int, float, bool))
+        }
+        if scalars:
+            lines += ["- " + "; ".join(f"{k}: {_cell(v)}" for k, v in scalars.items()), ""]
+        machine = payload.get("machine") or {}
+        if machine and not label.startswith("MODELED"):
+            lines += [f"- measured on: {machine.get('device', '?')}", ""]
+        keep = SUMMARY_ROWS.get(name)
+        shown = [r for r in rows if keep is None or keep(r)]
+        if len(shown) < len(rows):
+            lines += [f"({len(shown)} of {len(rows)} rows shown; all in `{name}.json`)", ""]
+        rows, shown = shown, shown[:MAX_SUMMARY_ROWS]
+        lines.append(markdown_table(shown, SUMMARY_COLUMNS.get(name)))
+        if len(rows) > len(shown):
+            lines += [f"({len(rows) - len(shown)} more rows in `{name}.json`)", ""]
+        for png in pngs:
+            if png.stem == name:
+                lines += [f"![{name}]({png.name})", ""]
+    path = out_dir / "SUMMARY.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(
+    studies: Sequence[Study],
+    *,
+    out_dir: Path,
+    quick: bool = False,
+    timeout_s: float | None = None,
+    plots: bool = True,
+    argv: Sequence[str] = (),
+) -> list[dict]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for study in studies:
+        print(f"[run_all] {study.name}: {study.what} ...", flush=True)
+        record = run_study(study, out_dir=out_dir, quick=quick, timeout_s=timeout_s)
+        print(
+            f"[run_all] {study.name}: {record['status']} ({record['seconds']:.1f} s)"
+            + (f" - {record['detail']}" if record.get("detail") else ""),
+            flush=True,
+        )
+        records.append(record)
+    payloads = collect_results(out_dir)
+    pngs = make_plots(payloads, out_dir) if plots else sorted(out_dir.glob("*.png"))
+    (out_dir / "run_all.json").write_text(
+        json.dumps({"machine": machine_info(), "quick": quick, "studies": records}, indent=2) + "\n"
+    )
+    summary = write_summary(records, payloads, pngs, out_dir, list(argv))
+    print(f"[run_all] wrote {summary}")
+    return records
+
+
+def select(names: str | None, skip: str | None) -> list[Study]:
+    known = {s.name for s in STUDIES}
+    chosen = [n.strip() for n in (names or "").split(",") if n.strip()] or [s.name for s in STUDIES]
+    dropped = [n.strip() for n in (skip or "").split(",") if n.strip()]
+    unknown = sorted(set(chosen + dropped) - known)
+    if unknown:
+        raise SystemExit(
+            f"--only/--skip: unknown studies {unknown}; expected some of {sorted(known)}"
+        )
+    return [s for s in STUDIES if s.name in chosen and s.name not in dropped]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke sizes (passed to studies)")
+    parser.add_argument("--only", default=None, help="comma-separated studies to run")
+    parser.add_argument("--skip", default=None, help="comma-separated studies to leave out")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per study")
+    parser.add_argument("--out-dir", default=None, help=f"default {RESULTS_DIR}")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--list", action="store_true", help="list the studies and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for study in STUDIES:
+            state = "present" if study.source().is_file() else "missing"
+            print(f"{study.name:16s} {state:8s} {study.what}")
+        return 0
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error(f"--timeout must be positive, got {args.timeout}")
+    records = run(
+        select(args.only, args.skip),
+        out_dir=Path(args.out_dir).resolve() if args.out_dir else RESULTS_DIR,
+        quick=args.quick,
+        timeout_s=args.timeout,
+        plots=not args.no_plots,
+        argv=argv,
+    )
+    return 0 if all(r["status"] in ("ok", "missing") for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""CPU wall clock of Spiffy against vanilla decoding on the bundled model (PyTorch backend).
+
+MEASURED on this machine. For each configuration - vanilla, and Spiffy with D drafts per
+forward (D = 0 runs all of Spiffy's machinery - P_last marginals, drafting, layout, walk - with
+no draft verified) - it decodes the same held-out prompts with `spiffy_triton.generate` and
+reports tokens per second, the time per phase (model forward, drafting, layout, marginals, walk:
+`GenerateOutput.stats.time_s`), and Spiffy's overhead (the non-model phases) as a share of model
+time. Configurations run interleaved, one repeat of each in turn (in a rotated order), so they
+share the machine's conditions; numbers are medians over repeats, and the speedup is the median
+of per-repeat ratios measured side by side.
+
+    python benchmarks/wallclock.py [--quick] [--drafts 0,3,5,8,10] [--repeats 5] [--cache dual]
+
+Writes benchmarks/results/wallclock.json and wallclock.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from benchmarks.timing import RESULTS_DIR, format_table, write_results
+from spiffy_triton import DraftGraph, generate, load_model
+from spiffy_triton.decode import PHASES
+from spiffy_triton.tinydata import heldout_prompts
+
+SPIFFY_PHASES = tuple(p for p in PHASES if p != "model")
+
+
+def no_drafts_filler(graph, root_state, p_last, mask_id):
+    """A draft filler that proposes nothing: Spiffy's loop with zero drafts verified."""
+    return []
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    drafts: int | None  # None: vanilla
+
+    def generate_kwargs(self, graph_template: str | None) -> dict:
+        if self.drafts is None:
+            return {}
+        if self.drafts == 0:
+            return {"graph": DraftGraph.default(1), "filler": no_drafts_filler}
+        if graph_template:
+            return {"graph": graph_template.format(D=self.drafts)}
+        return {"graph": DraftGraph.default(self.drafts)}
+
+
+def pick_prompts(model, count: int) -> list[torch.Tensor]:
+    """`count` held-out prompts, taking the kinds (arithmetic, word problems, code) in turn."""
+    if model.tokenizer is None:
+        raise ValueError("the model has no tokenizer.json; wallclock needs text prompts")
+    per_kind = heldout_prompts(n_per_kind=max(1, -(-count // 3)))
+    mixed = [ex for group in zip(*per_kind.values()) for ex in group][:count]
+    return [torch.tensor([model.tokenizer.encode(ex.prompt)], dtype=torch.long) for ex in mixed]
+
+
+def run_once(model, prompts, config: Config, args) -> dict:
+    """Decode every prompt once with `config`; wall time, phase times (s) and token ids."""
+    phases = dict.fromkeys((*PHASES, "total"), 0.0)
+    nfe = steps = 0
+    outputs = []
+    kwargs = config.generate_kwargs(args.graph_template)
+    start = time.perf_counter()
+    for prompt in prompts:
+        out = generate(
+            model,
+            prompt,
+            gen_length=args.gen_length,
+            block_length=args.block_length,
+            cache=args.cache,
+            backend="torch",
+            **kwargs,
+        )
+        for phase in phases:
+            phases[phase] += out.stats.time_s.get(phase, 0.0)
+        nfe += out.nfe
+        steps += out.steps
+        outputs.append(out.tokens)
+    return {
+        "wall_s": time.perf_counter() - start,
+        "phases": phases,
+        "nfe": nfe,
+        "steps": steps,
+        "tokens": outputs,
+    }
+
+
+def measure(model, prompts, configs: Sequence[Config], args) -> dict[str, list[dict]]:
+    """Warm up each configuration once, then `args.repeats` interleaved rounds."""
+    runs: dict[str, list[dict]] = {c.name: [] for c in configs}
+    for config in configs:
+        run_once(model, prompts, config, args)
+    for r in range(args.repeats):
+        shift = r % len(configs)
+        for config in configs[shift:] + configs[:shift]:
+            runs[config.name].append(run_once(model, prompts, config, args))
+    return runs
+
+
+def summarize(runs: dict[str, list[dict]], configs: Sequence[Config], args, n_prompts: int):
+    vanilla = runs["vanilla"]
+    generated = n_prompts * args.gen_length
+    # Both decoders make the same transitions, so vanilla's non-model time (marginals, rule,
+    # layout) is the baseline; what Spiffy adds on top of it is its own overhead.
+    vanilla_rest_ms = (
+        statistics.median(sum(rep["phases"][p] for p in SPIFFY_PHASES) for rep in vanilla)
+        / n_prompts
+        * 1e3
+    )
+    rows = []
+    for config in configs:
+        reps = runs[config.name]
+        per_call = {
+            phase: statistics.median(rep["phases"][phase] for rep in reps) / n_prompts * 1e3
+            for phase in (*PHASES, "total")
+        }
+        model_ms = per_call["model"]
+        spiffy_ms = sum(per_call[p] for p in SPIFFY_PHASES)
+        row = {
+            "config": config.name,
+            "D": config.drafts,
+            "tokens_per_s": statistics.median(generated / rep["wall_s"] for rep in reps),
+            "speedup": statistics.median(
+                v["wall_s"] / rep["wall_s"] for v, rep in zip(vanilla, reps)
+            ),
+            "nfe": reps[0]["nfe"],
+            "steps_per_forward": reps[0]["steps"] / reps[0]["nfe"],
+            "same_tokens_as_vanilla": all(
+                torch.equal(a, b) for a, b in zip(reps[0]["tokens"], vanilla[0]["tokens"])
+            ),
+            **{f"{phase}_ms": per_call[phase] for phase in PHASES},
+            "other_ms": per_call["total"] - sum(per_call[p] for p in PHASES),
+            "total_ms": per_call["total"],
+            "overhead_pct_of_model": 100.0 * spiffy_ms / model_ms if model_ms > 0 else None,
+            "added_vs_vanilla_pct_of_model": (
+                100.0 * (spiffy_ms - vanilla_rest_ms) / model_ms if model_ms > 0 else None
+            ),
+            "wall_s_min": min(rep["wall_s"] for rep in reps),
+            "wall_s_max": max(rep["wall_s"] for rep in reps),
+        }
+        rows.append(row)
+    return rows
+
+
+def plot(rows: list[dict], out_path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = [r["config"] for r in rows]
+    fig, (ax_rate, ax_split) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_rate.bar(names, [r["tokens_per_s"] for r in rows], color="tab:blue")
+    for x, r in enumerate(rows):
+        ax_rate.annotate(f"{r['speedup']:.2f}x", (x, r["tokens_per_s"]), ha="center", va="bottom")
+    ax_rate.set(ylabel="tokens / s (median)", title=f"MEASURED: {title}")
+    bottom = [0.0] * len(rows)
+    for phase in (*PHASES, "other"):
+        values = [r[f"{phase}_ms"] for r in rows]
+        ax_split.bar(names, values, bottom=bottom, label=phase)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax_split.set(ylabel="ms per generate call (median)", title="time per phase")
+    ax_split.legend(fontsize=7)
+    for ax in (ax_rate, ax_split):
+        ax.tick_params(axis="x", rotation=30)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path
+
+
+def parse_drafts(text: str) -> list[int]:
+    try:
+        drafts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ValueError(f"--drafts: expected comma-separated integers, got {text!r}") from exc
+    if not drafts or any(not 0 <= d <= 16 for d in drafts):
+        raise ValueError(f"--drafts: expected integers in 0..16, got {text!r}")
+    return sorted(set(drafts))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help='"tiny" or a LLaDA checkpoint dir')
+    parser.add_argument("--drafts", default="0,3,5,8,10")
+    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--gen-length", type=int, default=64)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--cache", choices=("none", "prefix", "dual"), default="dual")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--graph-template", default=None, help="graph JSON path with {D}; default: built-in graphs"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 prompt, 32 tokens, 2 repeats")
+    parser.add_argument("--out-dir", default=None)
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    drafts = parse_drafts(args.drafts)
+    if args.quick:
+        args.prompts, args.gen_length, args.block_length, args.repeats = 1, 32, 32, 2
+        drafts = [d for d in drafts if d in (0, 3)] or drafts[:1]
+    for name in ("prompts", "gen_length", "block_length", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    args.cache = None if args.cache == "none" else args.cache
+    torch.set_num_threads(args.threads)
+
+    model = load_model(args.model, dtype=torch.float32, backend="torch")
+    prompts = pick_prompts(model, args.prompts)
+    configs = [Config("vanilla", None)] + [Config(f"spiffy D={d}", d) for d in drafts]
+    runs = measure(model, prompts, configs, args)
+    rows = summarize(runs, configs, args, len(prompts))
+
+    meta = {
+        "label": "MEASURED: CPU wall clock, PyTorch backend, float32",
+        "model": args.model,
+        "prompts": len(prompts),
+        "gen_length": args.gen_length,
+        "block_length": args.block_length,
+        "steps": args.gen_length,
+        "cache": args.cache or "none",
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "graphs": args.graph_template or "DraftGraph.default(D)",
+        "D=0": "Spiffy loop with a filler that proposes no draft",
+        "phase_times": "median over repeats of the sum over prompts, per generate call",
+    }
+    columns = [
+        "config", "tokens_per_s", "speedup", "nfe", "steps_per_forward", "same_tokens_as_vanilla",
+        *(f"{p}_ms" for p in PHASES), "other_ms", "overhead_pct_of_model",
+        "added_vs_vanilla_pct_of_model",
+    ]  # fmt: skip
+    print(f"== wallclock (MEASURED, {meta['cache']} cache, {args.threads} thread(s)) ==")
+    print(format_table(rows, columns))
+    out_dir = Path(args.out_dir) if args.out_dir else RESULTS_DIR
+    print(f"wrote {write_results('wallclock', rows, meta=meta, out_dir=out_dir)}")
+    if not args.no_plot:
+        title = f"{args.model}, {meta['cache']} cache, gen {args.gen_length}"
+        png = plot(rows, out_dir / "wallclock.png", title)
+        if png:
+            print(f"wrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

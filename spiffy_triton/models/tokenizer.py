@@ -1,0 +1,90 @@
+"""Character-level tokenizer of the bundled model: printable ASCII, newline, and specials.
+
+Ids 0..3 are the special tokens (pad/EOS share one id, as in LLaDA's SFT where answers are
+padded with EOS), then one id per character. The vocabulary is stored in ``tokenizer.json``
+beside the checkpoint so that a checkpoint always travels with the tokenizer it was
+trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+SPECIAL_TOKENS = ("<|eos|>", "<|bos|>", "<|mask|>", "<|unk|>")
+DEFAULT_CHARACTERS = "\n" + "".join(chr(c) for c in range(32, 127))
+
+
+class CharTokenizer:
+    """Maps each character to one id; special tokens come first."""
+
+    def __init__(self, characters: str = DEFAULT_CHARACTERS, special_tokens=SPECIAL_TOKENS):
+        if len(set(characters)) != len(characters):
+            raise ValueError("characters: every character must appear once")
+        if len(set(special_tokens)) != len(special_tokens):
+            raise ValueError("special_tokens: every special token must appear once")
+        missing = {"<|eos|>", "<|mask|>", "<|unk|>"} - set(special_tokens)
+        if missing:
+            raise ValueError(f"special_tokens must include {sorted(missing)}")
+        self.special_tokens = tuple(special_tokens)
+        self.characters = characters
+        self.id_to_piece = list(self.special_tokens) + list(characters)
+        self.piece_to_id = {piece: i for i, piece in enumerate(self.id_to_piece)}
+        self.eos_token_id = self.piece_to_id["<|eos|>"]
+        self.pad_token_id = self.eos_token_id
+        self.mask_token_id = self.piece_to_id["<|mask|>"]
+        self.unk_token_id = self.piece_to_id["<|unk|>"]
+        self.bos_token_id = self.piece_to_id.get("<|bos|>")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.id_to_piece)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of the characters of `text`; characters outside the vocabulary map to unk."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        table = self.piece_to_id
+        unk = self.unk_token_id
+        return [table.get(ch, unk) for ch in text]
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = True) -> str:
+        """Text of `ids`. With `skip_special_tokens` (default), specials are dropped."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        pieces = []
+        n_special = len(self.special_tokens)
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"ids: token id {i} outside the vocabulary [0, {self.vocab_size})")
+            if i < n_special and skip_special_tokens:
+                continue
+            pieces.append(self.id_to_piece[i])
+        return "".join(pieces)
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "char",
+            "special_tokens": list(self.special_tokens),
+            "characters": self.characters,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CharTokenizer:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("type") != "char":
+            raise ValueError(f"{path}: expected a tokenizer of type 'char', got {data.get('type')!r}")
+        return cls(data["characters"], tuple(data["special_tokens"]))

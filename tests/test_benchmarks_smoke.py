@@ -1,0 +1,125 @@
+"""Smoke tests of the benchmark entry point (benchmarks/run_all.py) and the wall-clock study
+(benchmarks/wallclock.py) on tiny sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import run_all  # noqa: E402
+
+WRITES_ACCEPTANCE = """
+from benchmarks.timing import report
+report("toy_nfe", [{"mode": "dual", "D": d, "steps_per_forward": 1 + d / 4} for d in (0, 2, 4)])
+report("toy_kernel", [{"shape": "32x128", "ref_ms": 2.0, "triton_ms": 1.0}])
+"""
+
+
+def _study(tmp_path: Path, name: str, body: str, timeout_s: float = 60.0) -> run_all.Study:
+    script = tmp_path / "scripts" / f"{name}.py"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(body)
+    return run_all.Study(name, f"toy {name}", script, timeout_s=timeout_s)
+
+
+def test_run_all_records_each_outcome_and_writes_summary(tmp_path):
+    out = tmp_path / "results"
+    studies = [
+        _study(tmp_path, "good", WRITES_ACCEPTANCE),
+        _study(tmp_path, "broken", "raise RuntimeError('boom in study')\n"),
+        _study(tmp_path, "slow", "import time\ntime.sleep(60)\n", timeout_s=2.0),
+        run_all.Study("absent", "not written yet", tmp_path / "scripts" / "absent.py"),
+    ]
+    records = run_all.run(studies, out_dir=out, quick=True, argv=["--quick"])
+    status = {r["study"]: r for r in records}
+    assert status["good"]["status"] == "ok"
+    assert status["broken"]["status"] == "failed"
+    assert "boom in study" in status["broken"]["detail"]
+    assert status["slow"]["status"] == "timeout"
+    assert status["slow"]["seconds"] < 30
+    assert status["absent"]["status"] == "missing"
+    # results went to the redirected dir, with logs, the run record, plots and the summary
+    assert json.loads((out / "toy_nfe.json").read_text())["rows"][2]["D"] == 4
+    assert "boom in study" in (out / "logs" / "broken.log").read_text()
+    recorded = json.loads((out / "run_all.json").read_text())
+    assert [s["status"] for s in recorded["studies"]] == ["ok", "failed", "timeout", "missing"]
+    assert (out / "toy_nfe.png").stat().st_size > 0
+    assert (out / "toy_kernel.png").stat().st_size > 0
+    summary = (out / "SUMMARY.md").read_text()
+    assert "| good | toy good | ok |" in summary
+    assert "## toy_nfe" in summary and "| dual | 4 | 2 |" in summary
+    assert "![toy_nfe](toy_nfe.png)" in summary
+
+
+def test_run_all_runs_the_performance_model(tmp_path):
+    out = tmp_path / "results"
+    code = run_all.main(["--only", "perf_model", "--quick", "--out-dir", str(out)])
+    assert code == 0
+    summary = (out / "SUMMARY.md").read_text()
+    assert "## perf_model" in summary and "MODELED" in summary
+    assert (out / "perf_model.png").is_file()
+    assert json.loads((out / "run_all.json").read_text())["studies"][0]["status"] == "ok"
+
+
+def test_run_all_rejects_unknown_study_names():
+    with pytest.raises(SystemExit, match="unknown studies"):
+        run_all.select("perf_model,nope", None)
+    assert [s.name for s in run_all.select(None, "compile_report,nfe")] == [
+        s.name for s in run_all.STUDIES if s.name not in ("compile_report", "nfe")
+    ]
+
+
+@pytest.fixture(scope="module")
+def toy_checkpoint(tmp_path_factory):
+    """A random-weight model of the bundled model's tokenizer, tiny enough for a smoke run."""
+    from spiffy_triton.models import CharTokenizer, LLaDAModel, save_checkpoint
+    from spiffy_triton.train_tiny import tiny_config
+
+    tokenizer = CharTokenizer()
+    config = dataclasses.replace(
+        tiny_config(tokenizer), d_model=32, n_heads=2, n_kv_heads=1, n_layers=1, mlp_hidden_size=64
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("toy_model")
+    save_checkpoint(LLaDAModel(config, backend="torch", tokenizer=tokenizer), path)
+    return path
+
+
+def test_wallclock_quick(tmp_path, toy_checkpoint):
+    from benchmarks import wallclock
+
+    assert (
+        wallclock.main(["--model", str(toy_checkpoint), "--quick", "--out-dir", str(tmp_path)]) == 0
+    )
+    payload = json.loads((tmp_path / "wallclock.json").read_text())
+    assert payload["meta"]["label"].startswith("MEASURED")
+    rows = {r["config"]: r for r in payload["rows"]}
+    assert set(rows) == {"vanilla", "spiffy D=0", "spiffy D=3"}
+    assert rows["vanilla"]["speedup"] == 1.0
+    # D = 0 verifies nothing: one step per forward, vanilla's tokens
+    assert rows["spiffy D=0"]["steps_per_forward"] == 1.0
+    assert rows["spiffy D=0"]["nfe"] == rows["vanilla"]["nfe"] == 32
+    assert rows["spiffy D=0"]["same_tokens_as_vanilla"] is True
+    for row in rows.values():
+        assert row["tokens_per_s"] > 0 and row["model_ms"] > 0
+        assert row["overhead_pct_of_model"] >= 0
+    assert rows["spiffy D=3"]["drafting_ms"] > 0
+    assert (tmp_path / "wallclock.png").is_file()
+
+
+def test_wallclock_rejects_bad_arguments():
+    from benchmarks import wallclock
+
+    with pytest.raises(ValueError, match="--drafts"):
+        wallclock.parse_drafts("3,x")
+    with pytest.raises(ValueError, match="0..16"):
+        wallclock.parse_drafts("17")
+    with pytest.raises(SystemExit):
+        wallclock.main(["--repeats", "0"])

@@ -1,0 +1,236 @@
+"""Draft filling and the `generate` API: shapes, statistics, modes, bad input.
+
+Uses a small random-weight model (fast); losslessness on the bundled trained model is in
+test_lossless.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spiffy_triton.decode import GenerateOutput, default_verify, generate, is_exact
+from spiffy_triton.drafting import fill_drafts, geometric_mean_score, rank_masked_positions
+from spiffy_triton.graph import DraftGraph
+from spiffy_triton.models import LLaDAConfig, LLaDAModel
+from spiffy_triton.types import MarginalsOutput
+
+MASK = 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = LLaDAConfig(
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        n_layers=2,
+        mlp_hidden_size=64,
+        vocab_size=24,
+        max_sequence_length=64,
+        mask_token_id=MASK,
+        eos_token_id=0,
+    )
+    return LLaDAModel(config, backend="torch").init_weights(3).to(torch.float64).eval()
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    return torch.tensor([[5, 9, 11, 4, 17, 8]])
+
+
+# --------------------------------------------------------------------------- drafting
+
+
+def p_last_from(top_tokens, top_probs) -> MarginalsOutput:
+    tokens = torch.tensor(top_tokens)
+    probs = torch.tensor(top_probs, dtype=torch.float32)
+    n = tokens.shape[0]
+    zeros = torch.zeros(n)
+    return MarginalsOutput(tokens[:, 0], probs[:, 0], tokens, probs, zeros, zeros)
+
+
+# 5 positions; top-2 tokens and probabilities per position.
+TOKENS = [[10, 11], [12, 13], [14, MASK], [16, 17], [18, 19]]
+PROBS = [[0.5, 0.2], [0.9, 0.05], [0.7, 0.1], [0.9, 0.01], [0.2, 0.1]]
+
+
+def test_rank_masked_positions_orders_root_masked_by_top1_probability():
+    root = torch.tensor([MASK, MASK, MASK, 7, MASK])  # position 3 already decoded
+    ranked = rank_masked_positions(p_last_from(TOKENS, PROBS), root, MASK, backend="torch")
+    assert ranked == [1, 2, 0, 4]  # 0.9, 0.7, 0.5, 0.2; position 3 is not masked
+
+
+def test_fill_drafts_fills_formulas():
+    root = torch.tensor([MASK, MASK, MASK, 7, MASK])
+    graph = DraftGraph([[(1, 1)], [(1, 2)], [(1, 1), (2, 1)], [(3, 1), (4, 2)], [(2, 2)], [(5, 1)]])
+    drafts = fill_drafts(graph, root, p_last_from(TOKENS, PROBS), MASK, backend="torch")
+    # node 4 would write the mask id at position 2; node 5 needs 5 masked positions (4 exist)
+    assert drafts.nodes == (0, 1, 2, 3)
+    expected = [
+        [MASK, 12, MASK, 7, MASK],
+        [MASK, 13, MASK, 7, MASK],
+        [MASK, 12, 14, 7, MASK],
+        [10, MASK, MASK, 7, 19],
+    ]
+    assert drafts.states.tolist() == expected
+
+
+def test_fill_drafts_dedupes_and_prunes():
+    root = torch.tensor([MASK, MASK, MASK, 7, MASK])
+    p_last = p_last_from(TOKENS, PROBS)
+    graph = DraftGraph([[(1, 1)], [(2, 1)], [(1, 1), (2, 1)], [(1, 2)], [(2, 1), (1, 1), (3, 1)]])
+
+    def same_everywhere(graph, root, p_last, mask_id):
+        # a filler that maps two nodes to one state: the second must be dropped
+        from spiffy_triton.drafting import DraftCandidate
+
+        return [DraftCandidate(k % 2, (1,), (12,), (0.9,)) for k in range(3)]
+
+    drafts = fill_drafts(graph, root, p_last, MASK, filler=same_everywhere)
+    assert drafts.nodes == (0,) and drafts.states.tolist() == [[MASK, 12, MASK, 7, MASK]]
+
+    pruned = fill_drafts(graph, root, p_last, MASK, max_drafts=2, backend="torch")
+    # geometric means: n0 0.9, n1 0.7, n2 sqrt(.63)=.79, n3 0.05, n4 (.315)^(1/3)=.68
+    assert pruned.nodes == (0, 2)
+    assert len(fill_drafts(graph, root, p_last, MASK, max_drafts=10, backend="torch")) == 5
+
+
+def test_geometric_mean_score():
+    from spiffy_triton.drafting import DraftCandidate
+
+    assert geometric_mean_score(DraftCandidate(0, (0, 1), (1, 2), (0.25, 1.0))) == pytest.approx(
+        0.5
+    )
+    assert geometric_mean_score(DraftCandidate(0, (0,), (1,), (0.0,))) == 0.0
+
+
+def test_fill_drafts_errors():
+    root = torch.tensor([MASK, MASK, MASK, 7, MASK])
+    one_token = p_last_from([[t[0]] for t in TOKENS], [[p[0]] for p in PROBS])
+    with pytest.raises(ValueError, match="top_k=1"):
+        fill_drafts(DraftGraph([[(1, 2)]]), root, one_token, MASK, backend="torch")
+    with pytest.raises(ValueError, match="rows"):
+        fill_drafts(DraftGraph([[(1, 1)]]), root[:3], one_token, MASK, backend="torch")
+
+
+# --------------------------------------------------------------------------- generate
+
+
+def test_vanilla_output_and_stats(model, prompt):
+    out = generate(model, prompt, gen_length=16, block_length=8)
+    assert isinstance(out, GenerateOutput)
+    assert out.tokens.shape == (1, 22) and out.tokens.dtype == torch.int64
+    assert torch.equal(out.tokens[:, :6], prompt)
+    assert not (out.tokens == MASK).any()
+    assert out.nfe == out.steps == 16  # one token per step, one forward per step
+    assert dict(out.stats.steps_per_forward) == {1: 16}
+    assert out.stats.exact and out.stats.graph is None
+    assert set(out.stats.time_s) >= {"model", "drafting", "layout", "marginals", "walk", "total"}
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+def test_spiffy_stats_are_consistent(model, prompt, cache):
+    out = generate(model, prompt, gen_length=16, block_length=8, cache=cache, graph=6)
+    stats = out.stats
+    assert stats.verify == default_verify(cache) and stats.exact
+    assert sum(stats.steps_per_forward.values()) == out.nfe
+    assert sum(k * v for k, v in stats.steps_per_forward.items()) == out.steps == 16
+    assert len(stats.node_verified) == 6
+    assert sum(stats.node_verified) == stats.drafts_verified
+    assert all(a <= v for a, v in zip(stats.node_accepted, stats.node_verified))
+    assert sum(stats.node_accepted) == out.steps - out.nfe  # every accepted draft saves a forward
+    assert all(0.0 <= a <= 1.0 for a in stats.acceptance)
+    if cache is not None:
+        # the block-start prefill of each of the 2 blocks runs without drafts
+        assert stats.drafts_verified <= (out.nfe - 2) * 6
+    d = stats.to_dict()
+    assert d["nfe"] == out.nfe and d["steps_per_forward"]
+    assert stats.tokens_per_second > 0
+
+
+def test_graph_forms_agree(model, prompt, tmp_path):
+    path = DraftGraph.default(4).save(tmp_path / "g.json")
+    runs = [
+        generate(model, prompt, gen_length=16, block_length=8, graph=g)
+        for g in (4, DraftGraph.default(4), str(path), path)
+    ]
+    for r in runs[1:]:
+        assert torch.equal(r.tokens, runs[0].tokens) and r.nfe == runs[0].nfe
+
+
+def test_max_drafts_limits_verification(model, prompt):
+    full = generate(model, prompt, gen_length=16, block_length=8, graph=8, cache="dual")
+    pruned = generate(
+        model, prompt, gen_length=16, block_length=8, graph=8, cache="dual", max_drafts=2
+    )
+    assert pruned.stats.drafts_verified <= 2 * pruned.nfe < full.stats.drafts_verified
+    assert torch.equal(pruned.tokens, full.tokens)
+
+
+def test_exactness_flags():
+    assert not is_exact(None, "packed")
+    assert is_exact(None, "batch") and is_exact("dual", "packed") and is_exact("prefix", "packed")
+    assert default_verify(None) == "batch"
+    assert default_verify("dual") == default_verify("prefix") == "packed"
+
+
+def test_packed_uncached_is_flagged_near_lossless(model, prompt):
+    out = generate(model, prompt, gen_length=8, block_length=8, graph=2, verify="packed")
+    assert not out.stats.exact and out.stats.verify == "packed"
+
+
+def test_nfe_counts_prefill(model, prompt):
+    # With a cache, the block-start prefill is a forward and makes the block's first step.
+    out = generate(model, prompt, gen_length=16, block_length=8, cache="dual", steps=8)
+    assert out.nfe == out.steps == 8
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"gen_length": 12, "block_length": 8}, "multiple of block_length"),
+        ({"gen_length": 16, "block_length": 8, "steps": 5}, "divide evenly"),
+        ({"gen_length": 16, "block_length": 8, "steps": 32}, "at least one token"),
+        ({"gen_length": 16, "block_length": 4, "graph": 16}, "block_length"),
+        ({"gen_length": 64, "block_length": 8}, "max_sequence_length"),
+        ({"gen_length": 0, "block_length": 8}, "gen_length"),
+        ({"gen_length": 8, "block_length": 0}, "block_length"),
+        ({"gen_length": 8, "block_length": 8, "cache": "full"}, "cache"),
+        ({"gen_length": 8, "block_length": 8, "verify": "tree"}, "verify"),
+        ({"gen_length": 8, "block_length": 8, "graph": 0}, "budget"),
+        ({"gen_length": 8, "block_length": 8, "graph": 2.5}, "graph"),
+        ({"gen_length": 8, "block_length": 8, "max_drafts": 2}, "needs a graph"),
+        ({"gen_length": 8, "block_length": 8, "graph": 2, "max_drafts": 0}, "max_drafts"),
+        ({"gen_length": 8, "block_length": 8, "threshold": 0.9, "steps": 8}, "steps"),
+        ({"gen_length": 8, "block_length": 8, "temperature": -0.5}, "temperature"),
+        ({"gen_length": 8, "block_length": 8, "remasking": "lowest"}, "remasking"),
+        ({"gen_length": 8, "block_length": 8, "seed": -1}, "seed"),
+        ({"gen_length": 8, "block_length": 8, "graph": [[(1, 9)]]}, "graph"),
+    ],
+)
+def test_bad_arguments(model, prompt, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(model, prompt, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "prompt_ids, message",
+    [
+        (torch.tensor([[5, MASK, 7]]), "mask id"),
+        (torch.zeros(1, 0, dtype=torch.int64), "empty"),
+        (torch.tensor([5, 6, 7]), "2-D"),
+        (torch.tensor([[5, 6], [7, 8]]), "batch of one"),
+        (torch.tensor([[5.0, 6.0]]), "int64"),
+        (torch.tensor([[5, 99]]), "vocabulary"),
+        ([[5, 6]], "LongTensor"),
+    ],
+)
+def test_bad_prompts(model, prompt_ids, message):
+    with pytest.raises(ValueError, match=message):
+        generate(model, prompt_ids, gen_length=8, block_length=8)
+
+
+def test_graph_too_deep_for_block(model, prompt):
+    graph = DraftGraph([[(1, 1)], [(1, 1), (9, 1)]])
+    with pytest.raises(ValueError, match="position rank 9"):
+        generate(model, prompt, gen_length=16, block_length=8, graph=graph)

@@ -1,0 +1,383 @@
+"""marginals / rank_positions: reference semantics, kernel parity, random stream, bad inputs.
+
+The reference (backend="torch") is checked against independent PyTorch compositions; the
+Triton kernel (backend="triton", interpreted on CPU) against the reference: tokens, top-k ids,
+ranks and the 32-bit Philox stream exactly, probabilities / lse / entropy within the
+per-dtype tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import spiffy_triton
+import torch
+from spiffy_triton.reference import marginals as ref
+from utils import TOLERANCES, assert_close
+
+BACKENDS = ("torch", "triton")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def run(logits, backend, **kwargs):
+    return spiffy_triton.marginals(logits, backend=backend, **kwargs)
+
+
+def float_tolerance(dtype):
+    # lse / entropy / probabilities are computed from the (exactly widened) inputs with fp32
+    # accumulation in the kernel and float64 in the reference: the fp32 tolerance applies for
+    # every input dtype.
+    return TOLERANCES[torch.float32]
+
+
+def tie_free_logits(rows, vocab, dtype, generator):
+    """Logits with no two equal values in a row: a permutation of exact small multiples."""
+    perms = torch.stack([torch.randperm(vocab, generator=generator) for _ in range(rows)])
+    return ((perms.to(torch.float64) - vocab // 2) / 16).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------
+# Reference against independent compositions
+# ------------------------------------------------------------------------------------------
+
+
+def test_philox_known_answers():
+    """Random123's published Philox4x32-10 known-answer vectors."""
+    cases = [
+        ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+        ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+        (
+            (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+            (0xA4093822, 0x299F31D0),
+            (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+        ),
+    ]
+    for counter, key, expected in cases:
+        words = ref.philox4x32_10(*(torch.tensor([c]) for c in counter), *key)
+        assert tuple(int(w) for w in words) == expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES + (torch.float64,))
+def test_reference_matches_torch_composition(dtype):
+    gen = torch.Generator().manual_seed(1)
+    vocab = 250 if dtype == torch.bfloat16 else 777  # bf16 holds integers exactly up to 256
+    logits = tie_free_logits(6, vocab, dtype, gen)
+    out = run(logits, "torch", top_k=5)
+    x = logits.double()
+    expected_top = torch.topk(x, 5, dim=-1)
+    assert torch.equal(out.token, x.argmax(-1))
+    assert torch.equal(out.topk_tokens, expected_top.indices)
+    p = torch.softmax(x, -1)
+    atol, rtol = TOLERANCES[torch.float32]
+    assert_close(out.topk_probs, expected_top.values.sub(torch.logsumexp(x, -1, True)).exp().float())
+    assert_close(out.prob, p.gather(1, out.token[:, None])[:, 0].float(), name="prob")
+    assert_close(out.lse, torch.logsumexp(x, -1).float(), name="lse")
+    entropy = -(p * torch.log_softmax(x, -1)).sum(-1)
+    assert_close(out.entropy, entropy.float(), atol=atol, rtol=rtol, name="entropy")
+    assert out.token.dtype == torch.int64 and out.topk_tokens.dtype == torch.int64
+    assert out.prob.dtype == out.topk_probs.dtype == out.lse.dtype == torch.float32
+
+
+def test_reference_ties_go_to_lowest_id():
+    logits = torch.tensor(
+        [[1.0, 3.0, 3.0, 2.0, 3.0, 2.0], [0.0, -0.0, 0.0, -1.0, -0.0, -1.0]], dtype=torch.float32
+    )
+    out = run(logits, "torch", top_k=6)
+    assert out.topk_tokens.tolist() == [[1, 2, 4, 3, 5, 0], [0, 1, 2, 4, 3, 5]]
+    assert out.token.tolist() == [1, 0]
+
+
+def test_reference_gumbel_sampling_follows_softmax():
+    """Chi-square: tokens drawn at T follow softmax(logits / T) (8 tokens, 60k draws)."""
+    temperature = 0.7
+    row = torch.tensor([0.3, -1.2, 2.0, 0.0, 1.1, -0.4, 0.9, 1.6])
+    draws = 60_000
+    logits = row.expand(draws, -1)
+    tokens = run(logits, "torch", temperature=temperature, seed=11, step=3).token
+    observed = torch.bincount(tokens, minlength=8).double()
+    expected = torch.softmax(row.double() / temperature, 0) * draws
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    assert chi_square_p_value(chi2, dof=7) > 1e-3, f"chi2={chi2:.2f} (7 dof)"
+
+
+def chi_square_p_value(chi2: float, dof: int) -> float:
+    half = torch.tensor(dof / 2, dtype=torch.float64)
+    return float(torch.special.gammaincc(half, torch.tensor(chi2 / 2, dtype=torch.float64)))
+
+
+def test_noise_is_a_function_of_seed_step_position_vocab():
+    positions = torch.tensor([5, 9, 5, 1_000_000, 2**32 + 5])
+    noise = ref.gumbel_noise(7, 2, positions, 3000)
+    assert torch.equal(noise[0], noise[2])
+    assert torch.equal(noise[0], noise[4])  # positions are taken mod 2**32
+    assert not torch.equal(noise[0], noise[1])
+    alone = ref.gumbel_noise(7, 2, positions[1:2], 3000)
+    assert torch.equal(alone[0], noise[1])
+    assert not torch.equal(ref.gumbel_noise(7, 3, positions, 3000), noise)
+    assert not torch.equal(ref.gumbel_noise(8, 2, positions, 3000), noise)
+    assert not torch.equal(ref.gumbel_noise(7 + 2**32, 2, positions, 3000), noise)
+    # a prefix of the vocabulary draws the same noise
+    assert torch.equal(ref.gumbel_noise(7, 2, positions, 1100), noise[:, :1100])
+    assert bool(torch.isfinite(noise).all())
+
+
+def test_gumbel_transform_range_and_moments():
+    edges = torch.tensor([0, 1, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1])
+    g = ref.gumbel_from_uint32(edges)
+    assert bool(torch.isfinite(g).all())
+    assert bool((g[1:] >= g[:-1]).all())  # monotone in the word
+    assert abs(float(g[-1]) - 33 * math.log(2)) < 1e-3
+    sample = ref.gumbel_noise(0, 0, torch.arange(64), 4096).double()
+    assert abs(float(sample.mean()) - 0.5772156649) < 0.01
+    assert abs(float(sample.std()) - math.pi / math.sqrt(6)) < 0.01
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_special_rows(backend):
+    inf, nan = math.inf, math.nan
+    logits = torch.tensor(
+        [
+            [0.5, -inf, 2.0, -inf, 2.0, 1.0],  # suppressed tokens
+            [-inf] * 6,  # nothing allowed
+            [0.0, nan, 1.0, nan, 5.0, 0.0],  # NaN present
+            [0.0, inf, 1.0, inf, nan, 0.0],  # NaN beats +inf
+            [0.0, inf, 1.0, inf, -inf, 0.0],  # +inf present
+        ]
+    )
+    for temperature in (0.0, 0.8):
+        out = run(logits, backend, top_k=3, temperature=temperature, seed=4)
+        assert out.token.tolist()[1:] == [0, 1, 4, 1]
+        assert out.topk_tokens.tolist() == [[2, 4, 5], [0, 1, 2], [1, 3, 4], [4, 1, 3], [1, 3, 2]]
+        p = torch.softmax(logits[0].double(), 0)
+        assert_close(out.topk_probs[0], p[[2, 4, 5]].float())
+        assert_close(out.lse[0], torch.logsumexp(logits[0].double(), 0).float())
+        assert out.token[0] in (0, 2, 4, 5)
+        assert out.topk_probs[1].tolist() == [0.0, 0.0, 0.0] and out.prob[1] == 0.0
+        assert out.lse[1] == -inf and out.entropy[1] == 0.0
+        for row in (2, 3):
+            assert math.isnan(out.lse[row]) and math.isnan(out.entropy[row])
+            assert math.isnan(out.prob[row]) and bool(out.topk_probs[row].isnan().all())
+        assert out.lse[4] == inf and math.isnan(out.entropy[4]) and math.isnan(out.prob[4])
+        assert bool(out.topk_probs[4].isnan().all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_small_vocabularies_and_empty(backend):
+    out = run(torch.tensor([[3.0], [-math.inf]]), backend, top_k=4, temperature=0.5)
+    assert out.token.tolist() == [0, 0]
+    assert out.topk_tokens.tolist() == [[0, -1, -1, -1], [0, -1, -1, -1]]
+    assert out.topk_probs.tolist() == [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    assert out.prob.tolist() == [1.0, 0.0] and out.entropy.tolist() == [0.0, 0.0]
+    assert out.lse.tolist() == [3.0, -math.inf]
+    empty = run(torch.randn(0, 50), backend, top_k=2, temperature=1.0)
+    assert empty.token.shape == (0,) and empty.topk_tokens.shape == (0, 2)
+    assert empty.topk_probs.shape == (0, 2) and empty.lse.shape == (0,)
+
+
+# ------------------------------------------------------------------------------------------
+# rank_positions / count_above_threshold
+# ------------------------------------------------------------------------------------------
+
+
+def rank_by_python(conf_row, elig_row):
+    def key(i):
+        c = conf_row[i]
+        c = -math.inf if math.isnan(c) else c
+        return (0 if elig_row[i] else 1, -c if elig_row[i] else 0.0, i)
+
+    return sorted(range(len(conf_row)), key=key)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.float64))
+def test_rank_positions(backend, dtype):
+    gen = torch.Generator().manual_seed(3)
+    for rows, length in ((3, 32), (2, 7), (1, 1), (2, 130)):
+        conf = (torch.randint(0, 5, (rows, length), generator=gen) / 4).to(dtype)  # many ties
+        conf[0, :3] = torch.tensor([math.nan, -math.inf, -0.0], dtype=dtype)[: min(3, length)]
+        eligible = torch.rand(rows, length, generator=gen) < 0.7
+        ranks = spiffy_triton.rank_positions(conf, eligible, backend=backend)
+        assert ranks.dtype == torch.int64 and ranks.shape == conf.shape
+        expected = [rank_by_python(c.tolist(), e.tolist()) for c, e in zip(conf, eligible)]
+        assert ranks.tolist() == expected
+    empty = spiffy_triton.rank_positions(torch.zeros(0, 5), torch.zeros(0, 5, dtype=torch.bool))
+    assert empty.shape == (0, 5)
+
+
+def test_count_above_threshold():
+    conf = torch.tensor([[0.95, 0.2, 0.91, 0.99], [0.3, 0.1, 0.2, 0.4], [0.99, 0.2, 0.5, 0.1]])
+    eligible = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    assert ref.count_above_threshold(conf, eligible, 0.9).tolist() == [2, 1, 0]
+    assert ref.count_above_threshold(conf, eligible, 0.9, at_least_one=False).tolist() == [2, 0, 0]
+    ranks = ref.rank_positions(conf, eligible)
+    assert ranks[0, :2].tolist() == [0, 2]  # the committed ones are the first `count` ranked
+    from spiffy_triton.kernels import marginals as kernel_module
+
+    assert kernel_module.count_above_threshold is ref.count_above_threshold
+
+
+# ------------------------------------------------------------------------------------------
+# Bad inputs (same message from both backends)
+# ------------------------------------------------------------------------------------------
+
+
+BAD_CALLS = [
+    (lambda: (torch.randn(2, 3, 4), {}), ValueError, "2-D"),
+    (lambda: (torch.randn(2, 3).long(), {}), TypeError, "dtype"),
+    (lambda: (torch.randn(2, 0), {}), ValueError, "vocabulary of at least 1"),
+    (lambda: ([[1.0]], {}), TypeError, "torch.Tensor"),
+    (lambda: (torch.randn(2, 3), {"top_k": 0}), ValueError, "top_k"),
+    (lambda: (torch.randn(2, 3), {"top_k": 9}), ValueError, "top_k"),
+    (lambda: (torch.randn(2, 3), {"top_k": 2.0}), ValueError, "top_k"),
+    (lambda: (torch.randn(2, 3), {"temperature": -0.1}), ValueError, "temperature"),
+    (lambda: (torch.randn(2, 3), {"temperature": math.nan}), ValueError, "temperature"),
+    (lambda: (torch.randn(2, 3), {"seed": -1}), ValueError, "seed"),
+    (lambda: (torch.randn(2, 3), {"seed": 2**64}), ValueError, "seed"),
+    (lambda: (torch.randn(2, 3), {"step": 2**32}), ValueError, "step"),
+    (lambda: (torch.randn(2, 3), {"positions": torch.arange(3)}), ValueError, r"shape \[N\]"),
+    (lambda: (torch.randn(2, 3), {"positions": torch.zeros(2)}), TypeError, "int32 or int64"),
+    (lambda: (torch.randn(2, 3), {"positions": [0, 1]}), TypeError, "positions"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("make, error, message", BAD_CALLS)
+def test_bad_inputs(backend, make, error, message):
+    logits, kwargs = make()
+    with pytest.raises(error, match=message):
+        run(logits, backend, **kwargs)
+
+
+def test_float64_is_reference_only():
+    logits = torch.randn(2, 5, dtype=torch.float64)
+    assert run(logits, "torch").token.tolist() == logits.argmax(-1).tolist()
+    with pytest.raises(TypeError, match="backend='torch' only"):
+        run(logits, "triton")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rank_bad_inputs(backend):
+    conf = torch.rand(2, 4)
+    cases = [
+        ((conf, conf > 0.5), None),
+        ((conf[0], conf[0] > 0.5), "2-D"),
+        ((conf, (conf > 0.5).int()), "bool"),
+        ((conf, conf[:, :3] > 0.5), "shape"),
+        ((conf.long(), conf > 0.5), "floating"),
+    ]
+    for args, message in cases:
+        if message is None:
+            spiffy_triton.rank_positions(*args, backend=backend)
+            continue
+        with pytest.raises((ValueError, TypeError), match=message):
+            spiffy_triton.rank_positions(*args, backend=backend)
+
+
+# ------------------------------------------------------------------------------------------
+# Kernel against reference
+# ------------------------------------------------------------------------------------------
+
+
+def make_logits(rows, vocab, dtype, generator, *, ties=False, suppressed=False, row_pad=0):
+    """Random logits, optionally with many exact ties and -inf entries, in rows of stride
+    vocab + row_pad (non-contiguous when row_pad > 0)."""
+    base = torch.randn(rows, vocab + row_pad, generator=generator, dtype=torch.float64) * 3
+    if ties:
+        base = torch.round(base)  # few distinct values: ties at every rank
+    if suppressed:
+        base[torch.rand(base.shape, generator=generator) < 0.3] = -math.inf
+    return base.to(dtype)[:, :vocab]
+
+
+def assert_same_marginals(actual, expected, dtype, *, exact_floats=False):
+    assert torch.equal(actual.token, expected.token), (actual.token, expected.token)
+    assert torch.equal(actual.topk_tokens, expected.topk_tokens)
+    atol, rtol = float_tolerance(dtype)
+    if exact_floats:
+        atol = rtol = 0.0
+    for name in ("prob", "topk_probs", "lse", "entropy"):
+        assert_close(getattr(actual, name), getattr(expected, name), atol=atol, rtol=rtol, name=name)
+
+
+PARITY_SHAPES = [(1, 1), (3, 7), (5, 1023), (4, 1025), (2, 4099), (37, 300)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("temperature", (0.0, 0.7))
+def test_kernel_matches_reference(dtype, temperature):
+    gen = torch.Generator().manual_seed(2)
+    for case, (rows, vocab) in enumerate(PARITY_SHAPES):
+        logits = make_logits(
+            rows, vocab, dtype, gen, ties=case % 2 == 0, suppressed=case % 3 == 1,
+            row_pad=(0, 5, 64)[case % 3],
+        )
+        top_k = (1, 8, 3, 5, 2, 8)[case]
+        positions = torch.randint(0, 10_000, (rows,), generator=gen) if case % 2 else None
+        kwargs = dict(top_k=top_k, temperature=temperature, seed=123 + case, step=case,
+                      positions=positions)
+        expected = run(logits, "torch", **kwargs)
+        actual = run(logits, "triton", **kwargs)
+        assert_same_marginals(actual, expected, dtype)
+
+
+def test_kernel_strided_vocabulary():
+    gen = torch.Generator().manual_seed(5)
+    logits = make_logits(3, 2 * 1500, torch.float32, gen, ties=True)[:, ::2]
+    assert logits.stride(1) == 2
+    for temperature in (0.0, 1.3):
+        kwargs = dict(top_k=4, temperature=temperature, seed=9)
+        assert_same_marginals(run(logits, "triton", **kwargs), run(logits, "torch", **kwargs),
+                              torch.float32)
+
+
+@pytest.mark.parametrize("temperature", (0.0, 0.5))
+def test_vocabulary_split_does_not_change_ids(temperature):
+    """Token / top-k ids are bitwise independent of how the vocabulary is split."""
+    from spiffy_triton.kernels import marginals as kernel_module
+
+    gen = torch.Generator().manual_seed(8)
+    logits = make_logits(3, 9000, torch.bfloat16, gen, ties=True, suppressed=True)
+    expected = run(logits, "torch", top_k=8, temperature=temperature, seed=1)
+    for config in ({"splits": 1}, {"splits": 2}, {"splits": 5, "block_v": 1024}):
+        actual = kernel_module._marginals(logits, 8, temperature, 1, 0, None, config=config)
+        assert_same_marginals(actual, expected, torch.bfloat16)
+
+
+def test_default_config_splits_few_rows():
+    from spiffy_triton.kernels import marginals as kernel_module
+
+    assert kernel_module._select_config(32, 126464)["splits"] > 1
+    assert kernel_module._select_config(288, 126464)["splits"] == 1
+    assert kernel_module._select_config(4, 1000)["splits"] == 1
+
+
+@pytest.mark.slow
+def test_kernel_largest_vocabulary():
+    gen = torch.Generator().manual_seed(6)
+    logits = make_logits(2, 262_144, torch.float16, gen, suppressed=True)
+    for temperature in (0.0, 0.9):
+        kwargs = dict(top_k=8, temperature=temperature, seed=2**40 + 3, step=17)
+        assert_same_marginals(run(logits, "triton", **kwargs), run(logits, "torch", **kwargs),
+                              torch.float16)
+
+
+def test_kernel_philox_stream_is_bitwise_the_reference():
+    from spiffy_triton.kernels import marginals as kernel_module
+
+    positions = torch.tensor([0, 1, 31, 4095, 2**31 - 1, 2**32 + 9, -1])
+    for seed, step, vocab in ((0, 0, 1), (2**64 - 1, 2**32 - 1, 1030), (12345 + 2**37, 7, 3001)):
+        actual = kernel_module.philox_uint32(seed, step, positions, vocab)
+        expected = ref.philox_uint32(seed, step, positions, vocab)
+        assert torch.equal(actual, expected)
+
+
+def test_kernel_tokens_do_not_depend_on_row_packing():
+    gen = torch.Generator().manual_seed(4)
+    logits = make_logits(6, 3000, torch.float32, gen)
+    positions = torch.tensor([3, 4, 5, 3, 4, 5])
+    logits[3:] = logits[:3]
+    packed = run(logits, "triton", temperature=1.0, seed=5, step=2, positions=positions)
+    alone = run(logits[4:5], "triton", temperature=1.0, seed=5, step=2, positions=positions[4:5])
+    assert torch.equal(packed.token[:3], packed.token[3:])
+    assert packed.token[1] == alone.token[0]
