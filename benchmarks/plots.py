@@ -68,9 +68,14 @@ def plot_timings(payload: dict, out_path: Path) -> Path | None:
     if not columns:
         return None
     labels = [
-        " ".join(str(v) for k, v in r.items() if k not in columns and not isinstance(v, float))[:40]
+        " ".join(
+            f"{k}={v}" if isinstance(v, (bool, int)) else str(v)
+            for k, v in r.items()
+            if k not in columns and not isinstance(v, float) and len(str(v)) <= 24
+        )[:48]
         for r in rows
     ]
+    values = [r.get(c) for r in rows for c in columns if r.get(c)]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(rows) * len(columns)), 4.5))
     width = 0.8 / len(columns)
@@ -79,8 +84,11 @@ def plot_timings(payload: dict, out_path: Path) -> Path | None:
         ax.bar(xs, [r.get(column) or 0.0 for r in rows], width, label=column)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], labels, rotation=60, ha="right")
     ax.tick_params(axis="x", labelsize=6)
+    if values and max(values) > 100 * min(values):
+        ax.set_yscale("log")
     device = (payload.get("machine") or {}).get("device", "?")
-    ax.set(ylabel="ms", title=f"{payload.get('benchmark', '')} on {device}")
+    where = "CPU smoke run, not a GPU performance number" if device == "cpu" else device
+    ax.set(ylabel="ms", title=f"{payload.get('benchmark', '')} ({where})")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7)
     fig.tight_layout()

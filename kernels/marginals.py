@@ -28,7 +28,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
 from spiffy_triton.reference.marginals import (
     LANE_SPAN,
     LANES,
@@ -39,9 +38,16 @@ from spiffy_triton.reference.marginals import (
     validate_marginals_args,
     validate_rank_args,
 )
+
 from spiffy_triton.types import MarginalsOutput
 
-__all__ = ["marginals", "rank_positions", "count_above_threshold", "philox_uint32", "compile_configs"]
+__all__ = [
+    "marginals",
+    "rank_positions",
+    "count_above_threshold",
+    "philox_uint32",
+    "compile_configs",
+]
 
 # Host-side configuration (shapes only, no autotuning: results are reproducible).
 TARGET_PROGRAMS = 264  # two waves of an H100's 132 SMs
@@ -132,9 +138,23 @@ def _insert(topk, candidate, slots, K: tl.constexpr, KP: tl.constexpr):
 
 @triton.jit
 def _finalize(
-    row, m, s, t, flag, topk, best, row_ptr, stride_vocab,
-    token_ptr, prob_ptr, topk_tokens_ptr, topk_probs_ptr, lse_ptr, entropy_ptr,
-    K: tl.constexpr, SAMPLE: tl.constexpr,
+    row,
+    m,
+    s,
+    t,
+    flag,
+    topk,
+    best,
+    row_ptr,
+    stride_vocab,
+    token_ptr,
+    prob_ptr,
+    topk_tokens_ptr,
+    topk_probs_ptr,
+    lse_ptr,
+    entropy_ptr,
+    K: tl.constexpr,
+    SAMPLE: tl.constexpr,
 ):
     """Write one row's outputs from its reduced statistics (flag: 2 NaN, 1 +inf, 0 clean)."""
     has_mass = s > 0.0
@@ -181,13 +201,32 @@ def _finalize(
 
 @triton.jit
 def _marginals_kernel(
-    logits_ptr, positions_ptr,
-    part_stats_ptr, part_flag_ptr, part_topk_ptr, part_best_ptr,
-    token_ptr, prob_ptr, topk_tokens_ptr, topk_probs_ptr, lse_ptr, entropy_ptr,
-    V, stride_row, stride_vocab, chunk, num_splits,
-    inv_t, seed_lo, seed_hi, step,
-    K: tl.constexpr, KP: tl.constexpr, BLOCK_V: tl.constexpr,
-    SAMPLE: tl.constexpr, FINALIZE: tl.constexpr,
+    logits_ptr,
+    positions_ptr,
+    part_stats_ptr,
+    part_flag_ptr,
+    part_topk_ptr,
+    part_best_ptr,
+    token_ptr,
+    prob_ptr,
+    topk_tokens_ptr,
+    topk_probs_ptr,
+    lse_ptr,
+    entropy_ptr,
+    V,
+    stride_row,
+    stride_vocab,
+    chunk,
+    num_splits,
+    inv_t,
+    seed_lo,
+    seed_hi,
+    step,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    SAMPLE: tl.constexpr,
+    FINALIZE: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -235,7 +274,9 @@ def _marginals_kernel(
         t = alpha * (t + (old_m - shift) * s) + tl.sum(tl.sum(tl.sum(te, axis=2), axis=1), axis=0)
         s = alpha * s + tl.sum(tl.sum(tl.sum(e, axis=2), axis=1), axis=0)
         m = new_m
-        block_flag = tl.max(tl.max(tl.max(tl.where(is_nan, 2, tl.where(is_pinf, 1, 0)), axis=2), axis=1), axis=0)
+        block_flag = tl.max(
+            tl.max(tl.max(tl.where(is_nan, 2, tl.where(is_pinf, 1, 0)), axis=2), axis=1), axis=0
+        )
         flag = tl.maximum(flag, block_flag)
 
         # top-k: search the block only when its max beats the current k-th key
@@ -256,9 +297,23 @@ def _marginals_kernel(
 
     if FINALIZE:
         _finalize(
-            row, m, s, t, flag, topk, best, row_ptr, stride_vocab,
-            token_ptr, prob_ptr, topk_tokens_ptr, topk_probs_ptr, lse_ptr, entropy_ptr,
-            K, SAMPLE,
+            row,
+            m,
+            s,
+            t,
+            flag,
+            topk,
+            best,
+            row_ptr,
+            stride_vocab,
+            token_ptr,
+            prob_ptr,
+            topk_tokens_ptr,
+            topk_probs_ptr,
+            lse_ptr,
+            entropy_ptr,
+            K,
+            SAMPLE,
         )
     else:
         part = row * num_splits + split
@@ -273,10 +328,23 @@ def _marginals_kernel(
 @triton.jit
 def _combine_kernel(
     logits_ptr,
-    part_stats_ptr, part_flag_ptr, part_topk_ptr, part_best_ptr,
-    token_ptr, prob_ptr, topk_tokens_ptr, topk_probs_ptr, lse_ptr, entropy_ptr,
-    stride_row, stride_vocab, num_splits,
-    K: tl.constexpr, KP: tl.constexpr, BLOCK_S: tl.constexpr, SAMPLE: tl.constexpr,
+    part_stats_ptr,
+    part_flag_ptr,
+    part_topk_ptr,
+    part_best_ptr,
+    token_ptr,
+    prob_ptr,
+    topk_tokens_ptr,
+    topk_probs_ptr,
+    lse_ptr,
+    entropy_ptr,
+    stride_row,
+    stride_vocab,
+    num_splits,
+    K: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    SAMPLE: tl.constexpr,
 ):
     row = tl.program_id(0)
     splits = tl.arange(0, BLOCK_S)
@@ -287,16 +355,19 @@ def _combine_kernel(
     t_i = tl.load(part_stats_ptr + part * 3 + 2, mask=live, other=0.0)
     m = tl.max(m_i, axis=0)
     has_mass = s_i > 0.0
-    alpha = tl.where(has_mass, tl.exp(m_i - m), 0.0)
+    shift = tl.where(m == float("-inf"), 0.0, m)
+    m_i = tl.where(has_mass, m_i, shift)  # splits without mass add exact zeros, never NaN
+    alpha = tl.where(has_mass, tl.exp(m_i - shift), 0.0)
     s = tl.sum(alpha * s_i, axis=0)
-    t = tl.sum(tl.where(has_mass, alpha * (t_i + (m_i - m) * s_i), 0.0), axis=0)
+    t = tl.sum(alpha * (t_i + (m_i - shift) * s_i), axis=0)
     flag = tl.max(tl.load(part_flag_ptr + part, mask=live, other=0), axis=0)
     best = tl.max(tl.load(part_best_ptr + part, mask=live, other=-9223372036854775808), axis=0)
 
     slots = tl.arange(0, KP)
     lists = tl.load(
         part_topk_ptr + part[:, None] * KP + slots[None, :],
-        mask=live[:, None], other=-9223372036854775808,
+        mask=live[:, None],
+        other=-9223372036854775808,
     )
     topk = tl.full((KP,), -9223372036854775808, tl.int64)
     for j in tl.static_range(K):
@@ -306,14 +377,30 @@ def _combine_kernel(
 
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     _finalize(
-        row, m, s, t, flag, topk, best, row_ptr, stride_vocab,
-        token_ptr, prob_ptr, topk_tokens_ptr, topk_probs_ptr, lse_ptr, entropy_ptr,
-        K, SAMPLE,
+        row,
+        m,
+        s,
+        t,
+        flag,
+        topk,
+        best,
+        row_ptr,
+        stride_vocab,
+        token_ptr,
+        prob_ptr,
+        topk_tokens_ptr,
+        topk_probs_ptr,
+        lse_ptr,
+        entropy_ptr,
+        K,
+        SAMPLE,
     )
 
 
 @triton.jit
-def _philox_words_kernel(out_ptr, positions_ptr, V, seed_lo, seed_hi, step, stream, BLOCK_V: tl.constexpr):
+def _philox_words_kernel(
+    out_ptr, positions_ptr, V, seed_lo, seed_hi, step, stream, BLOCK_V: tl.constexpr
+):
     """The raw 32-bit noise words of marginals (for the bitwise test against the reference)."""
     row = tl.program_id(0)
     block_start = tl.program_id(1) * BLOCK_V
@@ -325,28 +412,48 @@ def _philox_words_kernel(out_ptr, positions_ptr, V, seed_lo, seed_hi, step, stre
     )
     position = tl.load(positions_ptr + row).to(tl.uint32)
     words = _noise_words(
-        block_start // 1024, position, step.to(tl.uint32, bitcast=True),
+        block_start // 1024,
+        position,
+        step.to(tl.uint32, bitcast=True),
         stream.to(tl.uint32, bitcast=True),
-        seed_lo.to(tl.uint32, bitcast=True), seed_hi.to(tl.uint32, bitcast=True), QB,
+        seed_lo.to(tl.uint32, bitcast=True),
+        seed_hi.to(tl.uint32, bitcast=True),
+        QB,
     )
     vocab_id = block_start + tile
-    tl.store(out_ptr + row.to(tl.int64) * V + vocab_id, words.to(tl.int64) & 0xFFFFFFFF, mask=vocab_id < V)
+    tl.store(
+        out_ptr + row.to(tl.int64) * V + vocab_id,
+        words.to(tl.int64) & 0xFFFFFFFF,
+        mask=vocab_id < V,
+    )
 
 
 @triton.jit
 def _rank_kernel(
-    conf_ptr, eligible_ptr, out_ptr, L,
-    stride_cg, stride_cl, stride_eg, stride_el,
-    IS_F64: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+    conf_ptr,
+    eligible_ptr,
+    out_ptr,
+    L,
+    stride_cg,
+    stride_cl,
+    stride_eg,
+    stride_el,
+    IS_F64: tl.constexpr,
+    BLOCK_I: tl.constexpr,
+    BLOCK_J: tl.constexpr,
 ):
     """rank(i) = #positions ranked before i; out[g, rank(i)] = i."""
     g = tl.program_id(0)
     i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    key_i = _rank_key(conf_ptr, eligible_ptr, g, i, L, stride_cg, stride_cl, stride_eg, stride_el, IS_F64)
+    key_i = _rank_key(
+        conf_ptr, eligible_ptr, g, i, L, stride_cg, stride_cl, stride_eg, stride_el, IS_F64
+    )
     rank = tl.zeros((BLOCK_I,), tl.int32)
     for j0 in range(0, L, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
-        key_j = _rank_key(conf_ptr, eligible_ptr, g, j, L, stride_cg, stride_cl, stride_eg, stride_el, IS_F64)
+        key_j = _rank_key(
+            conf_ptr, eligible_ptr, g, j, L, stride_cg, stride_cl, stride_eg, stride_el, IS_F64
+        )
         before = (key_j[None, :] > key_i[:, None]) | (
             (key_j[None, :] == key_i[:, None]) & (j[None, :] < i[:, None])
         )
@@ -355,10 +462,24 @@ def _rank_kernel(
 
 
 @triton.jit
-def _rank_key(conf_ptr, eligible_ptr, g, idx, L, stride_cg, stride_cl, stride_eg, stride_el, IS_F64: tl.constexpr):
+def _rank_key(
+    conf_ptr,
+    eligible_ptr,
+    g,
+    idx,
+    L,
+    stride_cg,
+    stride_cl,
+    stride_eg,
+    stride_el,
+    IS_F64: tl.constexpr,
+):
     """int64 key: order of the confidence (NaN as -inf, -0 == +0), ineligible below all."""
     valid = idx < L
-    eligible = tl.load(eligible_ptr + g.to(tl.int64) * stride_eg + idx * stride_el, mask=valid, other=0) != 0
+    eligible = (
+        tl.load(eligible_ptr + g.to(tl.int64) * stride_eg + idx * stride_el, mask=valid, other=0)
+        != 0
+    )
     if IS_F64:
         c = tl.load(conf_ptr + g.to(tl.int64) * stride_cg + idx * stride_cl, mask=valid, other=0.0)
         c = tl.where(c != c, float("-inf"), c)
@@ -366,7 +487,9 @@ def _rank_key(conf_ptr, eligible_ptr, g, idx, L, stride_cg, stride_cl, stride_eg
         bits = c.to(tl.int64, bitcast=True)
         key = tl.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
     else:
-        c = tl.load(conf_ptr + g.to(tl.int64) * stride_cg + idx * stride_cl, mask=valid, other=0.0).to(tl.float32)
+        c = tl.load(
+            conf_ptr + g.to(tl.int64) * stride_cg + idx * stride_cl, mask=valid, other=0.0
+        ).to(tl.float32)
         c = tl.where(c != c, float("-inf"), c)
         key = _ordered_key(c).to(tl.int64)
     return tl.where(eligible, key, -9223372036854775808)
@@ -383,7 +506,11 @@ def _select_config(num_rows: int, vocab: int) -> dict:
     num_blocks = triton.cdiv(vocab, block_v)
     splits = max(1, triton.cdiv(TARGET_PROGRAMS, max(num_rows, 1)))
     splits = max(1, min(splits, num_blocks // MIN_BLOCKS_PER_SPLIT))
-    return {"block_v": block_v, "splits": splits, "num_warps": 8 if block_v == 2048 else 4}
+    return {"block_v": block_v, "splits": splits, "num_warps": _select_num_warps(block_v)}
+
+
+def _select_num_warps(block_v: int) -> int:
+    return 8 if block_v >= 2048 else 4
 
 
 def _int32_bits(value: int) -> int:
@@ -430,22 +557,45 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
     part_topk = torch.empty(*part_shape, kp, dtype=torch.int64, device=device)
     part_best = torch.empty(part_shape, dtype=torch.int64, device=device)
     _marginals_kernel[(num_rows, splits)](
-        logits, positions,
-        part_stats, part_flag, part_topk, part_best,
+        logits,
+        positions,
+        part_stats,
+        part_flag,
+        part_topk,
+        part_best,
         *out,
-        vocab, logits.stride(0), logits.stride(1), chunk, splits,
-        inverse_temperature(temperature), _int32_bits(seed), _int32_bits(seed >> 32),
+        vocab,
+        logits.stride(0),
+        logits.stride(1),
+        chunk,
+        splits,
+        inverse_temperature(temperature),
+        _int32_bits(seed),
+        _int32_bits(seed >> 32),
         _int32_bits(step),
-        K=top_k, KP=kp, BLOCK_V=block_v, SAMPLE=sample, FINALIZE=finalize,
-        num_warps=config["num_warps"], num_stages=1,
+        K=top_k,
+        KP=kp,
+        BLOCK_V=block_v,
+        SAMPLE=sample,
+        FINALIZE=finalize,
+        num_warps=config["num_warps"],
+        num_stages=1,
     )
     if not finalize:
         _combine_kernel[(num_rows,)](
             logits,
-            part_stats, part_flag, part_topk, part_best,
+            part_stats,
+            part_flag,
+            part_topk,
+            part_best,
             *out,
-            logits.stride(0), logits.stride(1), splits,
-            K=top_k, KP=kp, BLOCK_S=triton.next_power_of_2(splits), SAMPLE=sample,
+            logits.stride(0),
+            logits.stride(1),
+            splits,
+            K=top_k,
+            KP=kp,
+            BLOCK_S=triton.next_power_of_2(splits),
+            SAMPLE=sample,
             num_warps=1,
         )
     return out
@@ -458,9 +608,15 @@ def philox_uint32(seed: int, step: int, positions: torch.Tensor, num_values: int
     if num_rows and num_values:
         grid = (num_rows, triton.cdiv(num_values, NOISE_CHUNK))
         _philox_words_kernel[grid](
-            out, positions.to(torch.int64), num_values,
-            _int32_bits(seed), _int32_bits(seed >> 32), _int32_bits(step), _int32_bits(stream),
-            BLOCK_V=NOISE_CHUNK, num_warps=4,
+            out,
+            positions.to(torch.int64),
+            num_values,
+            _int32_bits(seed),
+            _int32_bits(seed >> 32),
+            _int32_bits(step),
+            _int32_bits(stream),
+            BLOCK_V=NOISE_CHUNK,
+            num_warps=4,
         )
     return out
 
@@ -475,9 +631,17 @@ def rank_positions(confidence, eligible):
     eligible_bytes = eligible.view(torch.uint8)
     block = min(RANK_BLOCK, triton.next_power_of_2(length))
     _rank_kernel[(groups, triton.cdiv(length, block))](
-        confidence, eligible_bytes, out, length,
-        confidence.stride(0), confidence.stride(1), eligible_bytes.stride(0), eligible_bytes.stride(1),
-        IS_F64=confidence.dtype == torch.float64, BLOCK_I=block, BLOCK_J=block,
+        confidence,
+        eligible_bytes,
+        out,
+        length,
+        confidence.stride(0),
+        confidence.stride(1),
+        eligible_bytes.stride(0),
+        eligible_bytes.stride(1),
+        IS_F64=confidence.dtype == torch.float64,
+        BLOCK_I=block,
+        BLOCK_J=block,
         num_warps=4,
     )
     return out
@@ -489,47 +653,73 @@ def rank_positions(confidence, eligible):
 
 
 def compile_configs() -> list[dict]:
-    """One entry per shipped configuration of the marginals kernels."""
+    """One entry per shipped configuration of the marginals kernels.
+
+    The main kernel at BLOCK_V 2048 (every V > 1024) in both modes (argmax / Gumbel) and both
+    finishes (fused finalize / split partials) for bf16 at k = 8 (the most registers), k = 1
+    for bf16, the other input dtypes at k = 8, and BLOCK_V 1024 (V <= 1024); the combine
+    kernel; the rank kernel.
+    """
+    shipped = [
+        ("bf16", 2048, 8, sample, finalize)
+        for sample in (False, True)
+        for finalize in (True, False)
+    ]
+    shipped += [("bf16", 2048, 1, False, True), ("bf16", 2048, 1, True, False)]
+    shipped += [(dtype, 2048, 8, True, True) for dtype in ("fp16", "fp32")]
+    shipped += [(dtype, 2048, 8, False, False) for dtype in ("fp16", "fp32")]
+    shipped += [("fp32", NOISE_CHUNK, 8, True, True)]
     configs = []
-    for dtype, ptr in (("fp16", "*fp16"), ("bf16", "*bf16"), ("fp32", "*fp32")):
-        for block_v in (NOISE_CHUNK, 2048):
-            for sample in (False, True):
-                for top_k in (1, 8):
-                    for finalize in (True, False):
-                        num_warps = 8 if block_v == 2048 else 4
-                        name = (
-                            f"marginals_{dtype}_v{block_v}_k{top_k}_"
-                            f"{'sample' if sample else 'argmax'}_"
-                            f"{'fused' if finalize else 'split'}"
-                        )
-                        configs.append(
-                            {
-                                "name": name,
-                                "kernel": _marginals_kernel,
-                                "signature": {
-                                    "logits_ptr": ptr, "positions_ptr": "*i64",
-                                    "part_stats_ptr": "*fp32", "part_flag_ptr": "*i32",
-                                    "part_topk_ptr": "*i64", "part_best_ptr": "*i64",
-                                    "token_ptr": "*i64", "prob_ptr": "*fp32",
-                                    "topk_tokens_ptr": "*i64", "topk_probs_ptr": "*fp32",
-                                    "lse_ptr": "*fp32", "entropy_ptr": "*fp32",
-                                    "V": "i32", "stride_row": "i64", "stride_vocab": "constexpr",
-                                    "chunk": "i32", "num_splits": "i32",
-                                    "inv_t": "fp32", "seed_lo": "i32", "seed_hi": "i32",
-                                    "step": "i32",
-                                    "K": "constexpr", "KP": "constexpr", "BLOCK_V": "constexpr",
-                                    "SAMPLE": "constexpr", "FINALIZE": "constexpr",
-                                },
-                                "constexprs": {
-                                    "stride_vocab": 1, "K": top_k,
-                                    "KP": triton.next_power_of_2(top_k), "BLOCK_V": block_v,
-                                    "SAMPLE": sample, "FINALIZE": finalize,
-                                },
-                                "num_warps": num_warps,
-                                "num_stages": 1,
-                                "tensor_cores": False,
-                            }
-                        )
+    for dtype, block_v, top_k, sample, finalize in shipped:
+        name = (
+            f"marginals_{dtype}_v{block_v}_k{top_k}_{'sample' if sample else 'argmax'}_"
+            f"{'fused' if finalize else 'split'}"
+        )
+        configs.append(
+            {
+                "name": name,
+                "kernel": _marginals_kernel,
+                "signature": {
+                    "logits_ptr": f"*{dtype}",
+                    "positions_ptr": "*i64",
+                    "part_stats_ptr": "*fp32",
+                    "part_flag_ptr": "*i32",
+                    "part_topk_ptr": "*i64",
+                    "part_best_ptr": "*i64",
+                    "token_ptr": "*i64",
+                    "prob_ptr": "*fp32",
+                    "topk_tokens_ptr": "*i64",
+                    "topk_probs_ptr": "*fp32",
+                    "lse_ptr": "*fp32",
+                    "entropy_ptr": "*fp32",
+                    "V": "i32",
+                    "stride_row": "i32",
+                    "stride_vocab": "constexpr",
+                    "chunk": "i32",
+                    "num_splits": "i32",
+                    "inv_t": "fp32",
+                    "seed_lo": "i32",
+                    "seed_hi": "i32",
+                    "step": "i32",
+                    "K": "constexpr",
+                    "KP": "constexpr",
+                    "BLOCK_V": "constexpr",
+                    "SAMPLE": "constexpr",
+                    "FINALIZE": "constexpr",
+                },
+                "constexprs": {
+                    "stride_vocab": 1,
+                    "K": top_k,
+                    "KP": triton.next_power_of_2(top_k),
+                    "BLOCK_V": block_v,
+                    "SAMPLE": sample,
+                    "FINALIZE": finalize,
+                },
+                "num_warps": _select_num_warps(block_v),
+                "num_stages": 1,
+                "tensor_cores": False,
+            }
+        )
     for top_k in (1, 8):
         for sample in (False, True):
             configs.append(
@@ -538,18 +728,30 @@ def compile_configs() -> list[dict]:
                     "kernel": _combine_kernel,
                     "signature": {
                         "logits_ptr": "*bf16",
-                        "part_stats_ptr": "*fp32", "part_flag_ptr": "*i32",
-                        "part_topk_ptr": "*i64", "part_best_ptr": "*i64",
-                        "token_ptr": "*i64", "prob_ptr": "*fp32",
-                        "topk_tokens_ptr": "*i64", "topk_probs_ptr": "*fp32",
-                        "lse_ptr": "*fp32", "entropy_ptr": "*fp32",
-                        "stride_row": "i64", "stride_vocab": "constexpr", "num_splits": "i32",
-                        "K": "constexpr", "KP": "constexpr", "BLOCK_S": "constexpr",
+                        "part_stats_ptr": "*fp32",
+                        "part_flag_ptr": "*i32",
+                        "part_topk_ptr": "*i64",
+                        "part_best_ptr": "*i64",
+                        "token_ptr": "*i64",
+                        "prob_ptr": "*fp32",
+                        "topk_tokens_ptr": "*i64",
+                        "topk_probs_ptr": "*fp32",
+                        "lse_ptr": "*fp32",
+                        "entropy_ptr": "*fp32",
+                        "stride_row": "i32",
+                        "stride_vocab": "constexpr",
+                        "num_splits": "i32",
+                        "K": "constexpr",
+                        "KP": "constexpr",
+                        "BLOCK_S": "constexpr",
                         "SAMPLE": "constexpr",
                     },
                     "constexprs": {
-                        "stride_vocab": 1, "K": top_k, "KP": triton.next_power_of_2(top_k),
-                        "BLOCK_S": 64, "SAMPLE": sample,
+                        "stride_vocab": 1,
+                        "K": top_k,
+                        "KP": triton.next_power_of_2(top_k),
+                        "BLOCK_S": 64,
+                        "SAMPLE": sample,
                     },
                     "num_warps": 1,
                     "num_stages": 1,
@@ -562,15 +764,24 @@ def compile_configs() -> list[dict]:
                 "name": f"rank_positions_{'fp64' if is_f64 else 'fp32'}",
                 "kernel": _rank_kernel,
                 "signature": {
-                    "conf_ptr": "*fp64" if is_f64 else "*fp32", "eligible_ptr": "*u8",
-                    "out_ptr": "*i64", "L": "i32",
-                    "stride_cg": "i32", "stride_cl": "constexpr",
-                    "stride_eg": "i32", "stride_el": "constexpr",
-                    "IS_F64": "constexpr", "BLOCK_I": "constexpr", "BLOCK_J": "constexpr",
+                    "conf_ptr": "*fp64" if is_f64 else "*fp32",
+                    "eligible_ptr": "*u8",
+                    "out_ptr": "*i64",
+                    "L": "i32",
+                    "stride_cg": "i32",
+                    "stride_cl": "constexpr",
+                    "stride_eg": "i32",
+                    "stride_el": "constexpr",
+                    "IS_F64": "constexpr",
+                    "BLOCK_I": "constexpr",
+                    "BLOCK_J": "constexpr",
                 },
                 "constexprs": {
-                    "stride_cl": 1, "stride_el": 1, "IS_F64": is_f64,
-                    "BLOCK_I": RANK_BLOCK, "BLOCK_J": RANK_BLOCK,
+                    "stride_cl": 1,
+                    "stride_el": 1,
+                    "IS_F64": is_f64,
+                    "BLOCK_I": RANK_BLOCK,
+                    "BLOCK_J": RANK_BLOCK,
                 },
                 "num_warps": 4,
                 "num_stages": 1,

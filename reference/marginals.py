@@ -372,7 +372,9 @@ def count_above_threshold(confidence, eligible, threshold: float, *, at_least_on
     """
     validate_rank_args(confidence, eligible)
     if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool):
-        raise TypeError(f"count_above_threshold: threshold must be a real number, got {threshold!r}")
+        raise TypeError(
+            f"count_above_threshold: threshold must be a real number, got {threshold!r}"
+        )
     above = (eligible & (confidence > threshold)).sum(dim=-1)
     if at_least_one:
         any_eligible = eligible.any(dim=-1)

@@ -46,8 +46,18 @@ SHARED_MEMORY_LIMIT = {90: 232_448, 80: 166_912}
 TENSOR_CORE_OPCODE = {90: "HGMMA", 80: "HMMA"}
 KERNELS_PACKAGE = "spiffy_triton.kernels"
 DEFAULT_OUT = Path("benchmarks") / "results" / "compile_report.json"
-CONFIG_KEYS = ("name", "kernel", "signature", "constexprs", "num_warps", "num_stages", "tensor_cores")
-SIGNATURE_TYPES = re.compile(r"^(\*?(fp16|bf16|fp32|fp64|i1|i8|i16|i32|i64|u8|u16|u32|u64)|constexpr)$")
+CONFIG_KEYS = (
+    "name",
+    "kernel",
+    "signature",
+    "constexprs",
+    "num_warps",
+    "num_stages",
+    "tensor_cores",
+)
+SIGNATURE_TYPES = re.compile(
+    r"^(\*?(fp16|bf16|fp32|fp64|i1|i8|i16|i32|i64|u8|u16|u32|u64)|constexpr)$"
+)
 COLUMNS = (
     "config",
     "target",
@@ -273,7 +283,7 @@ def problems(row: dict) -> list[str]:
 # ---- the whole report -----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _configs_by_name(module_name: str) -> dict[str, dict]:
     return {c["name"]: c for c in discover([module_name])[module_name]}
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 
-import spiffy_triton  # noqa: F401  (before triton: decides the interpreter mode)
+# isort: off
+import spiffy_triton  # noqa: F401  (first: decides the interpreter mode before triton loads)
 import torch
 from utils import interpreter_active
+
+# isort: on
 
 if interpreter_active():
     import bf16_shim

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import bf16_shim
 import numpy as np
 import pytest
 import torch
 import triton
 import triton.language as tl
 from utils import assert_close, interpreter_active
-
-import bf16_shim
 
 pytestmark = pytest.mark.skipif(
     not interpreter_active(), reason="the shim patches the Triton interpreter only"
@@ -97,9 +96,10 @@ def _run_dot(seed: int):
 
 def test_fp32_to_bf16_rounds_like_torch():
     gen = torch.Generator().manual_seed(0)
+    magnitudes = 10.0 ** torch.randint(-40, 38, (4096,), generator=gen)
     values = torch.cat(
         [
-            torch.randn(4096, generator=gen) * 10.0 ** torch.randint(-40, 38, (4096,), generator=gen),
+            torch.randn(4096, generator=gen) * magnitudes,
             # exact ties (round to even both ways), overflow to inf, subnormals, specials
             torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), 3.3895e38, -3.3895e38]),
             torch.tensor([1e-40, -1e-40, 0.0, -0.0, float("inf"), -float("inf"), float("nan")]),

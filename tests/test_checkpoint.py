@@ -91,9 +91,19 @@ def test_saved_files_use_llada_names_and_keys(tmp_path):
     assert names == set(expected_shapes(model.config))
     assert "model.transformer.blocks.1.ff_proj.weight" in names
     config = json.loads((tmp_path / "config.json").read_text())
-    for key in ("d_model", "n_heads", "n_kv_heads", "n_layers", "mlp_hidden_size", "vocab_size",
-                "embedding_size", "rope_theta", "rms_norm_eps", "mask_token_id",
-                "max_sequence_length"):
+    for key in (
+        "d_model",
+        "n_heads",
+        "n_kv_heads",
+        "n_layers",
+        "mlp_hidden_size",
+        "vocab_size",
+        "embedding_size",
+        "rope_theta",
+        "rms_norm_eps",
+        "mask_token_id",
+        "max_sequence_length",
+    ):
         assert config[key] == LLADA_STYLE_CONFIG[key], key
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from spiffy_triton.decode import GenerateOutput, default_verify, generate, is_exact
 from spiffy_triton.drafting import fill_drafts, geometric_mean_score, rank_masked_positions
 from spiffy_triton.graph import DraftGraph

@@ -217,7 +217,9 @@ def test_interpreter_explicitly_off_is_respected():
 
 
 def test_interpreter_set_in_environment_with_triton_imported_first_works():
-    out = check_ok(run_python("import triton\n" + textwrap.dedent(RESOLVE_TRITON_ON_CPU), TRITON_INTERPRET="1"))
+    out = check_ok(
+        run_python("import triton\n" + textwrap.dedent(RESOLVE_TRITON_ON_CPU), TRITON_INTERPRET="1")
+    )
     assert "RESOLVED" in out
 
 

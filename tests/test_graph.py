@@ -6,6 +6,7 @@ import itertools
 import json
 
 import pytest
+
 from spiffy_triton.graph import MAX_DEFAULT_BUDGET, DraftGraph, expected_advance
 
 
@@ -87,9 +88,7 @@ def test_default_graph_is_greedy_optimal_under_its_prior():
     pairs = [(p, t) for p in range(1, 4) for t in range(1, 3)]
     candidates = {frozenset()}
     for _ in range(3):
-        candidates |= {
-            c | {q} for c in candidates for q in pairs if q[0] not in {p for p, _ in c}
-        }
+        candidates |= {c | {q} for c in candidates for q in pairs if q[0] not in {p for p, _ in c}}
     candidates.discard(frozenset())
     for budget in (1, 2, 3):
         best = max(

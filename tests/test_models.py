@@ -247,8 +247,10 @@ def test_uncached_packed_layout_on_a_deep_bidirectional_model_is_approximate():
     # The context's hidden states see the root, not the draft, so drafts are near-lossless
     # only (DESIGN.md section 2). Measured and reported, not hidden; the root rows are exact.
     root_diff, draft_diff = uncached_packed_difference(n_layers=3)
-    print(f"\nuncached packed layout, 3 layers: root max|diff| {root_diff:.3g}, "
-          f"draft max|diff| {draft_diff:.3g}")
+    print(
+        f"\nuncached packed layout, 3 layers: root max|diff| {root_diff:.3g}, "
+        f"draft max|diff| {draft_diff:.3g}"
+    )
     assert root_diff < 1e-10
     assert draft_diff > 1e-6
 
@@ -291,8 +293,16 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="backend must be one of"):
         LLaDAModel(model.config, backend="cuda")
     with pytest.raises(ValueError, match="must be a multiple of n_kv_heads"):
-        LLaDAConfig(d_model=64, n_heads=4, n_kv_heads=3, n_layers=1, mlp_hidden_size=8,
-                    vocab_size=8, mask_token_id=1, eos_token_id=0)
+        LLaDAConfig(
+            d_model=64,
+            n_heads=4,
+            n_kv_heads=3,
+            n_layers=1,
+            mlp_hidden_size=8,
+            vocab_size=8,
+            mask_token_id=1,
+            eos_token_id=0,
+        )
     assert isinstance(cache, KVCache)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from spiffy_triton import dispatch
 from spiffy_triton.rules import TransitionRule, num_transfer_tokens, remasking_uniform
 

@@ -137,6 +137,10 @@ def _atomic_write(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600; give the file the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -166,7 +170,9 @@ def save_checkpoint(
     }
     expected = expected_shapes(model.config)
     if set(state) != set(expected):
-        raise ValueError(f"model state dict names differ from LLaDA's: {set(state) ^ set(expected)}")
+        raise ValueError(
+            f"model state dict names differ from LLaDA's: {set(state) ^ set(expected)}"
+        )
 
     def write_json(data):
         def write(tmp):

@@ -86,5 +86,7 @@ class CharTokenizer:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         if data.get("type") != "char":
-            raise ValueError(f"{path}: expected a tokenizer of type 'char', got {data.get('type')!r}")
+            raise ValueError(
+                f"{path}: expected a tokenizer of type 'char', got {data.get('type')!r}"
+            )
         return cls(data["characters"], tuple(data["special_tokens"]))

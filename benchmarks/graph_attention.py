@@ -1,0 +1,253 @@
+"""Graph-masked attention: the Triton kernel vs SDPA (dense mask), FlexAttention (block mask
+from the same layout) and drafts as separate batch rows, on LLaDA-8B verification shapes.
+
+    python benchmarks/graph_attention.py            # GPU: the full grid; CPU: smoke sizes
+    python benchmarks/graph_attention.py --quick    # smoke sizes everywhere
+
+On a GPU every method is timed with `triton.testing.do_bench` (median) and reported as ms
+and TFLOP/s over the layout's visible (query, key) pairs (4 * d FLOPs per pair and head: the
+same useful-work numerator for every method). Everywhere, each method's K/V bytes read are
+modeled from its tiling: the kernel reads the key tiles of its schedule once per (query tile,
+head group); SDPA with a dense mask reads every key for every 128-row query tile plus the
+mask; FlexAttention reads every 128 x 128 block with a visible pair; separate rows run
+``1 + D`` full sequences (uncached: every row recomputes the context's queries too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from spiffy_triton.kernels.graph_attention import select_config  # noqa: E402
+
+import spiffy_triton  # noqa: E402  (sets the interpreter mode before triton is imported)
+from benchmarks.timing import median_ms, on_gpu, report  # noqa: E402
+from spiffy_triton import SegmentLayout  # noqa: E402
+from spiffy_triton.layout import CAUSAL, ENTRY_K_END, ENTRY_K_START, FULL  # noqa: E402
+
+FLEX_BLOCK = 128
+SDPA_BLOCK_M = 128
+COLUMNS = (
+    "cached",
+    "context",
+    "D",
+    "method",
+    "ms",
+    "tflops",
+    "speedup_vs_sdpa",
+    "kv_mb_modeled",
+    "note",
+)
+
+
+def kernel_kv_bytes(layout: SegmentLayout, heads: int, kv_heads: int, d: int, dtype) -> int:
+    group = heads // kv_heads
+    config = select_config(d, dtype, layout.num_q_rows, group)
+    sched = layout.schedule(config.block_m // config.heads_per_tile, config.block_n)
+    rows = int((sched.entries[:, ENTRY_K_END] - sched.entries[:, ENTRY_K_START]).sum())
+    programs_per_tile = heads // config.heads_per_tile
+    return 2 * rows * d * dtype.itemsize * programs_per_tile
+
+
+def sdpa_kv_bytes(layout: SegmentLayout, heads: int, d: int, dtype) -> int:
+    q_tiles = math.ceil(layout.num_q_rows / SDPA_BLOCK_M)
+    kv = 2 * q_tiles * layout.num_k_rows * d * dtype.itemsize * heads
+    mask = layout.num_q_rows * layout.num_k_rows * dtype.itemsize  # additive bias, one head
+    return kv + mask
+
+
+def flex_kv_bytes(layout: SegmentLayout, heads: int, d: int, dtype) -> int:
+    dense = layout.to_dense()
+    mq, mk = dense.shape
+    pad = torch.zeros(
+        math.ceil(mq / FLEX_BLOCK) * FLEX_BLOCK,
+        math.ceil(mk / FLEX_BLOCK) * FLEX_BLOCK,
+        dtype=torch.bool,
+    )
+    pad[:mq, :mk] = dense
+    blocks = pad.view(
+        pad.shape[0] // FLEX_BLOCK, FLEX_BLOCK, pad.shape[1] // FLEX_BLOCK, FLEX_BLOCK
+    )
+    visited = blocks.any(dim=3).any(dim=1)  # [q blocks, k blocks]
+    widths = torch.tensor([min(FLEX_BLOCK, mk - j * FLEX_BLOCK) for j in range(visited.shape[1])])
+    return 2 * int((visited * widths).sum()) * d * dtype.itemsize * heads
+
+
+def rows_kv_bytes(prefix, block, suffix, drafts, cached, heads, d, dtype) -> int:
+    seq = prefix + block + suffix
+    q_rows = block if cached else seq
+    return 2 * (1 + drafts) * math.ceil(q_rows / SDPA_BLOCK_M) * seq * d * dtype.itemsize * heads
+
+
+def flex_mask_mod(layout: SegmentLayout, device):
+    """A FlexAttention mask_mod from the layout's segments (no dense mask)."""
+    q_seg, q_off = (t.to(device) for t in layout.row_segments())
+    k_lengths = torch.tensor(layout.k_lengths)
+    k_seg = torch.repeat_interleave(torch.arange(len(k_lengths)), k_lengths).to(device)
+    k_off = (torch.arange(layout.num_k_rows) - torch.tensor(layout.k_starts)[k_seg.cpu()]).to(
+        device
+    )
+    vis = layout.visibility.to(device=device, dtype=torch.int64)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        relation = vis[q_seg[q_idx], k_seg[kv_idx]]
+        return (relation == FULL) | ((relation == CAUSAL) & (k_off[kv_idx] <= q_off[q_idx]))
+
+    return mask_mod
+
+
+def run_case(prefix, block, suffix, drafts, cached, *, heads, d, dtype, device, flex_fn):
+    layout = SegmentLayout.spiffy(prefix, block, suffix, drafts, cached=cached)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    q = rand(1, heads, layout.num_q_rows, d)
+    k = rand(1, heads, layout.num_k_rows, d)
+    v = rand(1, heads, layout.num_k_rows, d)
+    flops = 4 * d * heads * layout.num_visible_pairs()
+    dense = layout.to_dense(device)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    seq = prefix + block + suffix
+    rows_q = rand(1 + drafts, heads, block if cached else seq, d)
+    rows_k, rows_v = rand(1 + drafts, heads, seq, d), rand(1 + drafts, heads, seq, d)
+
+    methods = {
+        "triton": (
+            lambda: spiffy_triton.graph_attention(q, k, v, layout, backend="triton"),
+            kernel_kv_bytes(layout, heads, heads, d, dtype),
+            "",
+        ),
+        "sdpa_dense_mask": (
+            lambda: sdpa(q, k, v, attn_mask=dense),
+            sdpa_kv_bytes(layout, heads, d, dtype),
+            "",
+        ),
+        "separate_rows": (
+            lambda: sdpa(rows_q, rows_k, rows_v),
+            rows_kv_bytes(prefix, block, suffix, drafts, cached, heads, d, dtype),
+            "1+D rows, full context each",
+        ),
+    }
+    flex_note = ""
+    if flex_fn is not None:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        try:
+            block_mask = create_block_mask(
+                flex_mask_mod(layout, device),
+                None,
+                None,
+                layout.num_q_rows,
+                layout.num_k_rows,
+                device=device,
+            )
+            methods["flex_block_mask"] = (
+                lambda: flex_fn(q, k, v, block_mask=block_mask),
+                flex_kv_bytes(layout, heads, d, dtype),
+                "",
+            )
+        except Exception as error:  # report, do not hide: FlexAttention is optional here
+            flex_note = f"flex unavailable: {type(error).__name__}: {str(error)[:80]}"
+    rows = []
+    reference = None
+    for name, (fn, kv_bytes, note) in methods.items():
+        try:
+            out = fn()
+            if name != "separate_rows":
+                if reference is None:
+                    reference = out.float()
+                else:
+                    err = (out.float() - reference).abs().max().item()
+                    note = (note + f" max|diff| vs triton {err:.2g}").strip()
+            ms = median_ms(fn)
+        except Exception as error:
+            rows.append(dict(method=name, note=f"failed: {type(error).__name__}: {error}"[:120]))
+            continue
+        rows.append(
+            dict(
+                method=name,
+                ms=ms,
+                tflops=flops / (ms * 1e-3) / 1e12,
+                kv_mb_modeled=kv_bytes / 2**20,
+                note=note,
+            )
+        )
+    if flex_note:
+        rows.append(dict(method="flex_block_mask", note=flex_note))
+    sdpa_ms = next((r.get("ms") for r in rows if r["method"] == "sdpa_dense_mask"), None)
+    for row in rows:
+        row.update(cached=cached, context=prefix + suffix, D=drafts)
+        if sdpa_ms and row.get("ms"):
+            row["speedup_vs_sdpa"] = sdpa_ms / row["ms"]
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke sizes")
+    args = parser.parse_args(argv)
+    gpu = on_gpu() and not args.quick
+    device = "cuda" if on_gpu() else "cpu"
+    if gpu:
+        heads, d, dtype, block = 32, 128, torch.bfloat16, 32
+        contexts, draft_counts = (256, 1024, 4096), (0, 4, 8, 16)
+        flex_fn = torch.compile(_flex_attention())
+    else:
+        # the interpreter is slow: tiny heads and lengths, timings are not meaningful on CPU
+        heads, d, dtype, block = 2, 64, torch.float16 if device == "cuda" else torch.float32, 16
+        contexts, draft_counts = (96,), (0, 4)
+        flex_fn = _flex_attention()
+        # eager FlexAttention on CPU warns that it is unfused: expected for a smoke run
+        warnings.filterwarnings("ignore", message=".*flex_attention.*")
+    rows = []
+    for cached in (False, True):
+        for context in contexts:
+            # LLaDA layout: the prompt and finished blocks before the block, masked future after
+            prefix, suffix = context // 2, context - context // 2
+            for drafts in draft_counts:
+                rows += run_case(
+                    prefix,
+                    block,
+                    suffix,
+                    drafts,
+                    cached,
+                    heads=heads,
+                    d=d,
+                    dtype=dtype,
+                    device=device,
+                    flex_fn=flex_fn,
+                )
+    meta = dict(
+        heads=heads,
+        head_dim=d,
+        dtype=str(dtype),
+        block=block,
+        timing="triton.testing.do_bench median"
+        if on_gpu()
+        else "CPU perf_counter median (Triton interpreter: not a performance number)",
+        tflops="4 * d * heads * visible pairs of the layout / time",
+        kv_mb_modeled=__doc__.split("Everywhere, ")[1].split('\n"""')[0].strip(),
+    )
+    report("graph_attention", rows, COLUMNS, meta=meta)
+
+
+def _flex_attention():
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        return None
+    return flex_attention
+
+
+if __name__ == "__main__":
+    main()
