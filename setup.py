@@ -38,7 +38,15 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist", "hypothesis>=6.100", "ruff"],
+        # setuptools / wheel: tests/test_packaging.py builds offline (--no-build-isolation).
+        "test": [
+            "pytest>=8",
+            "pytest-xdist",
+            "hypothesis>=6.100",
+            "ruff",
+            "setuptools>=64",
+            "wheel",
+        ],
         "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["spiffy-triton=spiffy_triton.cli:main"]},

@@ -421,17 +421,17 @@ def crossover_drafts(
     return None
 
 
-def load_steps_per_forward(path: Path) -> dict[int, float]:
+def load_steps_per_forward(path: Path, *, cache: str = "dual") -> dict[int, float]:
     """Mean steps advanced per forward (vanilla NFE / Spiffy NFE) per draft budget D, from the
     NFE study's JSON (`benchmarks/nfe.py`). Reads rows with a draft-count key (`drafts`,
     `num_drafts`, `max_drafts`, `budget`, `D`) and one of `steps_per_forward`,
     `steps_per_nfe`, `nfe_speedup`. Where rows carry them, only the configuration this model
-    describes is kept: dual cache, temperature 0, the schedule rule (no threshold / factor).
-    Several rows left for one D (prompt kinds, graphs) are averaged."""
+    describes is kept: `cache` ("dual" or "none"), temperature 0, the schedule rule (no
+    threshold / factor). Several rows left for one D (prompt kinds, graphs) are averaged."""
     payload = json.loads(Path(path).read_text())
     rows = payload.get("rows", payload) if isinstance(payload, dict) else payload
     rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-    for key, wanted in (("cache", "dual"), ("temperature", 0), ("threshold", None)):
+    for key, wanted in (("cache", cache), ("temperature", 0), ("threshold", None)):
         matching = [r for r in rows if key in r and r[key] == wanted]
         if matching:
             rows = matching
@@ -739,16 +739,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     drafts = [0, 3, 5, 8, 10] if args.quick else parse_ints(args.drafts, "--drafts")
     out_dir = Path(args.out_dir) if args.out_dir else RESULTS_DIR
 
-    steps_per_forward, acceptance_source = {}, "none measured: speedup not predicted"
+    # Acceptance per cache mode: rows of the cached model read dual-cache acceptance, rows of
+    # the uncached model the no-cache one (the same when the JSON does not tell them apart).
+    acceptance = {"dual": {}, "none": {}}
+    acceptance_source = "none measured: speedup not predicted"
     for path in (Path(p.strip()) for p in args.acceptance_json.split(",") if p.strip()):
-        steps_per_forward = load_steps_per_forward(path) if path.is_file() else {}
-        if steps_per_forward:
+        if path.is_file():
+            acceptance = {c: load_steps_per_forward(path, cache=c) for c in acceptance}
+        if acceptance["dual"]:
             acceptance_source = f"measured on the bundled model: {path.name}"
             break
-    if not steps_per_forward and args.steps_per_forward:
-        steps_per_forward = parse_steps_per_forward(args.steps_per_forward)
+    if not acceptance["dual"] and args.steps_per_forward:
+        placeholder = parse_steps_per_forward(args.steps_per_forward)
+        acceptance = {"dual": placeholder, "none": placeholder}
         acceptance_source = "PLACEHOLDER given on the command line (not measured)"
-    drafts = sorted(set(drafts) | set(steps_per_forward))
+    drafts = sorted(set(drafts) | set(acceptance["dual"]) | set(acceptance["none"]))
 
     assumptions = {
         "label": "MODELED, not measured: analytic bytes/FLOPs + roofline with assumed ceilings",
@@ -769,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "launch_us": args.launch_us,
         "vanilla_steps_per_block": args.vanilla_steps,
         "acceptance": acceptance_source,
-        "steps_per_forward": steps_per_forward,
+        "steps_per_forward": acceptance,
     }
 
     print("MODELED, not measured. Ceilings (vendor peak x assumed fraction):")
@@ -803,13 +808,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         contexts=contexts,
         drafts=drafts,
         block=args.block,
-        steps_per_forward=steps_per_forward,
         vanilla_steps=args.vanilla_steps,
         sampling=args.sampling,
         launch_us=args.launch_us,
     )
-    cached_rows = step_rows(LLADA_8B, hardware, cached=True, **common)
-    uncached_rows = step_rows(LLADA_8B, hardware, cached=False, **common)
+    cached_rows = step_rows(
+        LLADA_8B, hardware, cached=True, steps_per_forward=acceptance["dual"], **common
+    )
+    uncached_rows = step_rows(
+        LLADA_8B, hardware, cached=False, steps_per_forward=acceptance["none"], **common
+    )
     tables = {
         "perf_model": (cached_rows + uncached_rows, None),
         "perf_model_crossover": (crossover, None),

@@ -6,10 +6,11 @@ no draft verified) - it decodes the same held-out prompts with `spiffy_triton.ge
 reports tokens per second, the time per phase (model forward, drafting, layout, marginals, walk:
 `GenerateOutput.stats.time_s`), and Spiffy's overhead (the non-model phases) as a share of model
 time. Configurations run interleaved, one repeat of each in turn (in a rotated order), so they
-share the machine's conditions; numbers are medians over repeats, and the speedup is the median
-of per-repeat ratios measured side by side.
+share the machine's conditions. Tokens/s and the phase split are those of each configuration's
+repeat with the median wall time (so the phases add up); the speedup is the median over rounds
+of vanilla's wall time over the configuration's in the same round (side by side).
 
-    python benchmarks/wallclock.py [--quick] [--drafts 0,3,5,8,10] [--repeats 5] [--cache dual]
+    python benchmarks/wallclock.py [--quick] [--drafts 0,3,5,8,10] [--repeats 3] [--cache dual]
 
 Writes benchmarks/results/wallclock.json and wallclock.png.
 """
@@ -109,37 +110,43 @@ def measure(model, prompts, configs: Sequence[Config], args) -> dict[str, list[d
     return runs
 
 
+def median_run(reps: list[dict]) -> dict:
+    """The repeat with the median wall time (the lower middle one for an even count), so that
+    its phase split adds up to its total."""
+    ordered = sorted(reps, key=lambda rep: rep["wall_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def summarize(runs: dict[str, list[dict]], configs: Sequence[Config], args, n_prompts: int):
     vanilla = runs["vanilla"]
     generated = n_prompts * args.gen_length
+    vanilla_median = median_run(vanilla)
+    vanilla_forward_ms = vanilla_median["phases"]["model"] / vanilla_median["nfe"] * 1e3
     # Both decoders make the same transitions, so vanilla's non-model time (marginals, rule,
-    # layout) is the baseline; what Spiffy adds on top of it is its own overhead.
-    vanilla_rest_ms = (
-        statistics.median(sum(rep["phases"][p] for p in SPIFFY_PHASES) for rep in vanilla)
-        / n_prompts
-        * 1e3
-    )
+    # layout) is the baseline; Spiffy's own overhead is what it adds on top of it.
+    vanilla_rest_ms = sum(vanilla_median["phases"][p] for p in SPIFFY_PHASES) / n_prompts * 1e3
     rows = []
     for config in configs:
         reps = runs[config.name]
-        per_call = {
-            phase: statistics.median(rep["phases"][phase] for rep in reps) / n_prompts * 1e3
-            for phase in (*PHASES, "total")
-        }
+        middle = median_run(reps)
+        per_call = {phase: t / n_prompts * 1e3 for phase, t in middle["phases"].items()}
         model_ms = per_call["model"]
         spiffy_ms = sum(per_call[p] for p in SPIFFY_PHASES)
+        forward_ms = middle["phases"]["model"] / middle["nfe"] * 1e3
         row = {
             "config": config.name,
             "D": config.drafts,
-            "tokens_per_s": statistics.median(generated / rep["wall_s"] for rep in reps),
+            "tokens_per_s": generated / middle["wall_s"],
             "speedup": statistics.median(
                 v["wall_s"] / rep["wall_s"] for v, rep in zip(vanilla, reps)
             ),
-            "nfe": reps[0]["nfe"],
-            "steps_per_forward": reps[0]["steps"] / reps[0]["nfe"],
+            "nfe": middle["nfe"],
+            "steps_per_forward": middle["steps"] / middle["nfe"],
             "same_tokens_as_vanilla": all(
-                torch.equal(a, b) for a, b in zip(reps[0]["tokens"], vanilla[0]["tokens"])
+                torch.equal(a, b) for a, b in zip(middle["tokens"], vanilla_median["tokens"])
             ),
+            "forward_ms": forward_ms,
+            "forward_cost_vs_vanilla": forward_ms / vanilla_forward_ms,
             **{f"{phase}_ms": per_call[phase] for phase in PHASES},
             "other_ms": per_call["total"] - sum(per_call[p] for p in PHASES),
             "total_ms": per_call["total"],
@@ -202,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gen-length", type=int, default=64)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--cache", choices=("none", "prefix", "dual"), default="dual")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
         "--graph-template", default=None, help="graph JSON path with {D}; default: built-in graphs"
@@ -239,10 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": args.threads,
         "graphs": args.graph_template or "DraftGraph.default(D)",
         "D=0": "Spiffy loop with a filler that proposes no draft",
-        "phase_times": "median over repeats of the sum over prompts, per generate call",
+        "phase_times": "of the repeat with the median wall time, per generate call (ms)",
+        "speedup": "median over repeats of vanilla wall / config wall, same round",
     }
     columns = [
         "config", "tokens_per_s", "speedup", "nfe", "steps_per_forward", "same_tokens_as_vanilla",
+        "forward_ms", "forward_cost_vs_vanilla",
         *(f"{p}_ms" for p in PHASES), "other_ms", "overhead_pct_of_model",
         "added_vs_vanilla_pct_of_model",
     ]  # fmt: skip

@@ -46,6 +46,7 @@ __all__ = [
     "rank_positions",
     "count_above_threshold",
     "philox_uint32",
+    "gumbel_noise",
     "compile_configs",
 ]
 
@@ -216,7 +217,7 @@ def _marginals_kernel(
     V,
     stride_row,
     stride_vocab,
-    chunk,
+    blocks_per_split,
     num_splits,
     inv_t,
     seed_lo,
@@ -238,8 +239,8 @@ def _marginals_kernel(
         + tl.arange(0, 256)[None, None, :]
     )
     slots = tl.arange(0, KP)
-    start = split * chunk
-    stop = tl.minimum(start + chunk, V)
+    first_block = split * blocks_per_split
+    end_block = tl.minimum(first_block + blocks_per_split, tl.cdiv(V, BLOCK_V))
 
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.zeros((), tl.float32)
@@ -253,9 +254,10 @@ def _marginals_kernel(
         k1 = seed_hi.to(tl.uint32, bitcast=True)
         step_u = step.to(tl.uint32, bitcast=True)
 
-    for block_start in range(start, stop, BLOCK_V):
+    for block in range(first_block, end_block):
+        block_start = block * BLOCK_V  # a multiple of BLOCK_V: aligned, vectorized loads
         vocab_id = block_start + tile
-        valid = vocab_id < stop
+        valid = vocab_id < V
         x = tl.load(row_ptr + vocab_id.to(tl.int64) * stride_vocab, mask=valid, other=float("-inf"))
         x = x.to(tl.float32)
         is_nan = x != x
@@ -398,10 +400,19 @@ def _combine_kernel(
 
 
 @triton.jit
-def _philox_words_kernel(
-    out_ptr, positions_ptr, V, seed_lo, seed_hi, step, stream, BLOCK_V: tl.constexpr
+def _noise_kernel(
+    out_ptr,
+    positions_ptr,
+    V,
+    seed_lo,
+    seed_hi,
+    step,
+    stream,
+    BLOCK_V: tl.constexpr,
+    GUMBEL: tl.constexpr,
 ):
-    """The raw 32-bit noise words of marginals (for the bitwise test against the reference)."""
+    """The noise of marginals on its own: raw 32-bit words, or the fp32 Gumbel values
+    (for the bitwise tests against the reference)."""
     row = tl.program_id(0)
     block_start = tl.program_id(1) * BLOCK_V
     QB: tl.constexpr = BLOCK_V // 1024
@@ -421,11 +432,11 @@ def _philox_words_kernel(
         QB,
     )
     vocab_id = block_start + tile
-    tl.store(
-        out_ptr + row.to(tl.int64) * V + vocab_id,
-        words.to(tl.int64) & 0xFFFFFFFF,
-        mask=vocab_id < V,
-    )
+    if GUMBEL:
+        values = _gumbel_from_uint32(words)
+    else:
+        values = words.to(tl.int64) & 0xFFFFFFFF
+    tl.store(out_ptr + row.to(tl.int64) * V + vocab_id, values, mask=vocab_id < V)
 
 
 @triton.jit
@@ -545,7 +556,6 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
     assert block_v % NOISE_CHUNK == 0, "BLOCK_V must be a multiple of the noise chunk"
     num_blocks = triton.cdiv(vocab, block_v)
     blocks_per_split = triton.cdiv(num_blocks, config["splits"])
-    chunk = blocks_per_split * block_v
     splits = triton.cdiv(num_blocks, blocks_per_split)
     kp = triton.next_power_of_2(top_k)
     sample = temperature > 0
@@ -567,7 +577,7 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
         vocab,
         logits.stride(0),
         logits.stride(1),
-        chunk,
+        blocks_per_split,
         splits,
         inverse_temperature(temperature),
         _int32_bits(seed),
@@ -601,13 +611,13 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
     return out
 
 
-def philox_uint32(seed: int, step: int, positions: torch.Tensor, num_values: int, stream: int = 0):
-    """The kernel's 32-bit noise words, int64 [N, V] (twin of reference.philox_uint32)."""
+def _noise(seed, step, positions, num_values, stream, gumbel):
     num_rows = positions.shape[0]
-    out = torch.empty(num_rows, num_values, dtype=torch.int64, device=positions.device)
+    dtype = torch.float32 if gumbel else torch.int64
+    out = torch.empty(num_rows, num_values, dtype=dtype, device=positions.device)
     if num_rows and num_values:
         grid = (num_rows, triton.cdiv(num_values, NOISE_CHUNK))
-        _philox_words_kernel[grid](
+        _noise_kernel[grid](
             out,
             positions.to(torch.int64),
             num_values,
@@ -616,9 +626,20 @@ def philox_uint32(seed: int, step: int, positions: torch.Tensor, num_values: int
             _int32_bits(step),
             _int32_bits(stream),
             BLOCK_V=NOISE_CHUNK,
+            GUMBEL=gumbel,
             num_warps=4,
         )
     return out
+
+
+def philox_uint32(seed: int, step: int, positions: torch.Tensor, num_values: int, stream: int = 0):
+    """The kernel's 32-bit noise words, int64 [N, V] (twin of reference.philox_uint32)."""
+    return _noise(seed, step, positions, num_values, stream, gumbel=False)
+
+
+def gumbel_noise(seed: int, step: int, positions: torch.Tensor, num_values: int, stream: int = 0):
+    """The kernel's fp32 Gumbel noise [N, V] (twin of reference.gumbel_noise)."""
+    return _noise(seed, step, positions, num_values, stream, gumbel=True)
 
 
 def rank_positions(confidence, eligible):
@@ -695,7 +716,7 @@ def compile_configs() -> list[dict]:
                     "V": "i32",
                     "stride_row": "i32",
                     "stride_vocab": "constexpr",
-                    "chunk": "i32",
+                    "blocks_per_split": "i32",
                     "num_splits": "i32",
                     "inv_t": "fp32",
                     "seed_lo": "i32",
@@ -718,6 +739,9 @@ def compile_configs() -> list[dict]:
                 "num_warps": _select_num_warps(block_v),
                 "num_stages": 1,
                 "tensor_cores": False,
+                # LLaDA's and Qwen's vocabularies (126464, 152064) are multiples of 16; the JIT
+                # specializes on it and the loads vectorize.
+                "divisible_by_16": ["V", "stride_row"],
             }
         )
     for top_k in (1, 8):

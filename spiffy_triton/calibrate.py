@@ -77,11 +77,21 @@ class TraceStep:
     expressible: bool | None
 
 
+@dataclass(frozen=True)
+class TraceBlock:
+    """The steps of one decoded block. ``start_variants[r]``: the block's first step ranked as
+    the decoder ranks it when the previous block's last Spiffy root was that block's ``X_r``
+    (uncached decoding only; ``steps[0]`` is the variant of the last vanilla forward)."""
+
+    steps: tuple[TraceStep, ...]
+    start_variants: tuple[TraceStep, ...] = ()
+
+
 @dataclass
 class Traces:
     """Recorded steps, one list per decoded block, and how they were made."""
 
-    blocks: list[list[TraceStep]]
+    blocks: list[TraceBlock]
     max_token_rank: int
     block_length: int
     settings: dict
@@ -91,7 +101,7 @@ class Traces:
 
     @property
     def steps(self) -> list[TraceStep]:
-        return [step for block in self.blocks for step in block]
+        return [step for block in self.blocks for step in block.steps]
 
     def counts(self) -> collections.Counter:
         """How many recorded steps had each formula on their true path."""
@@ -106,14 +116,14 @@ class Traces:
         return {
             "prompts": self.num_prompts,
             "blocks": len(self.blocks),
-            "steps": len(steps),
+            "trace_steps": len(steps),
             "vanilla_nfe": self.vanilla_nfe,
             "ranked_steps": sum(s.ranked for s in steps),
             "next_state_expressible": sum(judged) / len(judged) if judged else 0.0,
             "distinct_formulas": len(self.counts()),
             "max_token_rank": self.max_token_rank,
             "collect_time_s": self.time_s,
-            **self.settings,
+            "decode": dict(self.settings),
         }
 
 
@@ -198,46 +208,41 @@ class _RecordingModel:
         return logits, cache
 
 
-def _block_steps(
-    states: list[list[int]],
-    ranks: list[MarginalsOutput | None],
+def trace_step(
+    states: Sequence[Sequence[int]],
+    k: int,
+    p_last: MarginalsOutput | None,
     mask_id: int,
-    backend: str,
-) -> list[TraceStep]:
-    """Trace steps of one block: `states` are X_0 .. X_n (X_n full), `ranks[k]` the P_last the
-    decoder has at root X_k (or None)."""
-    steps = []
-    n = len(states) - 1
-    for k in range(n):
-        root = states[k]
-        num_masked = sum(1 for t in root if t == mask_id)
-        if ranks[k] is None:
-            steps.append(TraceStep(num_masked, False, (), None))
-            continue
-        p_last = ranks[k]
-        ordered = rank_masked_positions(p_last, torch.tensor(root), mask_id, backend)
-        position_rank = {pos: i + 1 for i, pos in enumerate(ordered)}
-        top_tokens = p_last.topk_tokens.tolist()
-        chain: list[Formula] = []
-        pairs: list[tuple[int, int]] = []
-        expressible = None
-        for t in range(k + 1, n):  # X_n is the full block: never looked up
-            before, after = states[t - 1], states[t]
-            ok = True
-            for pos in range(len(root)):
-                if before[pos] == mask_id and after[pos] != mask_id:
-                    candidates = top_tokens[pos]
-                    if after[pos] not in candidates:
-                        ok = False
-                        break
-                    pairs.append((position_rank[pos], candidates.index(after[pos]) + 1))
-            if t == k + 1:
-                expressible = ok
-            if not ok:
-                break
-            chain.append(tuple(sorted(pairs)))
-        steps.append(TraceStep(num_masked, True, tuple(chain), expressible))
-    return steps
+    backend: str = "auto",
+) -> TraceStep:
+    """Root ``X_k`` of a block's vanilla states ``X_0 .. X_n`` (``X_n`` full) as a trace step,
+    ranked by `p_last` (None: the decoder has no ranks there, no drafts)."""
+    root = states[k]
+    num_masked = sum(1 for t in root if t == mask_id)
+    if p_last is None:
+        return TraceStep(num_masked, False, (), None)
+    ordered = rank_masked_positions(p_last, torch.tensor(list(root)), mask_id, backend)
+    position_rank = {pos: i + 1 for i, pos in enumerate(ordered)}
+    top_tokens = p_last.topk_tokens.tolist()
+    chain: list[Formula] = []
+    pairs: list[tuple[int, int]] = []
+    expressible = None
+    for t in range(k + 1, len(states) - 1):  # the full block X_n is never looked up
+        before, after = states[t - 1], states[t]
+        ok = True
+        for pos in range(len(root)):
+            if before[pos] == mask_id and after[pos] != mask_id:
+                candidates = top_tokens[pos]
+                if after[pos] not in candidates:
+                    ok = False
+                    break
+                pairs.append((position_rank[pos], candidates.index(after[pos]) + 1))
+        if t == k + 1:
+            expressible = ok
+        if not ok:
+            break
+        chain.append(tuple(sorted(pairs)))
+    return TraceStep(num_masked, True, tuple(chain), expressible)
 
 
 def _encode_prompts(model, prompts) -> list[torch.Tensor]:
@@ -300,7 +305,8 @@ def collect_traces(
     encoded = _encode_prompts(model, prompts)
     mask_id = model.config.mask_token_id
     started = time.perf_counter()
-    blocks: list[list[TraceStep]] = []
+    blocks: list[TraceBlock] = []
+    cache = decode_kwargs.get("cache")
     nfe = 0
     iterator = encoded
     if progress:
@@ -324,14 +330,26 @@ def collect_traces(
         by_block: dict[int, list[_Forward]] = collections.defaultdict(list)
         for forward in recorder.forwards:
             by_block[forward.block_start].append(forward)
-        previous_last: _Forward | None = None
+        previous: list[_Forward] = []
         for start in sorted(by_block):
             forwards = by_block[start]
             states = [f.state for f in forwards] + [tokens[start : start + block_length]]
-            ranks = [previous_last.next_ranks if previous_last is not None else None]
-            ranks += [f.ranks for f in forwards[:-1]]
-            blocks.append(_block_steps(states, ranks, mask_id, backend))
-            previous_last = forwards[-1]
+            # Root X_k is ranked by the forward of X_{k-1}; X_0 by the next-block rows of the
+            # previous block's last root forward, which depends on the Spiffy walk: keep one
+            # variant per forward of the previous block (uncached only: a cached block starts
+            # with a prefill, without drafts).
+            variants: tuple[TraceStep, ...] = ()
+            if cache is None and previous:
+                variants = tuple(
+                    trace_step(states, 0, f.next_ranks, mask_id, backend) for f in previous
+                )
+            first = variants[-1] if variants else trace_step(states, 0, None, mask_id)
+            steps = [first] + [
+                trace_step(states, k, forwards[k - 1].ranks, mask_id, backend)
+                for k in range(1, len(forwards))
+            ]
+            blocks.append(TraceBlock(tuple(steps), variants))
+            previous = forwards
     settings = {"gen_length": gen_length, "block_length": block_length, **decode_kwargs}
     return Traces(
         blocks=blocks,
@@ -496,25 +514,28 @@ def simulate(traces: Traces, graph: DraftGraph) -> dict:
 
     Returns the simulated ``nfe``, the ``steps`` made, ``steps_per_nfe``, and
     ``mean_advance``: steps one forward advances averaged over every recorded step as a root
-    (the ``"steps"`` objective)."""
-    nfe = steps = 0
-    advance_sum = 0
-    count = 0
+    (the ``"steps"`` objective). The replay is exact: it is the NFE `generate` takes with this
+    graph and the same settings whenever drafts' logits equal vanilla's (the exact modes)."""
+    nfe = steps = advance_sum = 0
+    last_root = None
     for block in traces.blocks:
+        walk = list(block.steps)
+        if block.start_variants and last_root is not None:
+            walk[0] = block.start_variants[last_root]
         k = 0
-        while k < len(block):
-            step = block[k]
+        while k < len(walk):
+            last_root = k
+            step = walk[k]
             k += 1 + _accepted(step.chain, _nodes_at(graph, step.num_masked))
             nfe += 1
-        steps += len(block)
-        for step in block:
+        steps += len(walk)
+        for step in block.steps:
             advance_sum += 1 + _accepted(step.chain, _nodes_at(graph, step.num_masked))
-            count += 1
     return {
         "nfe": nfe,
         "steps": steps,
         "steps_per_nfe": steps / nfe if nfe else 0.0,
-        "mean_advance": advance_sum / count if count else 0.0,
+        "mean_advance": advance_sum / steps if steps else 0.0,
     }
 
 
@@ -722,6 +743,7 @@ def stored_counts(path: str | Path) -> list[int] | None:
 __all__ = [
     "OBJECTIVES",
     "PhasedDraftGraph",
+    "TraceBlock",
     "TraceStep",
     "Traces",
     "calibrate",
@@ -733,4 +755,5 @@ __all__ = [
     "select_phased_graph",
     "simulate",
     "stored_counts",
+    "trace_step",
 ]

@@ -11,7 +11,8 @@ For each configuration returned by ``compile_configs()`` of a module in
 - disassembles the cubin with the bundled ``cuobjdump -sass`` and counts tensor-core
   instructions (``HGMMA`` on sm_90, ``HMMA`` on sm_80).
 
-It prints a table and writes JSON. Run it as a program in its own process::
+It prints a table and writes JSON (``compile_s`` is near zero when Triton's cache already
+held the kernel). Run it as a program in its own process::
 
     python -m spiffy_triton.compile_report [--out PATH] [--targets sm_90,sm_80] [--jobs N]
 
@@ -375,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in args.targets.split(",") if t not in TARGETS]
     if unknown:
         parser.error(f"--targets: unknown {unknown}; choose from {sorted(TARGETS)}")
+    if not triton_mode.triton_available():
+        parser.error("needs the `triton` package (pip install triton); no GPU is needed")
     if triton_mode.triton_library_interpreted():
         parser.error("triton is already imported in interpreter mode; run in a fresh process")
     os.environ["TRITON_INTERPRET"] = "0"  # before the kernel modules import triton

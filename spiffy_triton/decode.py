@@ -40,7 +40,12 @@ import torch
 from .drafting import Drafts, Filler, fill_drafts
 from .graph import DraftGraph
 from .layout import FULL, NONE, SegmentLayout
-from .rules import TransitionRule, block_marginals, num_transfer_tokens
+from .rules import (
+    SCHEDULE_THRESHOLD_RULES,
+    TransitionRule,
+    block_marginals,
+    num_transfer_tokens,
+)
 
 CACHE_MODES = (None, "prefix", "dual")
 VERIFY_MODES = ("packed", "batch")
@@ -347,6 +352,12 @@ def generate(
         )
     if cache not in CACHE_MODES:
         raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+    # Hook (docs/MODELS.md): a model with its own verification (Dream's shifted logits, SDAR's
+    # block-causal attention) builds its verifier, which resolves `verify` and says if exact.
+    model_verifier = None
+    if hasattr(model, "spiffy_verifier"):
+        model_verifier = model.spiffy_verifier(cache, verify)
+        verify = model_verifier.verify
     if verify is None:
         verify = default_verify(cache)
     if verify not in VERIFY_MODES:
@@ -354,7 +365,10 @@ def generate(
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
 
-    parallel = threshold is not None or factor is not None
+    # SDAR's dynamic rule takes a threshold on top of the step schedule.
+    parallel = (threshold is not None and remasking not in SCHEDULE_THRESHOLD_RULES) or (
+        factor is not None
+    )
     if parallel:
         if steps is not None:
             raise ValueError(
@@ -406,7 +420,7 @@ def generate(
         gen_length=gen_length,
         cache=cache,
         verify=verify,
-        exact=is_exact(cache, verify),
+        exact=is_exact(cache, verify) if model_verifier is None else model_verifier.exact,
         graph=None if draft_graph is None else (draft_graph.name or f"{len(draft_graph)} nodes"),
     )
     if draft_graph is not None:
@@ -415,7 +429,11 @@ def generate(
     start_time = time.perf_counter()
     device = model.device
     clock = _Clock(stats.time_s, device)
-    verifier = _Verifier(model, cache, verify, clock)
+    if model_verifier is None:
+        verifier = _Verifier(model, cache, verify, clock)
+    else:  # the hook's verifier (see above)
+        model_verifier.clock = clock
+        verifier = model_verifier
     top_k = draft_graph.max_token_rank if draft_graph is not None else 1
 
     def last_marginals(logits: torch.Tensor, positions: torch.Tensor):

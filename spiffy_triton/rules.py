@@ -38,6 +38,21 @@ from .types import MarginalsOutput
 
 REMASKING = ("low_confidence", "random")
 
+# --- Dream and SDAR confidence kinds (docs/MODELS.md) -------------------------------------
+# Scored on the distribution tokens are drawn from, softmax(logits / T) (softmax(logits) at
+# T = 0), as Dream's and SDAR's generate do. Dream: maskgit_plus (probability of the chosen
+# token), topk_margin (top-1 minus top-2 probability), entropy (negative entropy). SDAR:
+# low_confidence_static (probability of the chosen token, LLaDA's schedule) and
+# low_confidence_dynamic (every masked position above `threshold` when there are at least the
+# schedule's count of them, else the schedule's count of most confident).
+DREAM_REMASKING = ("maskgit_plus", "topk_margin", "entropy")
+SDAR_REMASKING = ("low_confidence_static", "low_confidence_dynamic")
+TEMPERED_CONFIDENCE = DREAM_REMASKING + SDAR_REMASKING
+# Rules that take a threshold on top of the step schedule.
+SCHEDULE_THRESHOLD_RULES = ("low_confidence_dynamic",)
+REMASKING = REMASKING + TEMPERED_CONFIDENCE
+# --- end of Dream and SDAR kinds ---------------------------------------------------------
+
 # Philox stream of random remasking (stream 0 is the Gumbel noise of token sampling).
 RANDOM_REMASK_STREAM = 1
 
@@ -133,7 +148,12 @@ class TransitionRule:
             raise ValueError(f"threshold must be in [0, 1), got {self.threshold!r}")
         if self.factor is not None and not self.factor > 0:
             raise ValueError(f"factor must be > 0, got {self.factor!r}")
-        parallel = self.threshold is not None or self.factor is not None
+        scheduled_threshold = self.remasking in SCHEDULE_THRESHOLD_RULES  # SDAR dynamic
+        if scheduled_threshold and self.threshold is None:
+            raise ValueError(f"remasking={self.remasking!r} needs a threshold")
+        parallel = (self.threshold is not None and not scheduled_threshold) or (
+            self.factor is not None
+        )
         if parallel and self.remasking != "low_confidence":
             raise ValueError(
                 "threshold and factor rules rank by confidence; they need "
@@ -156,10 +176,15 @@ class TransitionRule:
         self, logits: torch.Tensor, *, step: int, positions: torch.Tensor
     ) -> MarginalsOutput:
         """Token choice and confidence of the block's rows at global step `step`."""
+        temperature = float(self.temperature)
+        if self.remasking in TEMPERED_CONFIDENCE and temperature > 0:
+            # Dream / SDAR: confidence of softmax(logits / T); Gumbel-max of (logits / T) / 1
+            # picks what Gumbel-max of logits / T picks.
+            logits, temperature = logits / temperature, 1.0
         return block_marginals(
             logits,
-            top_k=1,
-            temperature=float(self.temperature),
+            top_k=2 if self.remasking == "topk_margin" else 1,
+            temperature=temperature,
             seed=self.seed,
             step=step,
             positions=positions,
@@ -183,6 +208,11 @@ class TransitionRule:
             raise ValueError("transition on a block with no masked position")
         if self.remasking == "random":
             confidence = remasking_uniform(self.seed, step, positions)
+        elif self.remasking == "topk_margin":
+            top = marginals.topk_probs.to(torch.float64)
+            confidence = top[:, 0] - top[:, 1]
+        elif self.remasking == "entropy":
+            confidence = -marginals.entropy.to(torch.float64)
         else:
             confidence = marginals.prob.to(torch.float64)
         order = dispatch.rank_positions(confidence[None], masked[None], backend=self.backend)[0]
@@ -201,6 +231,12 @@ class TransitionRule:
                     f"block_step {block_step} outside the schedule of {len(self.schedule)} steps"
                 )
             count = self.schedule[block_step]
+            if self.remasking in SCHEDULE_THRESHOLD_RULES:
+                # SDAR dynamic: all above the threshold if they are at least the scheduled
+                # count (an earlier step may have committed more than scheduled: clamp).
+                count = min(count, num_masked)
+                above = int((confidence[order[:num_masked]] > self.threshold).sum())
+                return above if above >= count else count
             if count > num_masked:
                 raise ValueError(
                     f"schedule asks for {count} tokens at block step {block_step}, but only "

@@ -103,6 +103,7 @@ def test_wallclock_quick(tmp_path, toy_checkpoint):
     rows = {r["config"]: r for r in payload["rows"]}
     assert set(rows) == {"vanilla", "spiffy D=0", "spiffy D=3"}
     assert rows["vanilla"]["speedup"] == 1.0
+    assert rows["vanilla"]["forward_cost_vs_vanilla"] == 1.0
     # D = 0 verifies nothing: one step per forward, vanilla's tokens
     assert rows["spiffy D=0"]["steps_per_forward"] == 1.0
     assert rows["spiffy D=0"]["nfe"] == rows["vanilla"]["nfe"] == 32
@@ -110,6 +111,10 @@ def test_wallclock_quick(tmp_path, toy_checkpoint):
     for row in rows.values():
         assert row["tokens_per_s"] > 0 and row["model_ms"] > 0
         assert row["overhead_pct_of_model"] >= 0
+        # the phase split is that of one repeat, so it adds up to that repeat's total
+        phases = sum(row[f"{p}_ms"] for p in ("model", "drafting", "layout", "marginals", "walk"))
+        assert 0 <= row["other_ms"] <= 0.25 * row["total_ms"]
+        assert phases + row["other_ms"] == pytest.approx(row["total_ms"])
     assert rows["spiffy D=3"]["drafting_ms"] > 0
     assert (tmp_path / "wallclock.png").is_file()
 

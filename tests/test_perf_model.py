@@ -242,3 +242,21 @@ def test_script_uses_measured_acceptance_first(tmp_path):
     assert row["steps_per_forward"] == 1.8
     assert row["speedup_per_step"] == pytest.approx(1.8 / row["step_cost_vs_D0"])
     assert by_d[("H100-SXM", True, 3)]["speedup_per_step"] is None  # placeholder not used
+
+
+def test_script_reads_acceptance_per_cache_mode(tmp_path):
+    nfe = tmp_path / "nfe.json"
+    rows = [
+        {"section": "spiffy", "cache": c, "temperature": 0, "threshold": None, "drafts": 5,
+         "steps_per_nfe": s}
+        for c, s in (("dual", 2.0), ("none", 3.0))
+    ]  # fmt: skip
+    rows.append({"cache": "dual", "temperature": 0, "threshold": 0.9, "drafts": 5, "nfe": 9.0})
+    nfe.write_text(json.dumps({"rows": rows}))
+    argv = ["--quick", "--no-plot", "--out-dir", str(tmp_path), "--acceptance-json", str(nfe)]
+    assert pm.main(argv) == 0
+    payload = json.loads((tmp_path / "perf_model.json").read_text())
+    by_key = {(r["gpu"], r["cached"], r["D"]): r for r in payload["rows"]}
+    assert by_key[("H200-SXM", True, 5)]["steps_per_forward"] == 2.0
+    assert by_key[("H200-SXM", False, 5)]["steps_per_forward"] == 3.0
+    assert payload["meta"]["acceptance"] == "measured on the bundled model: nfe.json"

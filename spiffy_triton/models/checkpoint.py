@@ -24,6 +24,8 @@ TOKENIZER_FILE = "tokenizer.json"
 
 def expected_shapes(config: LLaDAConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter name of a LLaDA checkpoint of `config` and its shape."""
+    if hasattr(config, "parameter_shapes"):  # Dream / SDAR configs name their own parameters
+        return config.parameter_shapes()
     d, hd, m = config.d_model, config.head_dim, config.mlp_hidden_size
     shapes = {"model.transformer.wte.weight": (config.embedding_size, d)}
     for i in range(config.n_layers):
@@ -95,7 +97,7 @@ def read_state_dict(path: str | os.PathLike, config: LLaDAConfig) -> dict[str, t
             for name in sorted(names):
                 if name not in shapes:
                     raise ValueError(
-                        f"{file_path}: unknown tensor {name!r} (not a LLaDA parameter of this "
+                        f"{file_path}: unknown tensor {name!r} (not a parameter of this "
                         "config)"
                     )
                 if name in tensors:

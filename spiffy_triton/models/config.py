@@ -17,6 +17,7 @@ _COMPATIBLE_VALUES = {
     "include_bias": (False,),
     "include_qkv_bias": (False,),
     "bias_for_layer_norm": (False, None),
+    "layer_norm_with_affine": (True, None),
     "scale_logits": (False,),
     "input_emb_norm": (False,),
     "attention_layer_norm": (False,),

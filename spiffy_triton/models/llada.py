@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dispatch import BACKENDS, graph_attention
+from ..layout import SegmentLayout
 from .cache import CACHE_MODES, KVCache, LayerKV
 from .config import LLaDAConfig
 
@@ -130,8 +132,6 @@ def default_cached_layout(cache: KVCache, num_extra_rows: int):
 @functools.lru_cache(maxsize=256)
 def _spiffy_layout(prefix_len: int, real_rows: int, suffix_len: int, num_copies: int):
     # Cached so that the layout's tile schedule is computed once per shape.
-    from ..layout import SegmentLayout
-
     return SegmentLayout.spiffy(prefix_len, real_rows, suffix_len, num_copies, cached=True)
 
 
@@ -140,13 +140,16 @@ class LLaDAModel(nn.Module):
 
     def __init__(self, config: LLaDAConfig, *, backend: str = "auto", tokenizer=None):
         super().__init__()
-        from ..dispatch import BACKENDS
-
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.config = config
         self.backend = backend
         self.tokenizer = tokenizer
+        self._build(config)
+
+    def _build(self, config) -> None:
+        # Subclasses (Dream, SDAR: models/dream.py, models/sdar.py) build their own modules under
+        # their checkpoint's names and expose them through `transformer`.
         self.model = _Wrapper(config)
 
     # ------------------------------------------------------------------ helpers
@@ -220,8 +223,6 @@ class LLaDAModel(nn.Module):
             return F.scaled_dot_product_attention(
                 q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
             )
-        from ..dispatch import graph_attention
-
         return graph_attention(q, k, v, layout, scale=scale, backend=self.backend)
 
     def _check_layout(self, layout, num_q: int, num_k: int) -> None:

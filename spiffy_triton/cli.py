@@ -1,0 +1,379 @@
+"""The ``spiffy-triton`` command: calibrate, generate, bench, graph draw.
+
+    spiffy-triton calibrate --prompts prompts.jsonl --budget 8 --out graph.json
+    spiffy-triton calibrate --builtin arith --num-prompts 30 --budget 8 --out graph.json
+    spiffy-triton generate --prompt "Q: 12+7*3=?\\nA: " --graph graph.json
+    spiffy-triton bench --quick
+    spiffy-triton graph draw graph.json --out graph.png
+
+Every subcommand has ``--help``. Bad input (unreadable files, invalid graphs, budget < 1, no
+prompts) ends with ``spiffy-triton: error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+MODEL_HELP = "bundled model name ('tiny') or a LLaDA checkpoint directory (default: tiny)"
+
+
+class CLIError(Exception):
+    """Bad input of the command line: reported as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _add_decode_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--model", default="tiny", help=MODEL_HELP)
+    group.add_argument("--gen-length", type=_positive_int, default=64, help="tokens to generate")
+    group.add_argument("--block-length", type=_positive_int, default=32, help="block size")
+    group.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="LLaDA schedule steps (default: gen-length)",
+    )
+    group.add_argument("--temperature", type=float, default=0.0)
+    group.add_argument(
+        "--remasking", choices=("low_confidence", "random"), default="low_confidence"
+    )
+    group.add_argument(
+        "--threshold", type=float, default=None, help="Fast-dLLM confidence threshold"
+    )
+    group.add_argument("--cache", choices=("none", "prefix", "dual"), default="none")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--backend", choices=("auto", "triton", "torch"), default="auto", help="kernel backend"
+    )
+
+
+def _decode_kwargs(args) -> dict:
+    return {
+        "gen_length": args.gen_length,
+        "block_length": args.block_length,
+        "steps": args.steps,
+        "temperature": args.temperature,
+        "remasking": args.remasking,
+        "threshold": args.threshold,
+        "cache": None if args.cache == "none" else args.cache,
+        "seed": args.seed,
+        "backend": args.backend,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spiffy-triton",
+        description="Spiffy lossless speculative decoding for diffusion LMs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="calibrate a draft graph on vanilla decoding of prompts",
+        description="Run vanilla decoding on calibration prompts, record the true future "
+        "states as formulas, and select a draft graph of BUDGET nodes (docs/CALIBRATION.md).",
+    )
+    source = cal.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--prompts",
+        type=Path,
+        help="prompts file: .json (list of strings or {'prompt': ...}), .jsonl (one per line), "
+        "or text (one prompt per line; write a newline inside a prompt as \\n)",
+    )
+    source.add_argument(
+        "--builtin",
+        choices=("arith", "word", "code"),
+        help="the bundled model's calibration prompts of this kind",
+    )
+    cal.add_argument(
+        "--num-prompts", type=_positive_int, default=30, help="prompts to use (default 30)"
+    )
+    cal.add_argument("--budget", type=int, required=True, help="number of graph nodes D (>= 1)")
+    cal.add_argument("--out", type=Path, required=True, help="output graph JSON")
+    cal.add_argument("--objective", choices=("steps", "degree1"), default="steps")
+    cal.add_argument(
+        "--phases", type=_positive_int, default=None, help="one graph per masked-count range"
+    )
+    cal.add_argument("--max-token-rank", type=_positive_int, default=4)
+    cal.add_argument("--draw", type=Path, default=None, help="also write a PNG of the graph")
+    cal.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_decode_options(cal)
+
+    gen = sub.add_parser(
+        "generate",
+        help="decode a prompt, vanilla or Spiffy",
+        description="Decode a prompt with the bundled or a given model; with --graph or "
+        "--budget, Spiffy decoding (same output as vanilla, fewer forwards).",
+    )
+    text = gen.add_mutually_exclusive_group(required=True)
+    text.add_argument("--prompt", help="prompt text (\\n is a newline)")
+    text.add_argument("--prompt-file", type=Path, help="file holding the prompt text")
+    drafts = gen.add_mutually_exclusive_group()
+    drafts.add_argument("--graph", type=Path, help="draft graph JSON (from calibrate)")
+    drafts.add_argument("--budget", type=int, help="use the built-in default graph of D nodes")
+    gen.add_argument("--max-drafts", type=_positive_int, default=None, help="dynamic pruning")
+    gen.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_decode_options(gen)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmark studies (benchmarks/run_all.py)",
+        description="Run every benchmark study of the repository checkout "
+        "(python -m benchmarks.run_all); arguments after 'bench' are passed on, e.g. --quick.",
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for run_all")
+
+    graph = sub.add_parser("graph", help="draft graph tools", description="Draft graph tools.")
+    graph_sub = graph.add_subparsers(dest="graph_command", required=True, metavar="TOOL")
+    draw = graph_sub.add_parser(
+        "draw",
+        help="draw a graph as a PNG",
+        description="A PNG of a draft graph: nodes as formulas (position rank, token rank), "
+        "edges parent to child, node counts when the JSON has them.",
+    )
+    which = draw.add_mutually_exclusive_group(required=True)
+    which.add_argument("graph", nargs="?", type=Path, help="graph JSON")
+    which.add_argument("--default", type=int, help="draw the built-in default graph of D nodes")
+    draw.add_argument("--out", type=Path, required=True, help="output PNG")
+    draw.add_argument("--title", default=None)
+    return parser
+
+
+# ------------------------------------------------------------------------------ commands
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a .json, .jsonl or text file (see `calibrate --help`)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise CLIError(f"--prompts: cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"--prompts: {path} is not UTF-8 text") from None
+
+    def as_prompt(item, where: str) -> str:
+        if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+            return item["prompt"]
+        if isinstance(item, str):
+            return item
+        raise CLIError(f"--prompts: {where} must be a string or an object with a 'prompt' string")
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+            if not isinstance(data, list):
+                raise CLIError(f"--prompts: {path} must hold a JSON list of prompts")
+            prompts = [as_prompt(item, f"item {k}") for k, item in enumerate(data)]
+        elif suffix == ".jsonl":
+            lines = [(k, line) for k, line in enumerate(text.splitlines(), 1) if line.strip()]
+            prompts = [as_prompt(json.loads(line), f"line {k}") for k, line in lines]
+        else:
+            prompts = [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise CLIError(f"--prompts: {path} is not valid JSON: {err}") from None
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise CLIError(f"--prompts: no prompts in {path}")
+    return prompts
+
+
+def _load_model(name: str, backend: str):
+    from .models import load_model
+
+    try:
+        return load_model(name, backend=backend)
+    except FileNotFoundError as err:
+        raise CLIError(f"--model: {err}") from None
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import (
+        collect_traces,
+        node_counts,
+        save_graph,
+        select_graph,
+        select_phased_graph,
+        simulate,
+    )
+
+    if args.budget < 1:
+        raise CLIError(f"--budget must be >= 1 (nodes of the graph), got {args.budget}")
+    if args.prompts is not None:
+        prompts = read_prompts(args.prompts)[: args.num_prompts]
+    else:
+        from .tinydata import calibration_prompts
+
+        prompts = [e.prompt for e in calibration_prompts(args.num_prompts)[args.builtin]]
+    model = _load_model(args.model, args.backend)
+    kwargs = _decode_kwargs(args)
+    traces = collect_traces(
+        model,
+        prompts,
+        max_token_rank=args.max_token_rank,
+        progress=not args.no_progress,
+        **kwargs,
+    )
+    if args.phases is not None:
+        graph = select_phased_graph(traces, args.budget, args.phases, objective=args.objective)
+    else:
+        graph = select_graph(traces, args.budget, objective=args.objective)
+    save_graph(graph, args.out, traces)
+    summary = traces.summary()
+    simulated = simulate(traces, graph)
+    print(
+        f"calibrated {graph.name}: {len(prompts)} prompts, {summary['trace_steps']} steps, "
+        f"{summary['distinct_formulas']} distinct formulas, "
+        f"{summary['collect_time_s']:.1f} s; simulated steps/forward on the calibration "
+        f"prompts {simulated['steps_per_nfe']:.3f} (vanilla 1.0)"
+    )
+    for k, formula in enumerate(graph.nodes):
+        print(f"  node {k}: {' '.join(f'({p},{t})' for p, t in formula)}")
+    print(f"wrote {args.out}")
+    if args.draw is not None:
+        from .graph_draw import draw_graph
+
+        counts = node_counts(traces, graph)
+        draw_graph(graph, args.draw, counts=counts)
+        print(f"wrote {args.draw}")
+    return 0
+
+
+def _graph_argument(args):
+    from .calibrate import load_graph
+    from .graph import DraftGraph
+
+    if args.graph is not None:
+        return load_graph(args.graph)
+    if args.budget is not None:
+        return DraftGraph.default(args.budget)
+    return None
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .calibrate import PhasedDraftGraph
+    from .decode import generate
+
+    if args.prompt_file is not None:
+        try:
+            prompt = args.prompt_file.read_text(encoding="utf-8")
+        except OSError as err:
+            raise CLIError(
+                f"--prompt-file: cannot read {args.prompt_file}: {err.strerror}"
+            ) from None
+    else:
+        prompt = args.prompt.replace("\\n", "\n")
+    if not prompt:
+        raise CLIError("the prompt is empty")
+    try:
+        graph = _graph_argument(args)
+    except ValueError as err:
+        raise CLIError(f"--graph/--budget: {err}") from None
+    if graph is None and args.max_drafts is not None:
+        raise CLIError("--max-drafts needs a draft graph (--graph or --budget)")
+    model = _load_model(args.model, args.backend)
+    if model.tokenizer is None:
+        raise CLIError(f"--model: {args.model} has no tokenizer.json; cannot encode text")
+    prompt_ids = torch.tensor([model.tokenizer.encode(prompt)], dtype=torch.int64)
+    filler = graph.filler(backend=args.backend) if isinstance(graph, PhasedDraftGraph) else None
+    out = generate(
+        model,
+        prompt_ids,
+        graph=graph,
+        max_drafts=args.max_drafts,
+        filler=filler,
+        **_decode_kwargs(args),
+    )
+    text = model.tokenizer.decode(out.tokens[0, prompt_ids.shape[1] :].tolist())
+    if args.json:
+        print(json.dumps({"prompt": prompt, "completion": text, **out.stats.to_dict()}, indent=1))
+    else:
+        print(prompt + text)
+        mode = "vanilla" if graph is None else f"spiffy ({out.stats.graph})"
+        print(
+            f"[{mode}] NFE {out.nfe}, steps {out.steps}, steps/NFE "
+            f"{out.stats.steps_per_nfe:.3f}, {out.stats.total_time_s:.2f} s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def repository_root() -> Path | None:
+    """The repository checkout this package runs from, if it is one (benchmarks ship only
+    with the repository)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "benchmarks" / "run_all.py").is_file() else None
+
+
+def cmd_bench(args) -> int:
+    root = repository_root()
+    if root is None:
+        raise CLIError(
+            "the benchmarks ship with the repository, not the installed package: clone the "
+            "spiffy-triton repository, install it with `pip install -e .`, and run "
+            "`spiffy-triton bench` (or `python -m benchmarks.run_all`) from there"
+        )
+    command = [sys.executable, "-m", "benchmarks.run_all", *args.bench_args]
+    return subprocess.call(command, cwd=root)
+
+
+def cmd_graph_draw(args) -> int:
+    from .calibrate import PhasedDraftGraph, load_graph, stored_counts
+    from .graph import DraftGraph
+    from .graph_draw import draw_graph
+
+    counts = None
+    try:
+        if args.graph is not None:
+            graph = load_graph(args.graph)
+            if isinstance(graph, PhasedDraftGraph):
+                raise CLIError(f"{args.graph} holds per-phase graphs; draw one phase from its JSON")
+            counts = stored_counts(args.graph)
+            if counts is not None and len(counts) != len(graph):
+                raise CLIError(
+                    f"{args.graph}: 'counts' has {len(counts)} entries for {len(graph)} nodes"
+                )
+        else:
+            graph = DraftGraph.default(args.default)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    try:
+        draw_graph(graph, args.out, counts=counts, title=args.title)
+    except OSError as err:
+        raise CLIError(f"--out: cannot write {args.out}: {err.strerror}") from None
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"calibrate": cmd_calibrate, "generate": cmd_generate, "bench": cmd_bench}
+    handler = cmd_graph_draw if args.command == "graph" else handlers[args.command]
+    try:
+        return handler(args)
+    except CLIError as err:
+        parser.exit(2, f"spiffy-triton: error: {err}\n")
+    except ValueError as err:
+        # Validation errors of the library name the argument and what was expected.
+        parser.exit(2, f"spiffy-triton: error: {err}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
