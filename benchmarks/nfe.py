@@ -50,6 +50,7 @@ def parse_list(text: str, kind):
 
 
 def run(model, prompt, *, cache, gen_length, block_length, **kwargs):
+    kwargs.setdefault("max_drafts", None)  # fixed D: every node of the graph, no cost model
     return generate(
         model,
         prompt,

@@ -125,6 +125,8 @@ def run_study(study: Study, *, out_dir: Path, quick: bool, timeout_s: float | No
     if record["status"] == "failed":
         lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         record["detail"] = lines[-1][:200] if lines else "no output"
+        if record["returncode"] < 0:  # POSIX: killed by a signal (e.g. 9 by the OOM killer)
+            record["detail"] = f"killed by signal {-record['returncode']}; " + record["detail"]
     return record
 
 
@@ -291,6 +293,8 @@ def select(names: str | None, skip: str | None) -> list[Study]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # `spiffy-triton bench -- --quick` passes the separator on
+        argv = argv[1:]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke sizes (passed to studies)")
     parser.add_argument("--only", default=None, help="comma-separated studies to run")

@@ -52,10 +52,10 @@ class Config:
         if self.drafts is None:
             return {}
         if self.drafts == 0:
-            return {"graph": DraftGraph.default(1), "filler": no_drafts_filler}
+            return {"graph": DraftGraph.default(1), "filler": no_drafts_filler, "max_drafts": None}
         if graph_template:
-            return {"graph": graph_template.format(D=self.drafts)}
-        return {"graph": DraftGraph.default(self.drafts)}
+            return {"graph": graph_template.format(D=self.drafts), "max_drafts": None}
+        return {"graph": DraftGraph.default(self.drafts), "max_drafts": None}
 
 
 def pick_prompts(model, count: int) -> list[torch.Tensor]:

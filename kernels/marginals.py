@@ -53,6 +53,7 @@ __all__ = [
 # Host-side configuration (shapes only, no autotuning: results are reproducible).
 TARGET_PROGRAMS = 264  # two waves of an H100's 132 SMs
 MIN_BLOCKS_PER_SPLIT = 2
+MAX_SPLITS = 64  # the combine kernel holds MAX_SPLITS x KP keys in one warp's registers
 RANK_BLOCK = 64
 
 SENTINEL = -(2**63)  # below every real packed key
@@ -516,7 +517,7 @@ def _select_config(num_rows: int, vocab: int) -> dict:
     block_v = 2048 if vocab > NOISE_CHUNK else NOISE_CHUNK
     num_blocks = triton.cdiv(vocab, block_v)
     splits = max(1, triton.cdiv(TARGET_PROGRAMS, max(num_rows, 1)))
-    splits = max(1, min(splits, num_blocks // MIN_BLOCKS_PER_SPLIT))
+    splits = max(1, min(splits, num_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
     return {"block_v": block_v, "splits": splits, "num_warps": _select_num_warps(block_v)}
 
 
@@ -774,7 +775,7 @@ def compile_configs() -> list[dict]:
                         "stride_vocab": 1,
                         "K": top_k,
                         "KP": triton.next_power_of_2(top_k),
-                        "BLOCK_S": 64,
+                        "BLOCK_S": MAX_SPLITS,
                         "SAMPLE": sample,
                     },
                     "num_warps": 1,

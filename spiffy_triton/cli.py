@@ -129,13 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_decode_options(gen)
 
-    bench = sub.add_parser(
+    sub.add_parser(
         "bench",
         help="run the benchmark studies (benchmarks/run_all.py)",
         description="Run every benchmark study of the repository checkout "
         "(python -m benchmarks.run_all); arguments after 'bench' are passed on, e.g. --quick.",
     )
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for run_all")
 
     graph = sub.add_parser("graph", help="draft graph tools", description="Draft graph tools.")
     graph_sub = graph.add_subparsers(dest="graph_command", required=True, metavar="TOOL")
@@ -363,7 +362,12 @@ def cmd_graph_draw(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `bench` passes every option it does not know on to run_all.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "bench":
+        args.bench_args = unknown
     handlers = {"calibrate": cmd_calibrate, "generate": cmd_generate, "bench": cmd_bench}
     handler = cmd_graph_draw if args.command == "graph" else handlers[args.command]
     try:

@@ -37,9 +37,11 @@ from typing import NamedTuple
 
 import torch
 
+from .cost_model import AutoDraftBudget, cost_model_key, probe_verify_cost, verify_shape
 from .drafting import Drafts, Filler, fill_drafts
 from .graph import DraftGraph
 from .layout import FULL, NONE, SegmentLayout
+from .noise_fill import NoiseAwareFiller
 from .rules import (
     SCHEDULE_THRESHOLD_RULES,
     TransitionRule,
@@ -78,6 +80,7 @@ class DecodeStats:
     verify: str = "batch"
     exact: bool = True
     graph: str | None = None
+    draft_budget: dict | None = None  # max_drafts="auto": `AutoDraftBudget.summary()`
     drafts_verified: int = 0
     steps_per_forward: collections.Counter = field(default_factory=collections.Counter)
     node_verified: list[int] = field(default_factory=list)
@@ -111,6 +114,7 @@ class DecodeStats:
             "verify": self.verify,
             "exact": self.exact,
             "graph": self.graph,
+            "draft_budget": self.draft_budget,
             "drafts_verified": self.drafts_verified,
             "steps_per_nfe": self.steps_per_nfe,
             "steps_per_forward": {str(k): v for k, v in sorted(self.steps_per_forward.items())},
@@ -161,6 +165,28 @@ def _resolve_graph(graph) -> DraftGraph | None:
         "graph must be None (vanilla), a DraftGraph, a path to a graph JSON file or an int "
         f"budget 1..16, got {type(graph).__name__}"
     )
+
+
+def _resolve_budget(max_drafts) -> AutoDraftBudget | None:
+    """The cost-aware budget of ``max_drafts="auto"`` or an `AutoDraftBudget`; None otherwise."""
+    if isinstance(max_drafts, AutoDraftBudget):
+        return max_drafts
+    if max_drafts == "auto":
+        return AutoDraftBudget()
+    if isinstance(max_drafts, str):
+        raise ValueError(f"max_drafts must be 'auto', an int >= 1 or None, got {max_drafts!r}")
+    return None
+
+
+def _probe_contexts(prompt_len: int, total_len: int, block_length: int, max_len: int):
+    """(block start, total length) pairs the cost probe times: this run's first block, and
+    the same generation behind a prompt as long as this whole run, or half as long, so the
+    fit sees two context lengths."""
+    longer = min(max_len, 2 * total_len)
+    if longer - total_len >= block_length:
+        return [(prompt_len, total_len), (prompt_len + longer - total_len, longer)]
+    shorter = prompt_len // 2
+    return [(prompt_len, total_len), (shorter, total_len - prompt_len + shorter)]
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
@@ -310,11 +336,11 @@ def generate(
     factor: float | None = None,
     cache: str | None = None,
     graph=None,
-    max_drafts: int | None = None,
+    max_drafts: int | str | AutoDraftBudget | None = "auto",
     verify: str | None = None,
     seed: int = 0,
     backend: str = "auto",
-    filler: Filler | None = None,
+    filler: Filler | str | None = None,
 ) -> GenerateOutput:
     """Decode `gen_length` tokens after `prompt_ids` ``[1, P]``; see the module docstring.
 
@@ -327,11 +353,16 @@ def generate(
         cache: None, ``"prefix"`` or ``"dual"``.
         graph: None (vanilla), a `DraftGraph`, a path to a graph JSON file, or an int budget
             (the default graph of that many nodes).
-        max_drafts: verify at most this many drafts per forward (dynamic pruning).
+        max_drafts: ``"auto"`` (default): per forward, the drafts with the most expected steps
+            per predicted unit of verify cost, measured on this machine (zero drafts when
+            drafts do not pay; `spiffy_triton.cost_model`); an `AutoDraftBudget` to give its
+            cost model or acceptance prior; an int: at most this many drafts per forward
+            (dynamic pruning); None: every filled node of the graph.
         verify: ``"packed"`` or ``"batch"``; default the exact mode of `cache`.
         backend: backend of the marginals and ranking calls (the model's attention backend is
             fixed when the model is loaded).
-        filler: custom draft filler (`spiffy_triton.drafting.Filler`).
+        filler: custom draft filler (`spiffy_triton.drafting.Filler`), or ``"noise"``: fill
+            along the predicted sampling trajectory (`spiffy_triton.noise_fill`).
 
     Returns `GenerateOutput(tokens [1, P + gen_length], nfe, steps, stats)`.
     """
@@ -402,6 +433,7 @@ def generate(
     )
 
     draft_graph = _resolve_graph(graph)
+    auto = None
     if draft_graph is not None:
         draft_graph.validate_for_block(block_length)
         from .reference.marginals import MAX_TOP_K
@@ -411,10 +443,15 @@ def generate(
                 f"graph uses token rank {draft_graph.max_token_rank}; marginals give at most "
                 f"top_k={MAX_TOP_K}"
             )
-        if max_drafts is not None:
+        auto = _resolve_budget(max_drafts)
+        if auto is None and max_drafts is not None:
             _check_int("max_drafts", max_drafts)
-    elif max_drafts is not None:
+    elif max_drafts not in (None, "auto"):
         raise ValueError("max_drafts needs a graph (graph=None is vanilla decoding)")
+    if filler == "noise":
+        filler = NoiseAwareFiller(backend=backend)
+    elif isinstance(filler, str):
+        raise ValueError(f"filler must be a Filler callable, 'noise' or None, got {filler!r}")
 
     stats = DecodeStats(
         gen_length=gen_length,
@@ -435,6 +472,33 @@ def generate(
         model_verifier.clock = clock
         verifier = model_verifier
     top_k = draft_graph.max_token_rank if draft_graph is not None else 1
+    if isinstance(filler, NoiseAwareFiller):
+        top_k = max(top_k, filler.top_k)
+    if draft_graph is not None and auto is not None:
+        total_len = prompt.shape[1] + gen_length
+
+        def make_verifier():  # the probe's own verifier, off this run's clock
+            probe_clock = _Clock(dict.fromkeys(PHASES, 0.0), device)
+            if model_verifier is None:
+                return _Verifier(model, cache, verify, probe_clock)
+            probe = model.spiffy_verifier(cache, verify)
+            probe.clock = probe_clock
+            return probe
+
+        auto.bind(
+            draft_graph,
+            lambda: probe_verify_cost(
+                make_verifier,
+                mask_id=mask_id,
+                device=device,
+                cache=cache,
+                verify=verify,
+                block_length=block_length,
+                contexts=_probe_contexts(prompt.shape[1], total_len, block_length, max_len),
+            )[0],
+            cost_model_key(model, cache, verify),
+        )
+        clock.lap("drafting")
 
     def last_marginals(logits: torch.Tensor, positions: torch.Tensor):
         # P_last: probabilities and top tokens at T = 1, no noise (ranks are about probability).
@@ -472,15 +536,35 @@ def generate(
             else:
                 drafts = Drafts(x.new_empty((0, block_length)), ())
                 if draft_graph is not None and p_last is not None:
-                    drafts = fill_drafts(
-                        draft_graph,
-                        x[0, s:e],
-                        p_last,
-                        mask_id,
-                        max_drafts=max_drafts,
-                        filler=filler,
-                        backend=backend,
-                    )
+                    if isinstance(filler, NoiseAwareFiller):
+                        filler.begin(
+                            rule=rule, step=step, block_step=block_step, positions=positions
+                        )
+                    if auto is not None:
+                        drafts = fill_drafts(
+                            draft_graph,
+                            x[0, s:e],
+                            p_last,
+                            mask_id,
+                            filler=auto.filler(
+                                filler,
+                                lambda k, s=s: verify_shape(
+                                    cache, verify, s, block_length, total_len, k
+                                ),
+                                backend=backend,
+                            ),
+                            backend=backend,
+                        )
+                    else:
+                        drafts = fill_drafts(
+                            draft_graph,
+                            x[0, s:e],
+                            p_last,
+                            mask_id,
+                            max_drafts=max_drafts,
+                            filler=filler,
+                            backend=backend,
+                        )
                     clock.lap("drafting")
                 root_logits, draft_logits, hint = verifier(x, s, e, drafts.states)
             first = False
@@ -494,6 +578,7 @@ def generate(
             block = x[0, s:e]
             logits = root_logits
             advanced = 0
+            path = []  # the true states this forward walked to (for the auto budget)
             while True:
                 marg = rule.marginals(logits, step=step, positions=positions)
                 clock.lap("marginals")
@@ -504,6 +589,7 @@ def generate(
                 block_step += 1
                 advanced += 1
                 state = block.tolist()
+                path.append(state)
                 done = mask_id not in state
                 match = None if done else lookup.get(tuple(state))
                 clock.lap("walk")
@@ -511,13 +597,19 @@ def generate(
                     break
                 stats.node_accepted[drafts.nodes[match]] += 1
                 logits = draft_logits[match]
+            if auto is not None:
+                auto.observe(path)
             x[0, s:e] = block
             stats.steps_per_forward[advanced] += 1
             if done:
                 break
             if draft_graph is not None:
-                p_last = last_marginals(logits, positions)
+                # The auto budget backs off after choosing no drafts: plain steps, no P_last.
+                wanted = auto is None or auto.wants_drafts()
+                p_last = last_marginals(logits, positions) if wanted else None
                 clock.lap("marginals")
     stats.steps = step
+    if auto is not None:
+        stats.draft_budget = auto.summary()
     stats.time_s["total"] = time.perf_counter() - start_time
     return GenerateOutput(tokens=x, nfe=stats.nfe, steps=step, stats=stats)

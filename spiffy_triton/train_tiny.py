@@ -1,7 +1,11 @@
 """Train, and evaluate, the bundled small LLaDA-style model (spiffy_triton/assets/tiny).
 
-    python -m spiffy_triton.train_tiny                 # train (seeded), write the checkpoint
+    python -m spiffy_triton.train_tiny                 # the bundled recipe (both stages) + eval
     python -m spiffy_triton.train_tiny --eval-only     # measure the checkpoint's card numbers
+    python -m spiffy_triton.train_tiny --steps N ...   # one stage of N steps
+
+The bundled recipe (`RECIPE`) is two seeded stages: the second starts from the first's
+weights with a fresh optimizer, warm-up and cosine schedule, on new examples (another seed).
 
 Objective: LLaDA's masked diffusion as in its SFT stage. Per sequence a masking level
 ``t ~ U(0, 1)`` (floored at ``eps``); each answer token (EOS padding included, so the model
@@ -17,6 +21,7 @@ import json
 import math
 import os
 import random
+import tempfile
 import time
 
 import torch
@@ -27,6 +32,8 @@ from .models import BUNDLED_MODELS, CharTokenizer, LLaDAConfig, LLaDAModel, save
 
 MAX_LENGTH = 160
 MASK_EPS = 1e-3
+# The bundled model's stages: each continues from the previous one's weights.
+RECIPE = ({"steps": 700, "warmup": 50, "seed": 0}, {"steps": 900, "warmup": 30, "seed": 1})
 
 
 def tiny_config(tokenizer: CharTokenizer) -> LLaDAConfig:
@@ -132,8 +139,17 @@ def train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     tokenizer = CharTokenizer()
-    model = LLaDAModel(tiny_config(tokenizer), backend="torch", tokenizer=tokenizer)
-    model.init_weights(seed=args.seed)
+    if args.init_from:
+        # A further training stage: start from a checkpoint's weights (fresh optimizer).
+        from .models import load_checkpoint
+
+        model = load_checkpoint(args.init_from, backend="torch")
+        if model.config.to_dict() != tiny_config(tokenizer).to_dict():
+            raise ValueError(f"--init-from {args.init_from}: not a checkpoint of tiny_config")
+        model.tokenizer = tokenizer
+    else:
+        model = LLaDAModel(tiny_config(tokenizer), backend="torch", tokenizer=tokenizer)
+        model.init_weights(seed=args.seed)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -166,10 +182,18 @@ def train(args: argparse.Namespace) -> None:
                 save_checkpoint(model, args.out)
             log.append(entry)
             print(json.dumps(entry), flush=True)
+    previous = []
+    if args.init_from and os.path.isfile(os.path.join(args.init_from, "training_log.json")):
+        with open(os.path.join(args.init_from, "training_log.json"), encoding="utf-8") as f:
+            earlier = json.load(f)
+        previous = earlier.pop("previous_stages", []) + [earlier]
     summary = {
+        "previous_stages": previous,
+        "init_from": args.init_from,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "warmup": args.warmup,
         "seed": args.seed,
         "threads": args.threads,
         "parameters": model.num_parameters(),
@@ -387,11 +411,21 @@ def write_model_card(path: str) -> None:
         for kind, v in decode.items()
     )
     packed = ev["uncached_packed_layout"]
+    stages = train_log.get("previous_stages", []) + [train_log]
     loss_rows = "\n".join(
-        f"| {e['step']} | {e['loss_ema']:.3f} | {e['heldout_loss']:.3f} | {e['seconds']} |"
-        for e in train_log["log"]
+        f"| {n} | {e['step']} | {e['loss_ema']:.3f} | {e['heldout_loss']:.3f} | {e['seconds']} |"
+        for n, stage in enumerate(stages, 1)
+        for e in stage["log"]
         if "heldout_loss" in e
     )
+    stage_rows = "\n".join(
+        f"| {n} | {'random init' if not st.get('init_from') else 'stage ' + str(n - 1)} | "
+        f"{st['steps']} | {st['batch_size']} | {st['lr']:g} | {st.get('warmup', '-')} | "
+        f"{st['seed']} | {st['train_seconds'] / 60:.1f} |"
+        for n, st in enumerate(stages, 1)
+    )
+    total_steps = sum(st["steps"] for st in stages)
+    total_minutes = sum(st["train_seconds"] for st in stages) / 60
     card = f"""# Model card: spiffy-triton `tiny`
 
 A LLaDA-format masked-diffusion language model in miniature, trained by this project on CPU
@@ -437,16 +471,23 @@ included, so the model learns where answers end) masked with probability `t`, pr
 masked; loss = cross-entropy on masked tokens / t, averaged over answer tokens. Sequences
 are one example padded with EOS to a length up to 160; batches of one kind.
 
-- {train_log["steps"]} steps x batch {train_log["batch_size"]}, AdamW (betas 0.9, 0.98,
-  weight decay 0.01), peak lr {train_log["lr"]:g}, linear warm-up then cosine to 10%,
-  gradient clipping 1.0, seed {train_log["seed"]}.
-- {train_log["threads"]} CPU thread, {train_log["train_seconds"] / 60:.1f} minutes wall clock
-  (on a 2-core machine shared with other jobs, so the time depends on their load).
-- Final training loss (EMA) {train_log["final_loss_ema"]:.3f}; held-out loss
-  {train_log["final_heldout_loss"]:.3f} (96 held-out examples, fixed masks).
+Stages (`RECIPE` in `train_tiny.py`; each later stage starts from the previous stage's
+weights with a fresh AdamW, warm-up and cosine schedule, and a new data seed, so it sees new
+examples). AdamW betas (0.9, 0.98), weight decay 0.01, linear warm-up then cosine to 10% of
+the peak lr, gradient clipping 1.0, {train_log["threads"]} CPU thread:
 
-| step | train loss (EMA) | held-out loss | seconds |
-|---:|---:|---:|---:|
+| stage | starts from | steps | batch | peak lr | warm-up | seed | minutes |
+|---:|---|---:|---:|---:|---:|---:|---:|
+{stage_rows}
+
+In all {total_steps} steps ({total_steps * train_log["batch_size"]:,} sequences),
+{total_minutes:.1f} minutes wall clock on a 2-core machine shared with other jobs (the time
+depends on their load). Final training loss (EMA) {train_log["final_loss_ema"]:.3f};
+held-out loss {train_log["final_heldout_loss"]:.3f} (96 held-out examples, fixed masks).
+Losses are the weighted objective above (nats per answer token, EOS padding included).
+
+| stage | step | train loss (EMA) | held-out loss | seconds |
+|---:|---:|---:|---:|---:|
 {loss_rows}
 
 ## Evaluation ({ev["eval_n_per_kind"]} held-out prompts per kind)
@@ -482,7 +523,7 @@ against cached vanilla decoding) or with drafts as separate batch rows is exact.
 ## Reproduce
 
 ```bash
-python -m spiffy_triton.train_tiny            # train (seeded) + evaluate + this card
+python -m spiffy_triton.train_tiny              # all stages (seeded) + evaluation + this card
 python -m spiffy_triton.train_tiny --eval-only  # evaluate the committed checkpoint
 ```
 
@@ -500,11 +541,16 @@ formats above.
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=BUNDLED_MODELS["tiny"], help="checkpoint directory")
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="train one stage (default: the RECIPE)"
+    )
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init-from", default=None, help="start from this checkpoint (a further stage)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--save-every", type=int, default=100)
@@ -516,8 +562,26 @@ def main(argv=None) -> None:
     if args.save_every % args.log_every:
         parser.error("--save-every must be a multiple of --log-every")
     if not args.eval_only:
-        train(args)
+        if args.steps is not None:
+            train(args)
+        else:
+            run_recipe(args)
     evaluate(args)
+
+
+def run_recipe(args: argparse.Namespace) -> None:
+    """Train the `RECIPE` stages; intermediate stages live in a temporary directory (their
+    logs are kept in the final ``training_log.json``)."""
+    with tempfile.TemporaryDirectory(prefix="tiny-stages-") as scratch:
+        init_from = args.init_from
+        for i, stage in enumerate(RECIPE):
+            last = i == len(RECIPE) - 1
+            out = args.out if last else os.path.join(scratch, str(i + 1))
+            os.makedirs(out, exist_ok=True)
+            stage_args = argparse.Namespace(**{**vars(args), **stage, "out": out})
+            stage_args.init_from = init_from
+            train(stage_args)
+            init_from = out
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def test_run_all_records_each_outcome_and_writes_summary(tmp_path):
         _study(tmp_path, "good", WRITES_ACCEPTANCE),
         _study(tmp_path, "broken", "raise RuntimeError('boom in study')\n"),
         _study(tmp_path, "slow", "import time\ntime.sleep(60)\n", timeout_s=2.0),
+        _study(tmp_path, "killed", "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n"),
         run_all.Study("absent", "not written yet", tmp_path / "scripts" / "absent.py"),
     ]
     records = run_all.run(studies, out_dir=out, quick=True, argv=["--quick"])
@@ -45,11 +46,19 @@ def test_run_all_records_each_outcome_and_writes_summary(tmp_path):
     assert status["slow"]["status"] == "timeout"
     assert status["slow"]["seconds"] < 30
     assert status["absent"]["status"] == "missing"
+    assert status["killed"]["status"] == "failed"
+    assert status["killed"]["detail"].startswith("killed by signal 9")
     # results went to the redirected dir, with logs, the run record, plots and the summary
     assert json.loads((out / "toy_nfe.json").read_text())["rows"][2]["D"] == 4
     assert "boom in study" in (out / "logs" / "broken.log").read_text()
     recorded = json.loads((out / "run_all.json").read_text())
-    assert [s["status"] for s in recorded["studies"]] == ["ok", "failed", "timeout", "missing"]
+    assert [s["status"] for s in recorded["studies"]] == [
+        "ok",
+        "failed",
+        "timeout",
+        "failed",
+        "missing",
+    ]
     assert (out / "toy_nfe.png").stat().st_size > 0
     assert (out / "toy_kernel.png").stat().st_size > 0
     summary = (out / "SUMMARY.md").read_text()
@@ -128,3 +137,9 @@ def test_wallclock_rejects_bad_arguments():
         wallclock.parse_drafts("17")
     with pytest.raises(SystemExit):
         wallclock.main(["--repeats", "0"])
+
+
+def test_run_all_lists_studies_and_accepts_a_leading_separator(capsys):
+    assert run_all.main(["--", "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert all(study.name in listed for study in run_all.STUDIES)

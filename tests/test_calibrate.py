@@ -199,7 +199,7 @@ def test_replayed_walk_gives_the_nfe_of_real_spiffy_decoding(model, settings):
         real = 0
         for prompt in PROMPTS:
             ids = torch.tensor([prompt])
-            out = generate(model, ids, graph=graph, **kw)
+            out = generate(model, ids, graph=graph, max_drafts=None, **kw)
             assert torch.equal(out.tokens, generate(model, ids, **kw).tokens)
             real += out.nfe
         assert simulate(traces, graph)["nfe"] == real, graph
@@ -251,7 +251,9 @@ def test_phased_graphs_decode_losslessly_with_the_replayed_nfe(model, traces):
     for prompt in PROMPTS:
         ids = torch.tensor([prompt])
         kw = {"gen_length": 16, "block_length": 8, "backend": "torch"}
-        out = generate(model, ids, graph=phased, filler=phased.filler(backend="torch"), **kw)
+        out = generate(
+            model, ids, graph=phased, filler=phased.filler(backend="torch"), max_drafts=None, **kw
+        )
         assert torch.equal(out.tokens, generate(model, ids, **kw).tokens)
         real += out.nfe
     assert simulate(traces, phased)["nfe"] == real

@@ -160,7 +160,9 @@ def test_graph_forms_agree(model, prompt, tmp_path):
 
 
 def test_max_drafts_limits_verification(model, prompt):
-    full = generate(model, prompt, gen_length=16, block_length=8, graph=8, cache="dual")
+    full = generate(
+        model, prompt, gen_length=16, block_length=8, graph=8, cache="dual", max_drafts=None
+    )
     pruned = generate(
         model, prompt, gen_length=16, block_length=8, graph=8, cache="dual", max_drafts=2
     )

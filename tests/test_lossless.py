@@ -43,12 +43,13 @@ PACKED_MODES = ((None, "batch"), ("prefix", "packed"), ("dual", "packed"))
 BATCH_MODES = (("prefix", "batch"), ("dual", "batch"))
 
 GRAPHS = {
-    "D3": {"graph": 3},
-    "D8": {"graph": 8},
+    "D3": {"graph": 3, "max_drafts": None},
+    "D8": {"graph": 8, "max_drafts": None},
     "tok2": {
         "graph": DraftGraph(
             [[(1, 1)], [(1, 2)], [(2, 1)], [(1, 1), (2, 1)], [(1, 2), (2, 1)], [(1, 1), (2, 2)]]
-        )
+        ),
+        "max_drafts": None,
     },
     "D16-prune4": {"graph": 16, "max_drafts": 4},
 }
@@ -158,7 +159,7 @@ def test_spiffy_saves_forwards_on_the_trained_model():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
-    [(0, "greedy", "dual", "packed", "D3"), (1, "T0.7", None, "batch", "tok2")],
+    [(0, "greedy", "dual", "packed", "D3"), (1, "thr0.7-T0.7", "prefix", "packed", "tok2")],
     ids=case_id,
 )
 def test_spiffy_equals_vanilla_triton_backend(case):

@@ -10,7 +10,9 @@ import torch
 from .cache import CACHE_MODES, KVCache, LayerKV
 from .checkpoint import expected_shapes, load_checkpoint, read_config, save_checkpoint
 from .config import LLaDAConfig, llada_8b_config
+from .dream import DreamModel, QwenConfig, dream_7b_config, load_dream
 from .llada import LLaDAModel
+from .sdar import SDARModel, load_sdar, sdar_1_7b_config
 from .tokenizer import CharTokenizer
 
 BUNDLED_MODELS = {
@@ -21,17 +23,55 @@ __all__ = [
     "BUNDLED_MODELS",
     "CACHE_MODES",
     "CharTokenizer",
+    "DreamModel",
     "KVCache",
     "LLaDAConfig",
     "LLaDAModel",
     "LayerKV",
+    "QwenConfig",
+    "SDARModel",
+    "dream_7b_config",
     "expected_shapes",
     "llada_8b_config",
     "load_checkpoint",
+    "load_dream",
     "load_model",
+    "load_sdar",
+    "model_architecture",
     "read_config",
     "save_checkpoint",
+    "sdar_1_7b_config",
 ]
+
+# Architectures `load_model` reads, by config.json's model_type (lower case).
+ARCHITECTURES = ("llada", "dream", "sdar")
+
+
+def model_architecture(path: str | os.PathLike) -> str:
+    """``"llada"``, ``"dream"`` or ``"sdar"``: the architecture of the checkpoint directory
+    `path`, from config.json's ``model_type`` or ``architectures`` (LLaDA when it names
+    neither: LLaDA checkpoints written before model_type existed)."""
+    import json
+
+    config_path = os.path.join(os.fspath(path), "config.json")
+    if not os.path.isfile(config_path):
+        return "llada"  # the LLaDA loader reports the missing file
+    with open(config_path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{config_path}: not valid JSON ({error})") from None
+    model_type = str(data.get("model_type") or "").lower()
+    names = " ".join(str(a) for a in data.get("architectures") or ()).lower()
+    for arch in ("dream", "sdar"):
+        if model_type == arch or arch in names:
+            return arch
+    if model_type in ("", "llada") or "llada" in names:
+        return "llada"
+    raise ValueError(
+        f"{config_path}: model_type {data.get('model_type')!r} is not one of {ARCHITECTURES}; "
+        "for another Hugging Face dLLM use spiffy_triton.models.hf_adapter.HFDiffusionModel"
+    )
 
 
 def load_model(
@@ -41,7 +81,8 @@ def load_model(
     backend: str = "auto",
     device: str | torch.device = "cpu",
 ) -> LLaDAModel:
-    """The bundled trained model by name (``"tiny"``), or a LLaDA checkpoint directory.
+    """The bundled trained model by name (``"tiny"``), or a LLaDA, Dream or SDAR checkpoint
+    directory (picked by config.json's ``model_type``, `model_architecture`).
 
     The model is in eval mode, on `device`, in `dtype`, and runs its attention kernels
     through `backend` ("auto", "triton" or "torch"). ``model.tokenizer`` is the tokenizer
@@ -64,4 +105,6 @@ def load_model(
                 f"name_or_path must be one of {sorted(BUNDLED_MODELS)} or a LLaDA checkpoint "
                 f"directory; {name!r} is neither"
             )
-    return load_checkpoint(path, dtype=dtype, backend=backend).to(device)
+    loader = {"llada": load_checkpoint, "dream": load_dream, "sdar": load_sdar}
+    model = loader[model_architecture(path)](path, dtype=dtype, backend=backend)
+    return model.to(device)

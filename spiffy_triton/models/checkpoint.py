@@ -97,8 +97,7 @@ def read_state_dict(path: str | os.PathLike, config: LLaDAConfig) -> dict[str, t
             for name in sorted(names):
                 if name not in shapes:
                     raise ValueError(
-                        f"{file_path}: unknown tensor {name!r} (not a parameter of this "
-                        "config)"
+                        f"{file_path}: unknown tensor {name!r} (not a parameter of this config)"
                     )
                 if name in tensors:
                     raise ValueError(f"{file_path}: tensor {name!r} appears in two shards")

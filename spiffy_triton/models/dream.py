@@ -414,7 +414,10 @@ def load_qwen_checkpoint(path, model_class, *, dtype=torch.float32, backend="aut
     state = read_state_dict(path, config)
     with torch.device("meta"):
         model = model_class(config, backend=backend, tokenizer=None)
-    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
+    # Fresh (aligned) storage: tensors read from a shard can sit at unaligned offsets, where BLAS
+    # takes other kernels and the logits differ in the last bits from the saved model's.
+    aligned = {k: torch.empty(v.shape, dtype=dtype).copy_(v) for k, v in state.items()}
+    model.load_state_dict(aligned, assign=True)
     model.tokenizer = load_hf_tokenizer(os.path.join(path, TOKENIZER_FILE))
     return model.eval()
 

@@ -1,0 +1,232 @@
+"""Cost-aware draft budget and noise-aware filling on the bundled model (CPU, PyTorch backend).
+
+MEASURED on this machine.
+
+1. Wall clock, per decoding mode (greedy one token per step and the Fast-dLLM threshold rule,
+   each without cache (drafts as batch rows, exact) and with the dual cache (packed, exact)):
+   vanilla, Spiffy with a fixed number of drafts D in {3, 5, 8, 10} (the default graph of D
+   nodes, every filled node verified), and Spiffy with ``max_drafts="auto"`` (candidates: the
+   default graph of 10 nodes; cost model probed on this machine during the warm-up run).
+   The measuring code is benchmarks/wallclock.py's: a warm-up run per configuration, then
+   interleaved rounds in rotated order; tokens/s of the median-wall-time repeat, speedup =
+   median over rounds of vanilla's wall time over the configuration's in the same round.
+   ``auto_drafts`` is the mean number of drafts auto verified per forward (one extra run).
+2. Noise-aware filling against plain filling at T in {0.3, 0.7, 1.0} (dual cache, default
+   graph of 8 nodes, every node verified): NFE, steps per forward, draft acceptance (walked
+   drafts / verified drafts), and whether the tokens equal vanilla's (they must).
+
+    python benchmarks/cost_aware.py [--quick] [--repeats 3] [--prompts 2] [--skip-wallclock]
+
+Writes benchmarks/results/cost_aware.json (wall clock) and cost_aware_noise.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from benchmarks.timing import RESULTS_DIR, report
+from benchmarks.wallclock import measure, pick_prompts, summarize
+from spiffy_triton import DraftGraph, generate, load_model
+
+FIXED_DRAFTS = (3, 5, 8, 10)
+AUTO_POOL = 10  # auto chooses among the nodes of DraftGraph.default(AUTO_POOL)
+TEMPERATURES = (0.3, 0.7, 1.0)
+NOISE_GRAPH = 8
+MODES = {
+    "greedy, no cache": {"cache": None, "rule": {}},
+    "greedy, dual cache": {"cache": "dual", "rule": {}},
+    "threshold 0.9, no cache": {"cache": None, "rule": {"threshold": 0.9}},
+    "threshold 0.9, dual cache": {"cache": "dual", "rule": {"threshold": 0.9}},
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A configuration in wallclock's protocol (``name``, ``drafts``, ``generate_kwargs``)."""
+
+    name: str
+    drafts: int | str | None  # None: vanilla; "auto": cost-aware
+    rule: dict = field(default_factory=dict)
+
+    def generate_kwargs(self, graph_template: str | None = None) -> dict:
+        if self.drafts is None:
+            return dict(self.rule)
+        if self.drafts == "auto":
+            return {**self.rule, "graph": DraftGraph.default(AUTO_POOL), "max_drafts": "auto"}
+        return {**self.rule, "graph": DraftGraph.default(self.drafts), "max_drafts": None}
+
+
+def auto_drafts_per_forward(model, prompts, rule: dict, args) -> float:
+    """Mean drafts auto verified per forward over `prompts` (one untimed run)."""
+    drafts = forwards = 0
+    for prompt in prompts:
+        out = generate(
+            model,
+            prompt,
+            gen_length=args.gen_length,
+            block_length=args.block_length,
+            cache=args.cache,
+            backend="torch",
+            **Config("auto", "auto", rule).generate_kwargs(),
+        )
+        drafts += out.stats.drafts_verified
+        forwards += out.nfe
+    return drafts / forwards
+
+
+def wallclock_rows(model, prompts, args) -> list[dict]:
+    rows = []
+    for mode, spec in MODES.items():
+        mode_args = argparse.Namespace(**vars(args), cache=spec["cache"], graph_template=None)
+        configs = [Config("vanilla", None, spec["rule"])]
+        configs += [Config(f"D={d}", d, spec["rule"]) for d in args.drafts]
+        configs.append(Config("auto", "auto", spec["rule"]))
+        print(f"-- {mode}: {len(configs)} configurations x {args.repeats} rounds", flush=True)
+        runs = measure(model, prompts, configs, mode_args)
+        mode_rows = summarize(runs, configs, mode_args, len(prompts))
+        auto_mean = auto_drafts_per_forward(model, prompts, spec["rule"], mode_args)
+        for row, config in zip(mode_rows, configs):
+            rows.append(
+                {
+                    "mode": mode,
+                    "config": row["config"],
+                    "tokens_per_s": row["tokens_per_s"],
+                    "speedup": row["speedup"],
+                    "nfe": row["nfe"],
+                    "steps_per_forward": row["steps_per_forward"],
+                    "forward_ms": row["forward_ms"],
+                    "auto_drafts": auto_mean if config.drafts == "auto" else None,
+                    "same_tokens_as_vanilla": row["same_tokens_as_vanilla"],
+                    "wall_s_min": row["wall_s_min"],
+                    "wall_s_max": row["wall_s_max"],
+                }
+            )
+    return rows
+
+
+def noise_rows(model, prompts, args) -> list[dict]:
+    rows = []
+    graph = DraftGraph.default(NOISE_GRAPH)
+    for temperature in TEMPERATURES:
+        common = {
+            "gen_length": args.gen_length,
+            "block_length": args.block_length,
+            "cache": "dual",
+            "temperature": temperature,
+            "backend": "torch",
+        }
+        vanilla = [generate(model, p, seed=k, **common) for k, p in enumerate(prompts)]
+        for name, filler in (("plain", None), ("noise-aware", "noise")):
+            outs = [
+                generate(model, p, seed=k, graph=graph, max_drafts=None, filler=filler, **common)
+                for k, p in enumerate(prompts)
+            ]
+            verified = sum(o.stats.drafts_verified for o in outs)
+            accepted = sum(sum(o.stats.node_accepted) for o in outs)
+            nfe = sum(o.nfe for o in outs)
+            rows.append(
+                {
+                    "temperature": temperature,
+                    "filler": name,
+                    "nfe": nfe,
+                    "vanilla_nfe": sum(o.nfe for o in vanilla),
+                    "nfe_speedup": sum(o.nfe for o in vanilla) / nfe,
+                    "steps_per_forward": sum(o.steps for o in outs) / nfe,
+                    "acceptance": accepted / verified if verified else 0.0,
+                    "drafts_verified": verified,
+                    "same_tokens_as_vanilla": all(
+                        torch.equal(o.tokens, v.tokens) for o, v in zip(outs, vanilla)
+                    ),
+                }
+            )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny", help='"tiny" or a LLaDA checkpoint dir')
+    parser.add_argument("--prompts", type=int, default=2, help="prompts per wall-clock run")
+    parser.add_argument("--noise-prompts", type=int, default=6)
+    parser.add_argument("--gen-length", type=int, default=64)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--skip-wallclock", action="store_true")
+    parser.add_argument("--skip-noise", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="1 prompt, 32 tokens, 1 round")
+    parser.add_argument("--out-dir", default=None)
+    args = parser.parse_args(argv)
+    args.drafts = list(FIXED_DRAFTS)
+    if args.quick:
+        args.prompts, args.noise_prompts, args.repeats = 1, 1, 1
+        args.gen_length = args.block_length = 32
+        args.drafts = [3]
+    for name in ("prompts", "noise_prompts", "gen_length", "block_length", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    torch.set_num_threads(args.threads)
+    out_dir = Path(args.out_dir) if args.out_dir else RESULTS_DIR
+    model = load_model(args.model, dtype=torch.float32, backend="torch")
+    meta = {
+        "label": "MEASURED: CPU wall clock / NFE, PyTorch backend, float32",
+        "model": args.model,
+        "gen_length": args.gen_length,
+        "block_length": args.block_length,
+        "threads": args.threads,
+    }
+
+    if not args.skip_wallclock:
+        prompts = pick_prompts(model, args.prompts)
+        rows = wallclock_rows(model, prompts, args)
+        columns = [
+            "mode", "config", "tokens_per_s", "speedup", "nfe", "steps_per_forward",
+            "forward_ms", "auto_drafts", "same_tokens_as_vanilla",
+        ]  # fmt: skip
+        report(
+            "cost_aware",
+            rows,
+            columns,
+            meta={
+                **meta,
+                "prompts": len(prompts),
+                "repeats": args.repeats,
+                "fixed_graphs": "DraftGraph.default(D), every filled node verified",
+                "auto": f'max_drafts="auto" over DraftGraph.default({AUTO_POOL})',
+                "speedup": "median over rounds of vanilla wall / config wall, same round",
+            },
+            out_dir=out_dir,
+        )
+    if not args.skip_noise:
+        prompts = pick_prompts(model, args.noise_prompts)
+        rows = noise_rows(model, prompts, args)
+        columns = [
+            "temperature", "filler", "nfe", "vanilla_nfe", "nfe_speedup", "steps_per_forward",
+            "acceptance", "drafts_verified", "same_tokens_as_vanilla",
+        ]  # fmt: skip
+        report(
+            "cost_aware_noise",
+            rows,
+            columns,
+            meta={
+                **meta,
+                "prompts": len(prompts),
+                "cache": "dual",
+                "graph": f"DraftGraph.default({NOISE_GRAPH}), every filled node verified",
+                "seeds": "prompt k uses seed k",
+            },
+            out_dir=out_dir,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,739 @@
+"""Cost-aware draft budget: how many drafts one verify forward should carry (``max_drafts="auto"``).
+
+Fewer forward passes only pay when a verify pass with ``D`` drafts costs less than the steps it
+saves. On a compute-bound machine (a CPU) each draft row costs about as much as a root row; on a
+memory-bound GPU at 8B scale extra rows are nearly free. This module measures that trade-off on
+the machine at hand and picks, every Spiffy iteration, the draft set that maximises the expected
+number of steps advanced per unit of predicted cost.
+
+Cost. `VerifyCostModel` predicts a verify forward's wall time from its shape
+(`verify_shape`: batch rows, query rows per batch row, keys per batch row):
+
+    ms = intercept + per_row * (batch * rows) + per_row_key * (batch * rows * keys)
+
+(weights and MLP scale with the query rows, attention with query rows times keys). It is given by
+the user (`VerifyCostModel(...)`, `.from_dict`) or fitted by `probe_verify_cost`: a short warm-up
+that times the decoder's own verify forward at a few draft counts and two context lengths (the
+minimum of a few repeats per shape, robust to a busy machine), fitted by non-negative least
+squares. Fitted models are cached per (model class and config, device, dtype, torch threads,
+cache mode, verify mode) in memory, and on disk under ``~/.cache/spiffy_triton`` when asked
+(`cached_cost_model(..., cache_dir=...)`, or ``SPIFFY_TRITON_COST_CACHE=<dir>``).
+
+Benefit. `AcceptanceEstimator` estimates, per filled draft, the probability that the walk passes
+through it. Its base rate per graph node is a Beta posterior: the prior mean is the share of
+calibration steps whose true path went through the node (calibration counts), or, without
+counts, the default graphs' prior (`spiffy_triton.graph.prior_step_probability`) summed over
+the node's orders of unmasking; the run's own verify outcomes (verified / walked through) update
+it. The current marginals then scale the rate by how likely the node's tokens are now compared
+with their average when the node was verified: ``rate * joint / mean_joint`` (``joint`` = the
+product of the node's ``P_last`` token probabilities), clipped to [0, 1].
+
+Selection (`select_drafts`). The walk reaches a draft only through its ancestors, so drafts
+are taken greedily by estimate, a node becoming eligible once one of its direct parents (largest
+filled strict subsets) is taken or when it has none; the expected advance of the first ``k``
+is ``1 + sum of their estimates``. The chosen ``k`` maximises ``advance(k) / cost(k)`` over
+``k = 0 .. len(candidates)``; ``k = 0`` (a plain step: one root forward, one step) is always a
+candidate, so in expectation auto is never worse than vanilla decoding.
+
+Back-off. Filling and scoring cost host time even when no draft is chosen. After a selection
+of zero drafts the budget skips the next 1, 2, 4, ... (at most ``MAX_BACKOFF``) iterations'
+filling and ``P_last`` (`AutoDraftBudget.wants_drafts`): those are plain vanilla steps. A
+selection with drafts resets the back-off. Where drafts never pay, auto's overhead over vanilla
+is one fill every ``MAX_BACKOFF + 1`` forwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .drafting import probability_filler
+from .graph import DraftGraph, prior_step_probability
+
+CACHE_ENV = "SPIFFY_TRITON_COST_CACHE"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "spiffy_triton"
+CACHE_FILE = "verify_cost_models.json"
+PROBE_DRAFT_COUNTS = (0, 1, 3, 6)
+PROBE_REPEATS = 3
+DEFAULT_PRIOR_STRENGTH = 4.0  # pseudo-observations behind an acceptance prior
+MAX_BACKOFF = 8  # most plain steps in a row after choosing no drafts
+
+
+# ----------------------------------------------------------------------------------- shapes
+
+
+@dataclass(frozen=True)
+class VerifyShape:
+    """One verify forward: ``batch`` sequences of ``rows`` query rows over ``keys`` keys."""
+
+    batch: int
+    rows: int
+    keys: int
+
+    @property
+    def query_rows(self) -> int:
+        return self.batch * self.rows
+
+    @property
+    def row_keys(self) -> int:
+        return self.batch * self.rows * self.keys
+
+
+def verify_shape(
+    cache: str | None,
+    verify: str,
+    prefix_len: int,
+    block_len: int,
+    total_len: int,
+    num_drafts: int,
+) -> VerifyShape:
+    """Shape of the verify forward of `spiffy_triton.decode` with `num_drafts` drafts.
+
+    ``prefix_len`` = block start ``s``, ``total_len`` = ``T`` (prompt + generation). Without
+    cache every row is a query: batch rows hold the full sequence, packed drafts add ``L`` rows
+    each. With a dual cache queries are the block and the drafts over ``[prefix, block, suffix,
+    drafts]``; with a prefix cache a copy is block + suffix (``T - s`` rows).
+    """
+    for name, value in (
+        ("prefix_len", prefix_len),
+        ("block_len", block_len),
+        ("total_len", total_len),
+        ("num_drafts", num_drafts),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if block_len < 1 or prefix_len + block_len > total_len:
+        raise ValueError(
+            f"need block_len >= 1 and prefix_len + block_len <= total_len, got prefix_len "
+            f"{prefix_len}, block_len {block_len}, total_len {total_len}"
+        )
+    if verify not in ("packed", "batch"):
+        raise ValueError(f"verify must be 'packed' or 'batch', got {verify!r}")
+    t, s, length, d = total_len, prefix_len, block_len, num_drafts
+    packed = verify == "packed"
+    if cache is None:
+        if packed:
+            return VerifyShape(1, t + d * length, t + d * length)
+        return VerifyShape(1 + d, t, t)
+    if cache == "dual":
+        if packed:
+            return VerifyShape(1, (1 + d) * length, t + d * length)
+        return VerifyShape(1 + d, length, t)
+    if cache == "prefix":
+        real = t - s
+        if packed:
+            return VerifyShape(1, (1 + d) * real, s + (1 + d) * real)
+        return VerifyShape(1 + d, real, t)
+    raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
+
+
+# ------------------------------------------------------------------------------ cost model
+
+
+@dataclass(frozen=True)
+class VerifyCostModel:
+    """``ms = intercept_ms + per_row_ms * query_rows + per_row_key_ms * row_keys``.
+
+    ``source`` says where the coefficients come from (``"given"``, ``"probe"``, a file);
+    ``residual_pct`` is the fit's root-mean-square relative error on its probe samples.
+    """
+
+    intercept_ms: float
+    per_row_ms: float
+    per_row_key_ms: float = 0.0
+    source: str = "given"
+    residual_pct: float | None = None
+
+    def __post_init__(self):
+        values = (self.intercept_ms, self.per_row_ms, self.per_row_key_ms)
+        for name, value in zip(("intercept_ms", "per_row_ms", "per_row_key_ms"), values):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"VerifyCostModel.{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"VerifyCostModel.{name} must be finite and >= 0, got {value}")
+        if not any(v > 0 for v in values):
+            raise ValueError("VerifyCostModel needs at least one positive coefficient")
+
+    def predict_ms(self, shape: VerifyShape) -> float:
+        return (
+            self.intercept_ms
+            + self.per_row_ms * shape.query_rows
+            + self.per_row_key_ms * shape.row_keys
+        )
+
+    @classmethod
+    def fit(
+        cls, samples: Sequence[tuple[VerifyShape, float]], *, source: str = "probe"
+    ) -> VerifyCostModel:
+        """Non-negative least squares on relative error (each sample weighted by 1 / its time,
+        so small and large shapes count alike)."""
+        if len(samples) < 2:
+            raise ValueError(f"fitting a cost model needs at least 2 samples, got {len(samples)}")
+        if any(not (ms > 0 and math.isfinite(ms)) for _, ms in samples):
+            raise ValueError("cost samples must have positive finite times")
+        features = torch.tensor(
+            [[1.0, float(s.query_rows), float(s.row_keys)] for s, _ in samples],
+            dtype=torch.float64,
+        )
+        times = torch.tensor([ms for _, ms in samples], dtype=torch.float64)
+        scale = features.abs().amax(dim=0).clamp_min(1.0)
+        weights = 1.0 / times
+        active = [0, 1, 2]
+        coef = torch.zeros(3, dtype=torch.float64)
+        # Active set: drop the most negative coefficient and refit until all are >= 0.
+        while active:
+            a = (features[:, active] / scale[active]) * weights[:, None]
+            solution = torch.linalg.lstsq(a, times * weights).solution / scale[active]
+            if (solution >= 0).all():
+                coef.zero_()
+                coef[active] = solution
+                break
+            active.pop(int(torch.argmin(solution)))
+        predicted = features @ coef
+        residual = float(((predicted - times) / times).pow(2).mean().sqrt()) * 100.0
+        if not (coef > 0).any():
+            raise ValueError("cost samples do not fit a non-negative cost model")
+        return cls(float(coef[0]), float(coef[1]), float(coef[2]), source, residual)
+
+    def to_dict(self) -> dict:
+        return {
+            "intercept_ms": self.intercept_ms,
+            "per_row_ms": self.per_row_ms,
+            "per_row_key_ms": self.per_row_key_ms,
+            "source": self.source,
+            "residual_pct": self.residual_pct,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VerifyCostModel:
+        if not isinstance(data, dict) or "intercept_ms" not in data or "per_row_ms" not in data:
+            raise ValueError(
+                "a cost model dict needs 'intercept_ms' and 'per_row_ms' (and optionally "
+                f"'per_row_key_ms'), got {data!r}"
+            )
+        return cls(
+            data["intercept_ms"],
+            data["per_row_ms"],
+            data.get("per_row_key_ms", 0.0),
+            data.get("source", "given"),
+            data.get("residual_pct"),
+        )
+
+
+def probe_verify_cost(
+    make_verifier: Callable[[], object],
+    *,
+    mask_id: int,
+    device: torch.device | str,
+    cache: str | None,
+    verify: str,
+    block_length: int,
+    contexts: Iterable[tuple[int, int]],
+    draft_counts: Sequence[int] = PROBE_DRAFT_COUNTS,
+    repeats: int = PROBE_REPEATS,
+) -> tuple[VerifyCostModel, list[tuple[VerifyShape, float]]]:
+    """Time the decoder's verify forward and fit a `VerifyCostModel`.
+
+    ``make_verifier()`` returns the decoder's verifier (``prefill(x, s, e)`` for cached modes,
+    ``verifier(x, s, e, drafts [D, L])``); ``contexts`` are ``(block start, total length)``
+    pairs. Each shape runs once to warm up, then `repeats` times; its time is the minimum.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if not draft_counts or min(draft_counts) < 0:
+        raise ValueError(f"draft_counts must be non-empty counts >= 0, got {draft_counts!r}")
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    samples = []
+    for start, total in contexts:
+        # Token values do not change the cost: the prompt is token 0, the rest masked.
+        x = torch.full((1, total), mask_id, dtype=torch.int64, device=device)
+        x[0, :start] = 0 if mask_id != 0 else 1
+        end = start + block_length
+        verifier = make_verifier()
+        if cache is not None:
+            verifier.prefill(x, start, end)
+        for num_drafts in draft_counts:
+            drafts = x[0, start:end].repeat(num_drafts, 1)
+            verifier(x, start, end, drafts)  # warm-up
+            times = []
+            for _ in range(repeats):
+                sync()
+                begin = time.perf_counter()
+                verifier(x, start, end, drafts)
+                sync()
+                times.append((time.perf_counter() - begin) * 1e3)
+            shape = verify_shape(cache, verify, start, block_length, total, num_drafts)
+            samples.append((shape, min(times)))
+    return VerifyCostModel.fit(samples, source="probe"), samples
+
+
+# --------------------------------------------------------------------------------- caching
+
+_MEMORY_CACHE: dict[str, VerifyCostModel] = {}
+_LOCK = threading.Lock()
+
+
+def cost_model_key(model, cache: str | None, verify: str) -> str:
+    """Identity of a cost measurement: model class and config, device, dtype, threads, modes."""
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    elif config is not None and hasattr(config, "__dict__"):
+        config = vars(config)
+    config_hash = hashlib.sha256(
+        json.dumps(config, sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    device = str(param.device) if param is not None else str(getattr(model, "device", "cpu"))
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        device = f"{device}:{torch.cuda.get_device_name(index)}"
+    dtype = str(param.dtype) if param is not None else "unknown"
+    return "|".join(
+        [
+            type(model).__name__,
+            config_hash,
+            device,
+            dtype,
+            f"threads={torch.get_num_threads()}",
+            f"cache={cache}",
+            f"verify={verify}",
+        ]
+    )
+
+
+def _cache_file(cache_dir: str | os.PathLike | None) -> Path | None:
+    directory = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV)
+    return Path(directory) / CACHE_FILE if directory else None
+
+
+def cached_cost_model(
+    key: str,
+    build: Callable[[], VerifyCostModel],
+    *,
+    cache_dir: str | os.PathLike | None = None,
+) -> VerifyCostModel:
+    """The cost model stored under `key` (memory, then disk when a cache directory is given or
+    ``SPIFFY_TRITON_COST_CACHE`` is set), else ``build()`` stored under it."""
+    with _LOCK:
+        if key in _MEMORY_CACHE:
+            return _MEMORY_CACHE[key]
+    path = _cache_file(cache_dir)
+    stored = {}
+    if path is not None and path.exists():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            stored = {}  # a damaged cache is re-measured, never trusted
+        if key in stored:
+            try:
+                model = VerifyCostModel.from_dict(stored[key])
+            except ValueError:
+                model = None
+            if model is not None:
+                with _LOCK:
+                    _MEMORY_CACHE[key] = model
+                return model
+    model = build()
+    with _LOCK:
+        _MEMORY_CACHE[key] = model
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stored[key] = model.to_dict()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(stored, indent=1) + "\n")
+        tmp.replace(path)
+    return model
+
+
+def clear_cost_cache() -> None:
+    """Forget every cost model measured in this process (the disk cache is left alone)."""
+    with _LOCK:
+        _MEMORY_CACHE.clear()
+
+
+# ------------------------------------------------------------------------------ acceptance
+
+
+def prior_path_probability(formula: Sequence[tuple[int, int]]) -> float:
+    """Probability, under the default graphs' prior, that one-token-per-step decoding passes
+    through `formula`'s state: the sum over every order of unmasking its pairs."""
+    pairs = tuple(formula)
+    reach: dict[frozenset, float] = {frozenset(): 1.0}
+    # Subsets by increasing size; each is reached from the subsets one pair smaller.
+    for size in range(1, len(pairs) + 1):
+        for subset in _subsets(pairs, size):
+            total = 0.0
+            for pair in subset:
+                parent = subset - {pair}
+                total += reach[parent] * prior_step_probability(parent, pair)
+            reach[subset] = total
+    return reach[frozenset(pairs)]
+
+
+def _subsets(pairs: tuple, size: int) -> list[frozenset]:
+    return [frozenset(c) for c in itertools.combinations(pairs, size)]
+
+
+def calibration_prior(path: str | os.PathLike) -> list[float]:
+    """Per node of a calibrated graph file (`spiffy_triton.calibrate.save_graph` with traces):
+    the share of ranked calibration steps whose true path went through the node."""
+    data = json.loads(Path(path).read_text())
+    counts = data.get("counts") if isinstance(data, dict) else None
+    info = data.get("calibration", {}) if isinstance(data, dict) else {}
+    steps = info.get("ranked_steps") or info.get("trace_steps")
+    if not isinstance(counts, list) or not steps:
+        raise ValueError(
+            f"{path}: not a calibrated graph with counts (save it with "
+            "spiffy_triton.calibrate.save_graph(graph, path, traces))"
+        )
+    return [min(1.0, c / steps) for c in counts]
+
+
+class AcceptanceEstimator:
+    """Per filled draft of one graph: the probability that decoding passes through its state;
+    see the module docstring. `prior` gives each node's prior on-path rate (default: the
+    graph prior).
+
+    The estimate chains conditional rates, as the walk does: a node is reached through one of
+    its parents, so ``estimate(q) = estimate(best direct parent of q) * cond(q)`` (``cond`` alone
+    for a node without filled parents: its parent is the root), where ``cond(q)`` is the rate at
+    which the true path, having reached a direct parent of ``q`` (largest filled strict subset),
+    stepped onto ``q`` next. Every filled candidate, verified or not, is an observation of
+    ``cond`` after each forward: the decoder knows the true states it walked to ``X_1 .. X_m``
+    (``X_0`` = root); if some ``X_i``, ``i < m``, is one of the candidate's direct parents, the
+    candidate is a hit if ``X_{i+1} = q``, unknown if ``X_{i+1}`` lies strictly inside ``q``,
+    a miss otherwise; if the walk never stepped on from a parent, it says nothing about ``q``.
+    Conditioning on the parent keeps deep nodes' rates free of the bias of walks that stop
+    early (a walk that stops before a deep node's parent neither hits nor misses it).
+    """
+
+    def __init__(
+        self,
+        graph: DraftGraph,
+        prior: Sequence[float] | None = None,
+        *,
+        prior_strength: float = DEFAULT_PRIOR_STRENGTH,
+    ):
+        if prior is None:
+            prior = [prior_path_probability(f) for f in graph.nodes]
+        prior = list(prior)
+        if len(prior) != len(graph):
+            raise ValueError(f"prior has {len(prior)} rates, the graph has {len(graph)} nodes")
+        if any(not (0.0 <= p <= 1.0) for p in prior):
+            raise ValueError(f"prior rates must be in [0, 1], got {prior}")
+        if not (prior_strength > 0 and math.isfinite(prior_strength)):
+            raise ValueError(f"prior_strength must be > 0, got {prior_strength!r}")
+        self.graph = graph
+        self.prior = prior
+        self.prior_strength = float(prior_strength)
+        # Conditional prior: the node's rate over its most likely immediate parent's.
+        self.cond_prior = []
+        for node in range(len(graph)):
+            parents = [prior[p] for p in graph.immediate_parents(node)]
+            base = max(parents) if parents else 1.0
+            self.cond_prior.append(min(1.0, prior[node] / base) if base > 0 else 0.0)
+        self.observed = [0] * len(graph)
+        self.hits = [0] * len(graph)
+        self._step_joint_sum = [0.0] * len(graph)
+        # Of the last `estimates` call, per node: the probability of the tokens it adds to its
+        # parent, and the states (pair sets) of its direct parents (the root: empty set).
+        self._step_joint: dict[int, float] = {}
+        self._stages: dict[int, list[frozenset]] = {}
+
+    def cond_rate(self, node: int) -> float:
+        """Posterior mean of the node's conditional rate."""
+        alpha = self.cond_prior[node] * self.prior_strength + self.hits[node]
+        return alpha / (self.prior_strength + self.observed[node])
+
+    def estimates(self, candidates: Sequence) -> list[float]:
+        """On-path probability of each filled candidate (``.node``, ``.probs``) now: chained
+        conditional rates, each scaled by the current probability of the tokens the node adds
+        to its parent over its average when observed, clipped to [0, 1]."""
+        graph = self.graph
+        index = {c.node: i for i, c in enumerate(candidates)}
+        out = [0.0] * len(candidates)
+        self._step_joint = {}
+        self._stages = {}
+        for i in sorted(range(len(candidates)), key=lambda i: len(graph.nodes[candidates[i].node])):
+            c = candidates[i]
+            present = [p for p in graph.parents(c.node) if p in index]
+            direct = [
+                p
+                for p in present
+                if not any(set(graph.nodes[p]) < set(graph.nodes[o]) for o in present)
+            ]
+            joint = math.prod(c.probs)
+            base, parent_joint = 1.0, 1.0
+            if direct:
+                best = max(direct, key=lambda p: (out[index[p]], -p))
+                base = out[index[best]]
+                parent_joint = math.prod(candidates[index[best]].probs)
+            step_joint = joint / parent_joint if parent_joint > 0 else 0.0
+            self._step_joint[c.node] = step_joint
+            self._stages[c.node] = [
+                frozenset(zip(candidates[index[p]].positions, candidates[index[p]].tokens))
+                for p in direct
+            ] or [frozenset()]
+            cond = self.cond_rate(c.node)
+            seen = self.observed[c.node]
+            mean = self._step_joint_sum[c.node] / seen if seen else 0.0
+            if mean > 0:
+                cond = min(1.0, cond * step_joint / mean)
+            out[i] = base * cond
+        return out
+
+    def observe(
+        self, candidates: Iterable, path: Sequence[frozenset], *, complete: bool = False
+    ) -> None:
+        """Record one forward. `path`: the true states it walked to, each as the set of
+        ``(block offset, token)`` pairs decoded since the root; `complete`: the last one is
+        the full block (nothing lies beyond it)."""
+        states = [frozenset(), *path]
+        for candidate in candidates:
+            stages = self._stages.get(candidate.node)
+            if stages is None:
+                continue
+            pairs = frozenset(zip(candidate.positions, candidate.tokens))
+            stepped = [i for i in range(len(states) - 1) if states[i] in stages]
+            if not stepped:
+                continue  # the walk never stepped on from one of its parents
+            after = states[stepped[-1] + 1]
+            if after == pairs:
+                hit = True
+            elif after < pairs and not complete:
+                continue  # an intermediate state: whether the path reaches it is unknown
+            else:
+                hit = False
+            node = candidate.node
+            self.observed[node] += 1
+            self.hits[node] += hit
+            step_joint = self._step_joint.get(node)
+            if step_joint is None:
+                step_joint = math.prod(candidate.probs)
+            self._step_joint_sum[node] += step_joint
+
+
+# ------------------------------------------------------------------------------- selection
+
+
+@dataclass(frozen=True)
+class Selection:
+    chosen: tuple  # the candidates to verify, in node order
+    expected_advance: float  # expected steps this forward advances
+    predicted_ms: float  # predicted verify time
+    considered: int  # filled candidates it chose from
+
+
+def select_drafts(
+    graph: DraftGraph,
+    candidates: Sequence,
+    estimates: Sequence[float],
+    cost_ms: Callable[[int], float],
+    *,
+    max_drafts: int | None = None,
+) -> Selection:
+    """The candidates maximising expected steps advanced / predicted cost (module docstring).
+
+    `estimates[i]` is candidate ``i``'s walk-through probability, `cost_ms(k)` the predicted
+    time of a verify forward with ``k`` drafts; `max_drafts` caps ``k``.
+    """
+    if len(estimates) != len(candidates):
+        raise ValueError(f"{len(estimates)} estimates for {len(candidates)} candidates")
+    by_node = {c.node: i for i, c in enumerate(candidates)}
+    if len(by_node) != len(candidates):
+        raise ValueError("two candidates for the same graph node")
+    present = set(by_node)
+    parents = {
+        n: {p for p in graph.parents(n) if p in present and _is_direct(graph, p, n, present)}
+        for n in present
+    }
+    limit = len(candidates) if max_drafts is None else min(max_drafts, len(candidates))
+    order: list[int] = []
+    taken: set[int] = set()
+    while len(order) < limit:
+        eligible = [n for n in present - taken if not parents[n] or parents[n] & taken]
+        if not eligible:
+            break
+        # Highest estimate first; ties: fewer pairs, then node order.
+        pick = min(eligible, key=lambda n: (-estimates[by_node[n]], len(graph.nodes[n]), n))
+        taken.add(pick)
+        order.append(pick)
+    best_k, best_ratio = 0, 1.0 / _positive(cost_ms(0), 0)
+    best_cost, advance, best_advance = cost_ms(0), 1.0, 1.0
+    for k, node in enumerate(order, start=1):
+        advance += estimates[by_node[node]]
+        cost = _positive(cost_ms(k), k)
+        if advance / cost > best_ratio * (1 + 1e-12):
+            best_k, best_ratio, best_cost, best_advance = k, advance / cost, cost, advance
+    chosen = tuple(candidates[by_node[n]] for n in sorted(order[:best_k]))
+    return Selection(chosen, best_advance, best_cost, len(candidates))
+
+
+def _is_direct(graph: DraftGraph, parent: int, node: int, present: set[int]) -> bool:
+    pairs = set(graph.nodes[parent])
+    return not any(
+        pairs < set(graph.nodes[o]) for o in graph.parents(node) if o in present and o != parent
+    )
+
+
+def _positive(cost: float, k: int) -> float:
+    if not (cost > 0 and math.isfinite(cost)):
+        raise ValueError(f"predicted cost of {k} drafts must be positive and finite, got {cost}")
+    return cost
+
+
+# ------------------------------------------------------------------------------ the budget
+
+
+class AutoDraftBudget:
+    """``max_drafts="auto"``: per iteration, the draft set with the most expected steps per
+    predicted millisecond (module docstring). Pass an instance as `generate(max_drafts=...)`
+    to give the cost model or the acceptance prior, to cap the drafts, or to keep what it
+    learns across calls; ``"auto"`` makes a fresh one per call.
+
+    Args:
+        cost_model: a `VerifyCostModel` (or its dict); None measures one (`probe_verify_cost`,
+            cached per model, device, dtype and mode).
+        prior: per graph node prior walk-through rate (`calibration_prior`); None uses the
+            graph prior.
+        max_drafts: most drafts per forward (None: the graph's filled nodes).
+        cache_dir: where fitted cost models persist (None: ``SPIFFY_TRITON_COST_CACHE`` or
+            memory only).
+    """
+
+    def __init__(
+        self,
+        cost_model: VerifyCostModel | dict | None = None,
+        *,
+        prior: Sequence[float] | None = None,
+        prior_strength: float = DEFAULT_PRIOR_STRENGTH,
+        max_drafts: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ):
+        if isinstance(cost_model, dict):
+            cost_model = VerifyCostModel.from_dict(cost_model)
+        if cost_model is not None and not isinstance(cost_model, VerifyCostModel):
+            raise ValueError(
+                f"cost_model must be a VerifyCostModel, a dict or None, got {type(cost_model)}"
+            )
+        if max_drafts is not None and (
+            isinstance(max_drafts, bool) or not isinstance(max_drafts, int) or max_drafts < 0
+        ):
+            raise ValueError(f"max_drafts must be an int >= 0 or None, got {max_drafts!r}")
+        self.cost_model = cost_model
+        self.prior = None if prior is None else list(prior)
+        self.prior_strength = prior_strength
+        self.max_drafts = max_drafts
+        self.cache_dir = cache_dir
+        self.estimator: AcceptanceEstimator | None = None
+        self.chosen_counts: Counter = Counter()  # drafts verified per forward -> forwards
+        self.expected_advance = 0.0
+        self._pending = None  # (root, mask id, filled candidates) of the last selection
+        self._backoff = 0  # plain steps after the last empty selection
+        self._skip = 0  # plain steps still to take
+        self.skipped = 0  # forwards taken as plain steps without filling
+
+    def bind(self, graph: DraftGraph, measure: Callable[[], VerifyCostModel], key: str) -> None:
+        """Prepare for a decode run with `graph`: the estimator (kept across runs of the same
+        graph) and the cost model (given, cached under `key`, or ``measure()``d)."""
+        if self.estimator is None or self.estimator.graph != graph:
+            self.estimator = AcceptanceEstimator(
+                graph, self.prior, prior_strength=self.prior_strength
+            )
+        if self.cost_model is None:
+            self.cost_model = cached_cost_model(key, measure, cache_dir=self.cache_dir)
+
+    def select(
+        self, graph: DraftGraph, candidates: Sequence, shape_of: Callable[[int], VerifyShape]
+    ) -> Selection:
+        """The drafts to verify among filled `candidates`; ``shape_of(k)`` is the verify shape
+        with ``k`` drafts."""
+        if self.estimator is None or self.cost_model is None:
+            raise RuntimeError("AutoDraftBudget.bind must be called before select")
+        estimates = self.estimator.estimates(candidates)
+        selection = select_drafts(
+            graph,
+            candidates,
+            estimates,
+            lambda k: self.cost_model.predict_ms(shape_of(k)),
+            max_drafts=self.max_drafts,
+        )
+        self.chosen_counts[len(selection.chosen)] += 1
+        self.expected_advance += selection.expected_advance
+        if selection.chosen:
+            self._backoff = 0
+        else:
+            self._backoff = min(MAX_BACKOFF, max(1, 2 * self._backoff))
+        self._skip = self._backoff
+        return selection
+
+    def wants_drafts(self) -> bool:
+        """Whether the next forward should be filled and selected (the decoder then computes
+        ``P_last``); False during a back-off (module docstring), which it counts down."""
+        if self._skip > 0:
+            self._skip -= 1
+            self.skipped += 1
+            return False
+        return True
+
+    def filler(self, inner, shape_of: Callable[[int], VerifyShape], *, backend: str = "auto"):
+        """A `spiffy_triton.drafting.Filler` that fills every node with `inner` (default: the
+        plain probability filler), drops repeated states, and keeps this iteration's
+        `select`ion; `observe` then records how the walk went."""
+
+        def fill(graph, root_state, p_last, mask_id):
+            if inner is None:
+                filled = probability_filler(graph, root_state, p_last, mask_id, backend=backend)
+            else:
+                filled = inner(graph, root_state, p_last, mask_id)
+            unique = {}
+            for c in filled:
+                unique.setdefault(tuple(zip(c.positions, c.tokens)), c)
+            candidates = list(unique.values())
+            selection = self.select(graph, candidates, shape_of)
+            self._pending = (root_state.tolist(), mask_id, candidates)
+            return list(selection.chosen)
+
+        return fill
+
+    def observe(self, path: Sequence[Sequence[int]]) -> None:
+        """Record how the last selection's forward went: `path` holds the block states the walk
+        made, in order (token ids, the mask id where masked). Nothing is recorded when the
+        forward carried no selection (a block's prefill)."""
+        if self._pending is None:
+            return
+        root, mask_id, candidates = self._pending
+        self._pending = None
+        sets = [
+            frozenset((p, t) for p, (r, t) in enumerate(zip(root, state)) if r != t)
+            for state in path
+        ]
+        complete = bool(path) and mask_id not in path[-1]
+        self.estimator.observe(candidates, sets, complete=complete)
+
+    def summary(self) -> dict:
+        """Selections made (drafts chosen -> count), plain steps taken in back-off, and the
+        mean drafts and expected advance over both."""
+        forwards = sum(self.chosen_counts.values()) + self.skipped
+        drafts = sum(k * v for k, v in self.chosen_counts.items())
+        advance = self.expected_advance + self.skipped
+        return {
+            "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
+            "selections": {str(k): v for k, v in sorted(self.chosen_counts.items())},
+            "backoff_steps": self.skipped,
+            "mean_drafts": drafts / forwards if forwards else 0.0,
+            "expected_advance_per_forward": advance / forwards if forwards else 0.0,
+        }

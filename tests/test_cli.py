@@ -1,0 +1,268 @@
+"""The `spiffy-triton` command line: --help of every subcommand, calibrate -> generate -> draw
+on a small random-weight checkpoint, bench delegation, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spiffy_triton import cli
+from spiffy_triton.calibrate import load_graph, stored_counts
+from spiffy_triton.models import CharTokenizer, LLaDAConfig, LLaDAModel, save_checkpoint
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tokenizer = CharTokenizer()
+    config = LLaDAConfig(
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        n_layers=2,
+        mlp_hidden_size=64,
+        vocab_size=tokenizer.vocab_size,
+        max_sequence_length=128,
+        mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LLaDAModel(config, backend="torch").init_weights(11).eval()
+    path = tmp_path_factory.mktemp("model")
+    save_checkpoint(model, path)
+    tokenizer.save(path / "tokenizer.json")
+    return path
+
+
+def run(capsys, *argv):
+    """(exit status, stdout, stderr) of `spiffy-triton argv`."""
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["calibrate"], ["generate"], ["bench"], ["graph"], ["graph", "draw"]],
+    ids=["top", "calibrate", "generate", "bench", "graph", "draw"],
+)
+def test_every_subcommand_has_help(capsys, argv):
+    status, out, _ = run(capsys, *argv, "--help")
+    assert status == 0
+    assert out.startswith("usage: spiffy-triton")
+
+
+def test_calibrate_generate_and_draw_end_to_end(capsys, tmp_path, model_dir):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "\n".join(json.dumps({"prompt": p}) for p in ["Q: 3+4=?\nA: ", "Q: 9*2=?\nA: "])
+    )
+    graph_path, png = tmp_path / "graph.json", tmp_path / "graph.png"
+    common = ["--model", model_dir, "--gen-length", 16, "--block-length", 8, "--backend", "torch"]
+    status, out, err = run(
+        capsys,
+        "calibrate",
+        "--prompts",
+        prompts,
+        "--budget",
+        4,
+        "--out",
+        graph_path,
+        "--draw",
+        png,
+        *common,
+    )
+    assert status == 0, err
+    assert "calibration traces" in err  # the progress bar
+    assert "2 prompts, 32 steps" in out
+    graph = load_graph(graph_path)
+    assert len(graph) == 4 and graph.name == "calibrated-steps-4"
+    assert len(stored_counts(graph_path)) == 4
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+    status, vanilla_out, _ = run(
+        capsys, "generate", "--prompt", "Q: 3+4=?\\nA: ", "--json", *common
+    )
+    assert status == 0
+    status, spiffy_out, _ = run(
+        capsys, "generate", "--prompt", "Q: 3+4=?\\nA: ", "--graph", graph_path, "--json", *common
+    )
+    assert status == 0
+    vanilla, spiffy = json.loads(vanilla_out), json.loads(spiffy_out)
+    assert spiffy["completion"] == vanilla["completion"]
+    assert spiffy["nfe"] <= vanilla["nfe"] == 16
+    assert spiffy["graph"] == "calibrated-steps-4"
+
+    redrawn = tmp_path / "again.png"
+    status, out, _ = run(capsys, "graph", "draw", graph_path, "--out", redrawn)
+    assert status == 0 and redrawn.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_calibrate_per_phase_and_generate_with_it(capsys, tmp_path, model_dir):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Q: 3+4=?\\nA: \n")
+    graph_path = tmp_path / "phased.json"
+    common = ["--model", model_dir, "--gen-length", 8, "--block-length", 8, "--backend", "torch"]
+    status, _, err = run(
+        capsys,
+        "calibrate",
+        "--prompts",
+        prompts,
+        "--budget",
+        2,
+        "--phases",
+        2,
+        "--out",
+        graph_path,
+        "--no-progress",
+        *common,
+    )
+    assert status == 0, err
+    assert "calibration traces" not in err
+    status, out, err = run(
+        capsys, "generate", "--prompt", "Q: 1+1=?\\nA: ", "--graph", graph_path, *common
+    )
+    assert status == 0, err
+    assert "NFE" in err
+
+
+def test_draw_default_graph(capsys, tmp_path):
+    png = tmp_path / "d.png"
+    status, out, _ = run(capsys, "graph", "draw", "--default", 6, "--out", png)
+    assert status == 0 and png.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{oops", "not valid JSON"),
+        ('{"format": "spiffy-draft-graph", "version": 1, "nodes": []}', "at least one node"),
+        ('{"format": "spiffy-draft-graph", "version": 1, "nodes": [[[1, 0]]]}', ">= 1"),
+        (
+            '{"format": "spiffy-draft-graph", "version": 1, "nodes": [[[1, 1]], [[1, 1]]]}',
+            "same formula",
+        ),
+        (
+            '{"format": "spiffy-draft-graph", "version": 1, "nodes": [[[1, 1]], [[1, 1], [2, 1]]],'
+            ' "parents": [[1], [0]]}',
+            "do not match",
+        ),
+    ],
+    ids=["syntax", "empty", "rank0", "duplicate", "cycle"],
+)
+def test_invalid_graph_files_give_clear_errors(capsys, tmp_path, content, message):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    status, _, err = run(capsys, "graph", "draw", bad, "--out", tmp_path / "x.png")
+    assert status == 2
+    assert err.startswith("spiffy-triton: error:") and message in err
+    status, _, err = run(capsys, "generate", "--prompt", "Q", "--graph", bad)
+    assert status == 2 and message in err
+
+
+def test_missing_graph_file(capsys, tmp_path):
+    status, _, err = run(
+        capsys, "graph", "draw", tmp_path / "none.json", "--out", tmp_path / "x.png"
+    )
+    assert status == 2 and "cannot read draft graph file" in err
+
+
+def test_calibrate_bad_input(capsys, tmp_path, model_dir):
+    out = tmp_path / "g.json"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    status, _, err = run(capsys, "calibrate", "--prompts", empty, "--budget", 3, "--out", out)
+    assert status == 2 and "no prompts in" in err
+    status, _, err = run(
+        capsys, "calibrate", "--prompts", tmp_path / "absent.txt", "--budget", 3, "--out", out
+    )
+    assert status == 2 and "cannot read" in err
+    bad_json = tmp_path / "p.json"
+    bad_json.write_text('{"prompt": "not a list"}')
+    status, _, err = run(capsys, "calibrate", "--prompts", bad_json, "--budget", 3, "--out", out)
+    assert status == 2 and "JSON list of prompts" in err
+    for budget in (0, -2):
+        status, _, err = run(
+            capsys, "calibrate", "--builtin", "arith", "--budget", budget, "--out", out
+        )
+        assert status == 2 and "--budget must be >= 1" in err
+    status, _, err = run(capsys, "calibrate", "--builtin", "arith", "--budget", 3)
+    assert status == 2 and "--out" in err  # argparse: required option
+    status, _, err = run(
+        capsys,
+        "calibrate",
+        "--builtin",
+        "arith",
+        "--budget",
+        3,
+        "--out",
+        out,
+        "--model",
+        tmp_path / "nope",
+    )
+    assert status == 2 and "--model" in err
+    assert not out.exists()
+
+
+def test_generate_bad_input(capsys):
+    status, _, err = run(capsys, "generate", "--prompt", "Q", "--max-drafts", 2)
+    assert status == 2 and "--max-drafts needs a draft graph" in err
+    status, _, err = run(capsys, "generate", "--prompt", "Q", "--budget", 0)
+    assert status == 2 and "budget" in err
+
+
+def test_read_prompts_formats(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(["x\ny", {"prompt": "z"}]))
+    assert cli.read_prompts(tmp_path / "a.json") == ["x\ny", "z"]
+    (tmp_path / "b.jsonl").write_text('"x"\n\n{"prompt": "y"}\n')
+    assert cli.read_prompts(tmp_path / "b.jsonl") == ["x", "y"]
+    (tmp_path / "c.txt").write_text("Q: 1+1=?\\nA: \nsecond\n")
+    assert cli.read_prompts(tmp_path / "c.txt") == ["Q: 1+1=?\nA: ", "second"]
+    (tmp_path / "d.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(cli.CLIError, match="line 1 must be a string"):
+        cli.read_prompts(tmp_path / "d.jsonl")
+
+
+def test_bench_runs_run_all_from_the_repository(capsys, monkeypatch):
+    calls = []
+
+    def fake_call(command, cwd):
+        calls.append((command, cwd))
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", fake_call)
+    status, _, _ = run(capsys, "bench", "--quick", "--only", "calibration")
+    assert status == 0
+    ((command, cwd),) = calls
+    assert command == [
+        sys.executable,
+        "-m",
+        "benchmarks.run_all",
+        "--quick",
+        "--only",
+        "calibration",
+    ]
+    assert (cwd / "benchmarks" / "run_all.py").is_file()
+
+
+def test_bench_outside_a_checkout_says_where_benchmarks_are(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "repository_root", lambda: None)
+    status, _, err = run(capsys, "bench")
+    assert status == 2 and "benchmarks ship with the repository" in err
+
+
+def test_generate_draws_nothing_without_a_model(capsys, tmp_path):
+    status, _, err = run(capsys, "generate", "--prompt", "Q", "--model", tmp_path / "none")
+    assert status == 2 and "--model" in err
+
+
+def test_console_entry_point_in_setup_py():
+    setup_py = (Path(cli.__file__).resolve().parent.parent / "setup.py").read_text()
+    assert "spiffy-triton=spiffy_triton.cli:main" in setup_py

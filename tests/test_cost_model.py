@@ -1,0 +1,468 @@
+"""Cost-aware draft budget (spiffy_triton/cost_model.py): verify shapes against the decoder's
+real forwards, the cost fit and its cache, acceptance estimates, the selection rule, and
+``generate(max_drafts="auto")`` end to end (lossless, and the two extremes of the cost model).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from spiffy_triton import cost_model as cm
+from spiffy_triton.cost_model import (
+    AcceptanceEstimator,
+    AutoDraftBudget,
+    VerifyCostModel,
+    VerifyShape,
+    cached_cost_model,
+    calibration_prior,
+    cost_model_key,
+    prior_path_probability,
+    probe_verify_cost,
+    select_drafts,
+    verify_shape,
+)
+from spiffy_triton.decode import PHASES, _Clock, _Verifier, generate
+from spiffy_triton.drafting import DraftCandidate
+from spiffy_triton.graph import DraftGraph, expected_advance
+from spiffy_triton.models import LLaDAConfig, LLaDAModel
+
+MASK = 2
+
+
+class RecordingModel(LLaDAModel):
+    """Records (batch, query rows, key rows) of every non-prefill forward."""
+
+    def forward(self, input_ids, position_ids=None, layout=None, cache=None):
+        self.shapes.append((input_ids.shape[0], input_ids.shape[1], layout.num_k_rows))
+        return super().forward(input_ids, position_ids=position_ids, layout=layout, cache=cache)
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = LLaDAConfig(
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        n_layers=2,
+        mlp_hidden_size=64,
+        vocab_size=24,
+        max_sequence_length=96,
+        mask_token_id=MASK,
+        eos_token_id=0,
+    )
+    m = RecordingModel(config, backend="torch").init_weights(3).to(torch.float64).eval()
+    m.shapes = []
+    return m
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    return torch.tensor([[5, 9, 11, 4, 17, 8]])
+
+
+@pytest.fixture(autouse=True)
+def fresh_cost_cache(monkeypatch):
+    monkeypatch.delenv(cm.CACHE_ENV, raising=False)
+    cm.clear_cost_cache()
+    yield
+    cm.clear_cost_cache()
+
+
+def verifier(model, cache, verify):
+    return _Verifier(model, cache, verify, _Clock(dict.fromkeys(PHASES, 0.0), model.device))
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize(
+    "cache, verify",
+    [(None, "batch"), (None, "packed"), ("dual", "packed"), ("dual", "batch"),
+     ("prefix", "packed"), ("prefix", "batch")],
+)  # fmt: skip
+@pytest.mark.parametrize("num_drafts", [0, 1, 3])
+def test_verify_shape_is_the_decoders_forward(model, cache, verify, num_drafts):
+    s, length, t = 6, 8, 30
+    x = torch.full((1, t), MASK)
+    x[0, :s] = 5
+    v = verifier(model, cache, verify)
+    if cache is not None:
+        v.prefill(x, s, s + length)
+    model.shapes.clear()
+    v(x, s, s + length, x[0, s : s + length].repeat(num_drafts, 1))
+    shape = verify_shape(cache, verify, s, length, t, num_drafts)
+    assert model.shapes == [(shape.batch, shape.rows, shape.keys)]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((None, "batch", -1, 8, 30, 0), "prefix_len"),
+        ((None, "batch", 0, 0, 30, 0), "block_len"),
+        ((None, "batch", 25, 8, 30, 0), "prefix_len \\+ block_len"),
+        ((None, "batch", 0, 8, 30, 1.5), "num_drafts"),
+        ((None, "tree", 0, 8, 30, 1), "verify"),
+        (("full", "packed", 0, 8, 30, 1), "cache"),
+    ],
+)
+def test_verify_shape_rejects_bad_input(args, message):
+    with pytest.raises(ValueError, match=message):
+        verify_shape(*args)
+
+
+# --------------------------------------------------------------------------- cost model
+
+
+def test_fit_recovers_exact_coefficients():
+    truth = VerifyCostModel(3.0, 0.25, 1e-4)
+    shapes = [verify_shape("dual", "packed", 40, 32, 160, d) for d in (0, 1, 3, 6)]
+    shapes += [verify_shape(None, "batch", 40, 32, 100, d) for d in (0, 2)]
+    fit = VerifyCostModel.fit([(s, truth.predict_ms(s)) for s in shapes])
+    for got, want in zip(
+        (fit.intercept_ms, fit.per_row_ms, fit.per_row_key_ms),
+        (truth.intercept_ms, truth.per_row_ms, truth.per_row_key_ms),
+    ):
+        assert got == pytest.approx(want, rel=1e-6)
+    assert fit.residual_pct < 1e-6 and fit.source == "probe"
+
+
+def test_fit_is_non_negative():
+    # Time falls with rows: unconstrained least squares would give a negative slope.
+    samples = [(VerifyShape(1, r, 10), ms) for r, ms in ((10, 9.0), (20, 8.0), (40, 7.0))]
+    fit = VerifyCostModel.fit(samples)
+    assert min(fit.intercept_ms, fit.per_row_ms, fit.per_row_key_ms) >= 0
+    assert fit.intercept_ms > 0
+
+
+def test_cost_model_round_trip_and_bad_input():
+    model = VerifyCostModel(1.0, 0.5, 0.01, "given")
+    assert VerifyCostModel.from_dict(model.to_dict()) == model
+    assert VerifyCostModel.from_dict({"intercept_ms": 1, "per_row_ms": 2}).per_row_key_ms == 0
+    with pytest.raises(ValueError, match="intercept_ms"):
+        VerifyCostModel(-1.0, 0.5)
+    with pytest.raises(ValueError, match="per_row_ms"):
+        VerifyCostModel(1.0, math.nan)
+    with pytest.raises(ValueError, match="positive"):
+        VerifyCostModel(0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="per_row_ms"):
+        VerifyCostModel.from_dict({"intercept_ms": 1})
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        VerifyCostModel.fit([(VerifyShape(1, 1, 1), 1.0)])
+    with pytest.raises(ValueError, match="positive finite"):
+        VerifyCostModel.fit([(VerifyShape(1, 1, 1), 1.0), (VerifyShape(1, 2, 2), 0.0)])
+
+
+def test_probe_times_the_real_verifier(model):
+    calls = []
+
+    class Counting:
+        def __init__(self):
+            self.inner = verifier(model, "dual", "packed")
+
+        def prefill(self, x, s, e):
+            return self.inner.prefill(x, s, e)
+
+        def __call__(self, x, s, e, drafts):
+            calls.append((x.shape[1], drafts.shape[0]))
+            return self.inner(x, s, e, drafts)
+
+    fit, samples = probe_verify_cost(
+        Counting,
+        mask_id=MASK,
+        device="cpu",
+        cache="dual",
+        verify="packed",
+        block_length=8,
+        contexts=[(6, 30), (20, 60)],
+        draft_counts=(0, 2, 4),
+        repeats=2,
+    )
+    # one warm-up and two timed runs per (context, draft count)
+    assert sorted(set(calls)) == [(30, 0), (30, 2), (30, 4), (60, 0), (60, 2), (60, 4)]
+    assert len(calls) == 6 * 3
+    assert [s for s, _ in samples][2] == verify_shape("dual", "packed", 6, 8, 30, 4)
+    assert fit.source == "probe" and all(ms > 0 for _, ms in samples)
+    assert fit.predict_ms(verify_shape("dual", "packed", 6, 8, 30, 0)) > 0
+
+
+def test_cost_models_are_cached_in_memory_and_on_disk(tmp_path):
+    builds = []
+
+    def build():
+        builds.append(1)
+        return VerifyCostModel(2.0, 0.1, 0.0, "probe")
+
+    first = cached_cost_model("k", build, cache_dir=tmp_path)
+    assert cached_cost_model("k", build, cache_dir=tmp_path) is first and len(builds) == 1
+    stored = json.loads((tmp_path / cm.CACHE_FILE).read_text())
+    assert stored["k"]["per_row_ms"] == 0.1
+    cm.clear_cost_cache()  # a new process: read back from disk, not measured again
+    assert cached_cost_model("k", build, cache_dir=tmp_path) == first and len(builds) == 1
+    cm.clear_cost_cache()
+    (tmp_path / cm.CACHE_FILE).write_text("{not json")  # damaged: measured again
+    assert cached_cost_model("k", build, cache_dir=tmp_path) == first and len(builds) == 2
+
+
+def test_cache_key_separates_dtype_modes_and_configs(model):
+    base = cost_model_key(model, "dual", "packed")
+    assert base != cost_model_key(model, None, "batch")
+    assert base != cost_model_key(model.to(torch.float32), "dual", "packed")
+    model.to(torch.float64)
+    assert base == cost_model_key(model, "dual", "packed")
+    other = RecordingModel(
+        LLaDAConfig(d_model=32, n_heads=4, n_layers=1, mlp_hidden_size=64, vocab_size=24,
+                    max_sequence_length=96, mask_token_id=MASK, eos_token_id=0, pad_token_id=0),
+        backend="torch",
+    ).to(torch.float64)  # fmt: skip
+    assert base != cost_model_key(other, "dual", "packed")
+
+
+# --------------------------------------------------------------------------- acceptance
+
+
+def test_prior_path_probability_matches_the_graph_prior():
+    # One-node graphs: expected advance = the node's reach through its own subsets only when
+    # those are in the graph; with every subset present the two agree.
+    formula = ((1, 1), (2, 1))
+    lattice = [frozenset({(1, 1)}), frozenset({(2, 1)}), frozenset(formula)]
+    full = expected_advance(lattice) - expected_advance(lattice[:2])
+    assert prior_path_probability(formula) == pytest.approx(full)
+    assert prior_path_probability(((1, 1),)) == pytest.approx(0.7 * 0.9)
+
+
+def cand(node, pairs, probs):
+    positions = tuple(p for p, _ in pairs)
+    tokens = tuple(t for _, t in pairs)
+    return DraftCandidate(node, positions, tokens, tuple(probs))
+
+
+GRAPH = DraftGraph([[(1, 1)], [(1, 1), (2, 1)], [(2, 1)], [(1, 1), (2, 1), (3, 1)]])
+
+
+def test_estimates_chain_through_parents():
+    est = AcceptanceEstimator(GRAPH, prior=[0.8, 0.4, 0.1, 0.2], prior_strength=4)
+    assert est.cond_prior == pytest.approx([0.8, 0.5, 0.1, 0.5])
+    cands = [
+        cand(0, [(3, 10)], [0.9]),
+        cand(1, [(3, 10), (5, 11)], [0.9, 0.8]),
+        cand(2, [(5, 11)], [0.8]),
+        cand(3, [(3, 10), (5, 11), (0, 12)], [0.9, 0.8, 0.7]),
+    ]
+    e = est.estimates(cands)
+    assert e == pytest.approx([0.8, 0.8 * 0.5, 0.1, 0.8 * 0.5 * 0.5])
+    # without its parent filled, a node's parent is the root
+    assert est.estimates([cands[1]]) == pytest.approx([0.5])
+
+
+def test_observe_counts_hits_misses_and_skips_the_unknown():
+    est = AcceptanceEstimator(GRAPH, prior=[0.5, 0.5, 0.5, 0.5])
+    a, b, c = (3, 10), (5, 11), (0, 12)
+    cands = [
+        cand(0, [a], [0.9]),
+        cand(1, [a, b], [0.9, 0.8]),
+        cand(2, [b], [0.8]),
+        cand(3, [a, b, c], [0.9, 0.8, 0.7]),
+    ]
+    est.estimates(cands)
+    # The walk went root -> {a} -> {a, b} and stopped there (unverified).
+    est.observe(cands, [frozenset({a}), frozenset({a, b})])
+    assert est.hits == [1, 1, 0, 0]
+    # node 2 missed (root stepped to {a}); node 3's parent {a, b} was the last state: unknown
+    assert est.observed == [1, 1, 1, 0]
+    est.estimates(cands)
+    # root -> {(3, 99)}: a miss for the root's children; deeper nodes' parents never reached
+    est.observe(cands, [frozenset({(3, 99)})])
+    assert est.hits == [1, 1, 0, 0] and est.observed == [2, 1, 2, 0]
+    # node 1 filled without its parent: its stage is the root; the walk stopped at {a},
+    # inside it: unknown, unless {a} completed the block (then a miss)
+    est.estimates([cands[1]])
+    est.observe([cands[1]], [frozenset({a})])
+    assert est.observed[1] == 1
+    est.estimates([cands[1]])
+    est.observe([cands[1]], [frozenset({a})], complete=True)
+    assert est.observed[1] == 2 and est.hits[1] == 1
+
+
+def test_online_rates_move_from_prior_to_data():
+    est = AcceptanceEstimator(GRAPH, prior=[0.1, 0.1, 0.1, 0.1], prior_strength=2)
+    c = [cand(0, [(1, 5)], [0.5])]
+    for _ in range(50):
+        est.estimates(c)
+        est.observe(c, [frozenset({(1, 5)})])
+    assert est.cond_rate(0) == pytest.approx((0.2 + 50) / 52)
+    # the marginals scale: twice the usual token probability, twice the rate (clipped at 1)
+    low = AcceptanceEstimator(GRAPH, prior=[0.1, 0.1, 0.1, 0.1])
+    for _ in range(8):
+        low.estimates(c)
+        low.observe(c, [frozenset({(1, 6)})])
+    assert low.estimates([cand(0, [(1, 5)], [1.0])])[0] == pytest.approx(2 * low.cond_rate(0))
+
+
+def test_estimator_and_prior_validation(tmp_path):
+    with pytest.raises(ValueError, match="prior has 1 rates"):
+        AcceptanceEstimator(GRAPH, prior=[0.5])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        AcceptanceEstimator(GRAPH, prior=[0.5, 0.5, 1.5, 0.5])
+    with pytest.raises(ValueError, match="prior_strength"):
+        AcceptanceEstimator(GRAPH, prior_strength=0)
+    path = tmp_path / "g.json"
+    data = GRAPH.to_dict()
+    data["counts"] = [40, 20, 5, 10]
+    data["calibration"] = {"ranked_steps": 50, "trace_steps": 60}
+    path.write_text(json.dumps(data))
+    assert calibration_prior(path) == pytest.approx([0.8, 0.4, 0.1, 0.2])
+    GRAPH.save(path)
+    with pytest.raises(ValueError, match="not a calibrated graph"):
+        calibration_prior(path)
+
+
+# ---------------------------------------------------------------------------- selection
+
+
+def test_selection_extremes():
+    cands = [cand(0, [(1, 1)], [0.9]), cand(2, [(2, 1)], [0.5])]
+    # A draft costs as much as the root and is not surely accepted: plain step.
+    plain = select_drafts(GRAPH, cands, [0.9, 0.5], lambda k: 10.0 * (1 + k))
+    assert plain.chosen == () and plain.expected_advance == 1 and plain.predicted_ms == 10
+    # Free drafts: every one with a positive estimate.
+    free = select_drafts(GRAPH, cands, [0.9, 0.5], lambda k: 10.0)
+    assert [c.node for c in free.chosen] == [0, 2]
+    assert free.expected_advance == pytest.approx(2.4)
+    capped = select_drafts(GRAPH, cands, [0.9, 0.5], lambda k: 10.0, max_drafts=1)
+    assert [c.node for c in capped.chosen] == [0]
+
+
+def test_a_child_is_never_chosen_without_its_parent():
+    a, b = (1, 7), (2, 8)
+    cands = [cand(0, [a], [0.5]), cand(1, [a, b], [0.5, 0.9])]
+    # Inconsistent estimates (child above parent): the child still needs its parent first.
+    sel = select_drafts(GRAPH, cands, [0.1, 0.9], lambda k: 10.0 + 0.5 * k, max_drafts=1)
+    assert [c.node for c in sel.chosen] == [0]
+
+
+def connected_subsets(graph, nodes):
+    for r in range(len(nodes) + 1):
+        for subset in itertools.combinations(nodes, r):
+            chosen = set(subset)
+            ok = all(
+                not [p for p in graph.parents(n) if p in nodes]
+                or any(
+                    p in chosen
+                    for p in graph.parents(n)
+                    if p in nodes and not any(
+                        set(graph.nodes[p]) < set(graph.nodes[o])
+                        for o in graph.parents(n) if o in nodes
+                    )
+                )
+                for n in subset
+            )  # fmt: skip
+            if ok:
+                yield subset
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_selection_is_optimal_for_consistent_estimates(seed):
+    """With estimates that never grow from parent to child (as the chained estimator gives)
+    and a cost growing with the draft count, the chosen set has the best advance per cost of
+    every connected subset (brute force)."""
+    rng = random.Random(seed)
+    graph = DraftGraph.default(7)
+    cands = [cand(n, [(p, t) for p, t in f], [0.5] * len(f)) for n, f in enumerate(graph.nodes)]
+    est = {}
+    for n in sorted(range(len(graph)), key=lambda n: len(graph.nodes[n])):
+        parents = graph.parents(n)
+        cap = max((est[p] for p in parents), default=1.0)
+        est[n] = cap * rng.uniform(0.2, 1.0)
+    estimates = [est[n] for n in range(len(graph))]
+    base, per_draft = rng.uniform(5, 20), rng.uniform(0.5, 15)
+
+    def cost(k):
+        return base + per_draft * k
+
+    sel = select_drafts(graph, cands, estimates, cost)
+    best = max(
+        (1 + sum(estimates[n] for n in s)) / cost(len(s))
+        for s in connected_subsets(graph, range(len(graph)))
+    )
+    assert sel.expected_advance / sel.predicted_ms == pytest.approx(best)
+    assert sel.expected_advance / sel.predicted_ms >= 1 / cost(0)  # never worse than plain
+
+
+def test_selection_rejects_bad_input():
+    cands = [cand(0, [(1, 1)], [0.9])]
+    with pytest.raises(ValueError, match="estimates for"):
+        select_drafts(GRAPH, cands, [0.1, 0.2], lambda k: 1.0)
+    with pytest.raises(ValueError, match="same graph node"):
+        select_drafts(GRAPH, cands * 2, [0.1, 0.2], lambda k: 1.0)
+    with pytest.raises(ValueError, match="positive and finite"):
+        select_drafts(GRAPH, cands, [0.1], lambda k: 0.0)
+
+
+# ------------------------------------------------------------------------------- generate
+
+KW = {"gen_length": 16, "block_length": 8, "backend": "torch"}
+
+
+@pytest.mark.parametrize("cache", [None, "dual"])
+def test_free_drafts_verify_every_node(model, prompt, cache):
+    full = generate(model, prompt, graph=6, max_drafts=None, cache=cache, **KW)
+    free = AutoDraftBudget(VerifyCostModel(10.0, 0.0, 0.0))
+    auto = generate(model, prompt, graph=6, max_drafts=free, cache=cache, **KW)
+    assert torch.equal(auto.tokens, full.tokens)
+    assert auto.nfe == full.nfe and auto.stats.drafts_verified == full.stats.drafts_verified
+    assert auto.stats.draft_budget["backoff_steps"] == 0
+
+
+def test_expensive_drafts_give_vanilla(model, prompt):
+    vanilla = generate(model, prompt, **KW)
+    # every row costs the same: a draft costs a whole root forward
+    dear = AutoDraftBudget({"intercept_ms": 0.0, "per_row_ms": 1.0})
+    out = generate(model, prompt, graph=6, max_drafts=dear, **KW)
+    assert torch.equal(out.tokens, vanilla.tokens)
+    assert out.nfe == vanilla.nfe and out.stats.drafts_verified == 0
+    summary = out.stats.draft_budget
+    assert summary["mean_drafts"] == 0 and summary["backoff_steps"] > 0
+    # back-off: fills are 1 + 2 + 4 + 8 ... plain steps apart, so few of the forwards fill
+    assert sum(summary["selections"].values()) < out.nfe / 2
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+def test_auto_is_the_default_and_lossless(model, prompt, cache):
+    vanilla = generate(model, prompt, cache=cache, temperature=0.7, seed=4, **KW)
+    out = generate(model, prompt, graph=6, cache=cache, temperature=0.7, seed=4, **KW)
+    assert torch.equal(out.tokens, vanilla.tokens) and out.steps == vanilla.steps
+    budget = out.stats.draft_budget
+    assert budget is not None and budget["cost_model"]["source"] == "probe"
+    assert out.stats.to_dict()["draft_budget"] == budget
+
+
+def test_budget_keeps_learning_across_calls(model, prompt):
+    budget = AutoDraftBudget(VerifyCostModel(10.0, 0.01, 0.0), max_drafts=2)
+    generate(model, prompt, graph=6, max_drafts=budget, cache="dual", **KW)
+    estimator = budget.estimator
+    seen = sum(estimator.observed)
+    assert seen > 0
+    out = generate(model, prompt, graph=6, max_drafts=budget, cache="dual", **KW)
+    assert budget.estimator is estimator and sum(estimator.observed) > seen
+    assert out.stats.drafts_verified <= 2 * out.nfe
+
+
+def test_auto_bad_arguments(model, prompt):
+    with pytest.raises(ValueError, match="max_drafts must be 'auto'"):
+        generate(model, prompt, graph=2, max_drafts="al", **KW)
+    with pytest.raises(ValueError, match="needs a graph"):
+        generate(model, prompt, max_drafts=AutoDraftBudget(), **KW)
+    with pytest.raises(ValueError, match="cost_model must be"):
+        AutoDraftBudget(cost_model=3.0)
+    with pytest.raises(ValueError, match="max_drafts must be an int >= 0"):
+        AutoDraftBudget(max_drafts=-1)
+    with pytest.raises(ValueError, match="prior has"):
+        generate(model, prompt, graph=2, max_drafts=AutoDraftBudget(prior=[0.5]), **KW)
+    with pytest.raises(RuntimeError, match="bind"):
+        AutoDraftBudget().select(GRAPH, [], lambda k: VerifyShape(1, 1, 1))
