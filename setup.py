@@ -46,6 +46,8 @@ setup(
             "ruff",
             "setuptools>=64",
             "wheel",
+            # tests/test_hf_adapter.py builds tiny transformers models locally (no downloads)
+            "transformers>=4.48",
         ],
         "bench": ["matplotlib"],
     },
