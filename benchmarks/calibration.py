@@ -1,34 +1,39 @@
 """Calibrated against default draft graphs: NFE speedup, calibration time, dynamic pruning.
 
 MEASURED on the bundled trained model (a random-weight stand-in of the same shape, flagged in
-the output, when the checkpoint is absent). Greedy decoding, one token per step, no cache
-(drafts verified as batch rows: exact), block 32.
+the output, when the checkpoint is absent). Greedy decoding, no cache (drafts verified as batch
+rows: exact), block 32, 64 generated tokens, under three transition rules: one token per step
+("1/step", LLaDA's default schedule), two tokens per step ("2/step"), and Fast-dLLM's threshold
+rule with tau = 0.9 ("thr0.9").
 
-1. Calibration: vanilla traces of `--calibration-prompts` arithmetic prompts of the
+1. Calibration, per rule: vanilla traces of `--calibration-prompts` arithmetic prompts of the
    calibration split; for D in {3, 5, 8, 10}, graphs by the paper's degree-1 accumulation
-   ("degree1"), by expected steps per forward ("steps"), and "steps" per phase (2 phases of the
-   masked count). Calibration time = trace collection (shared) + selection.
-2. NFE speedup (vanilla NFE / Spiffy NFE) of default, degree-1, steps and per-phase graphs on
-   held-out prompts of the same kind (arithmetic) and of another (code). Spiffy NFE is the
-   replay of Spiffy's walk on the held-out vanilla traces (`spiffy_triton.calibrate.simulate`),
-   which is exact in this mode; `--real-check` prompts per kind are also decoded by
-   `generate` with every graph, and the table reports real NFE == replayed NFE and identical
-   tokens for them.
-3. Pruning: the calibrated "steps" graph of D = 10 with max_drafts in {8, 5, 3, 2, 1}, real
-   `generate` runs on held-out arithmetic, with the package's parent-capped scoring
-   (`spiffy_triton.pruning`) and with decode's built-in max_drafts (geometric mean of the
-   node's own pairs): NFE, verified draft rows, tokens equal to vanilla.
+   ("degree1"), by expected steps per forward ("steps"), and "steps" per phase (2 ranges of
+   the masked count, "steps-2phase"). calib_s = trace collection + selection.
+2. NFE speedup (vanilla NFE of the same rule / Spiffy NFE) of the default graphs and the
+   calibrated ones on held-out prompts of the same kind (arith) and of another (code). Spiffy
+   NFE is the replay of Spiffy's walk on the held-out vanilla traces
+   (`spiffy_triton.calibrate.simulate`), exact in this mode; `real_check` decodes
+   `--real-check` prompts per kind with `generate` at the largest D and says whether the real
+   NFE equals the replay and the tokens equal vanilla's.
+3. Pruning: the calibrated "steps" graph of D = 10 (first rule) with max_drafts in
+   {8, 5, 3, 2, 1}, real `generate` runs on held-out arithmetic, with the package's
+   parent-capped scoring (`spiffy_triton.pruning`), with decode's built-in max_drafts
+   (geometric mean of the node's own pairs), and, for comparison, the calibrated graph of
+   max_drafts nodes verified whole ("static graph"): NFE, verified draft rows, tokens equal
+   to vanilla.
 
-    python benchmarks/calibration.py [--quick]
+    python benchmarks/calibration.py [--quick] [--rules 1/step,2/step,thr0.9] [--model DIR]
+                                     [--out-dir DIR]
 
-Writes benchmarks/results/calibration.json (and calibration_pruning.json).
+Writes benchmarks/results/calibration.json, calibration_pruning.json and a picture of the
+calibrated D = 10 graph with its calibration counts, calibration_graph.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,17 +43,19 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import torch
 
-from benchmarks.timing import report
+from benchmarks.timing import RESULTS_DIR, report
 from spiffy_triton.calibrate import (
     Traces,
     collect_traces,
+    node_counts,
     select_graph,
     select_phased_graph,
     simulate,
 )
 from spiffy_triton.decode import generate
 from spiffy_triton.graph import DraftGraph
-from spiffy_triton.models import BUNDLED_MODELS, CharTokenizer, LLaDAModel, load_model
+from spiffy_triton.graph_draw import draw_graph
+from spiffy_triton.models import CharTokenizer, LLaDAModel, load_model
 from spiffy_triton.pruning import pruning_filler
 from spiffy_triton.tinydata import calibration_prompts, heldout_prompts
 
@@ -57,16 +64,17 @@ GRAPH_KINDS = ("default", "degree1", "steps", "steps-2phase")
 
 def load_bench_model(path: str | None = None):
     """The checkpoint at `path`, else the bundled trained model, else a random-weight model
-    of its shape (flagged)."""
+    of its shape (flagged in the results)."""
     if path is not None:
         return load_model(path, dtype=torch.float32, backend="torch"), f"checkpoint {path}"
-    if os.path.isfile(os.path.join(BUNDLED_MODELS["tiny"], "MODEL_CARD.md")):
-        return load_model("tiny", dtype=torch.float32, backend="torch"), "tiny (trained)"
-    from spiffy_triton.train_tiny import tiny_config
+    try:
+        return load_model("tiny", dtype=torch.float32, backend="torch"), "tiny (bundled, trained)"
+    except FileNotFoundError:
+        from spiffy_triton.train_tiny import tiny_config
 
-    tokenizer = CharTokenizer()
-    model = LLaDAModel(tiny_config(tokenizer), backend="torch", tokenizer=tokenizer)
-    return model.init_weights(0).eval(), "random-weight stand-in (trained model not found)"
+        tokenizer = CharTokenizer()
+        model = LLaDAModel(tiny_config(tokenizer), backend="torch", tokenizer=tokenizer)
+        return model.init_weights(0).eval(), "random-weight stand-in (bundled model missing)"
 
 
 def first_prompts(traces: Traces, n: int) -> Traces:
@@ -90,6 +98,10 @@ def build_graphs(traces: Traces, budgets):
 
 
 def decode_all(model, prompts, settings, graph=None, **kwargs):
+    """`generate` on every prompt; with a graph, every filled node is verified unless
+    `kwargs` say otherwise (not the cost-aware "auto" budget: NFE is the measure here)."""
+    if graph is not None:
+        kwargs.setdefault("max_drafts", None)
     outs = []
     for prompt in prompts:
         ids = torch.tensor([model.tokenizer.encode(prompt)], dtype=torch.int64)
@@ -105,56 +117,44 @@ def real_check(model, prompts, settings, traces, graph, vanilla) -> bool:
     return same_tokens and sum(o.nfe for o in outs) == simulate(traces, graph)["nfe"]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke configuration (seconds)")
-    parser.add_argument("--calibration-prompts", type=int, default=30)
-    parser.add_argument("--heldout", type=int, default=12, help="held-out prompts per kind")
-    parser.add_argument("--real-check", type=int, default=2, help="prompts per kind decoded")
-    parser.add_argument("--pruning-prompts", type=int, default=4)
-    parser.add_argument("--gen-length", type=int, default=64)
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: tiny)")
-    args = parser.parse_args(argv)
-    budgets, max_drafts_list = (3, 5, 8, 10), (8, 5, 3, 2, 1)
-    if args.quick:
-        args.calibration_prompts, args.heldout, args.real_check, args.pruning_prompts = 3, 1, 1, 1
-        args.gen_length = 32
-        budgets, max_drafts_list = (3, 8), (1,)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model, model_name = load_bench_model(args.model)
-    settings = {
-        "gen_length": args.gen_length,
-        "block_length": args.block_length,
-        "backend": "torch",
-    }
+SETTINGS = {
+    # name: generate's rule settings (beside gen_length, block_length)
+    "1/step": {},
+    "2/step": {"steps": "half"},
+    "thr0.9": {"threshold": 0.9},
+}
 
-    calib = [e.prompt for e in calibration_prompts(args.calibration_prompts)["arith"]]
-    held = heldout_prompts(args.heldout)
-    eval_sets = {
-        "arith": [e.prompt for e in held["arith"]],
-        "code": [e.prompt for e in held["code"]],
-    }
 
+def rule_settings(name: str, gen_length: int) -> dict:
+    settings = dict(SETTINGS[name])
+    if settings.get("steps") == "half":
+        settings["steps"] = gen_length // 2
+    return settings
+
+
+def calibration_rows(model, name, settings, calib, eval_sets, budgets, real_check_prompts):
+    """Rows of one decode setting: every graph kind and budget on each held-out set."""
     cal_traces = collect_traces(model, calib, progress=True, **settings)
     graphs, select_s = build_graphs(cal_traces, budgets)
-    eval_traces = {
-        kind: collect_traces(model, prompts, progress=True, **settings)
-        for kind, prompts in eval_sets.items()
-    }
-
     rows = []
-    for kind, traces in eval_traces.items():
-        check_prompts = eval_sets[kind][: args.real_check]
+    for kind, prompts in eval_sets.items():
+        traces = collect_traces(model, prompts, progress=True, **settings)
+        check_prompts = prompts[:real_check_prompts]
         check_traces = first_prompts(traces, len(check_prompts))
         check_vanilla = decode_all(model, check_prompts, settings)
         for d in budgets:
             for graph_kind in GRAPH_KINDS:
                 graph = graphs[(graph_kind, d)]
                 sim = simulate(traces, graph)
+                # Real decoding of the check prompts at the largest budget (the costliest).
+                checked = None
+                if d == max(budgets) and check_prompts:
+                    checked = real_check(
+                        model, check_prompts, settings, check_traces, graph, check_vanilla
+                    )
                 rows.append(
                     {
+                        "rule": name,
                         "eval": kind,
                         "D": d,
                         "graph": graph_kind,
@@ -167,78 +167,58 @@ def main(argv=None) -> int:
                         "calib_s": None
                         if graph_kind == "default"
                         else cal_traces.time_s + select_s[(graph_kind, d)],
-                        "real_check": real_check(
-                            model, check_prompts, settings, check_traces, graph, check_vanilla
-                        ),
+                        "real_check": checked,
                     }
                 )
+    return rows, cal_traces, graphs
 
-    gains = {}
-    for kind in eval_traces:
-        for graph_kind in GRAPH_KINDS[1:]:
-            ratios = []
-            for d in budgets:
-                by = {r["graph"]: r for r in rows if r["eval"] == kind and r["D"] == d}
-                ratios.append(by[graph_kind]["nfe_speedup"] / by["default"]["nfe_speedup"])
-            gains[f"{kind}/{graph_kind}"] = {
-                "min": min(ratios),
-                "mean": sum(ratios) / len(ratios),
-                "max": max(ratios),
-            }
-    meta = {
-        "model": model_name,
-        "decode": {**settings, "steps": "gen_length (1 token/step)", "cache": None},
-        "calibration_prompts": len(calib),
-        "heldout_per_kind": args.heldout,
-        "real_check_prompts_per_kind": args.real_check,
-        "trace_summary": cal_traces.summary(),
-        "collect_time_s": cal_traces.time_s,
-        "speedup_over_default": gains,
-        "quick": args.quick,
-    }
-    columns = [
-        "eval",
-        "D",
-        "graph",
-        "vanilla_nfe",
-        "nfe",
-        "nfe_speedup",
-        "mean_advance",
-        "in_sample_speedup",
-        "calib_s",
-        "real_check",
-    ]
-    report("calibration", rows, columns, meta=meta)
-    print(f"model: {model_name}")
-    for key, g in gains.items():
-        print(
-            f"{key}: NFE speedup / default's speedup = {g['mean']:.3f} on average over D "
-            f"(min {g['min']:.3f}, max {g['max']:.3f})"
-        )
 
-    # Pruning: real decoding with the D = 10 (quick: largest D) calibrated graph.
-    d = max(budgets)
-    graph = graphs[("steps", d)]
-    prompts = eval_sets["arith"][: args.pruning_prompts]
+def gains_over_default(rows) -> dict:
+    """Per (rule, eval, graph kind): calibrated NFE speedup / default's, over the budgets."""
+    out = {}
+    keys = sorted({(r["rule"], r["eval"], r["graph"]) for r in rows if r["graph"] != "default"})
+    for rule, kind, graph_kind in keys:
+        ratios = []
+        for r in rows:
+            if (r["rule"], r["eval"], r["graph"]) != (rule, kind, graph_kind):
+                continue
+            default = next(
+                x
+                for x in rows
+                if (x["rule"], x["eval"], x["D"], x["graph"]) == (rule, kind, r["D"], "default")
+            )
+            ratios.append(r["nfe_speedup"] / default["nfe_speedup"])
+        out[f"{rule}/{kind}/{graph_kind}"] = {
+            "min": min(ratios),
+            "mean": sum(ratios) / len(ratios),
+            "max": max(ratios),
+        }
+    return out
+
+
+def pruning_rows(model, graph, cal_traces, prompts, settings, max_drafts_list):
+    """Real decoding with `graph` pruned to each max_drafts by both scorings, beside the
+    calibrated graph of max_drafts nodes verified whole (the static alternative)."""
     vanilla = decode_all(model, prompts, settings)
     vanilla_nfe = sum(o.nfe for o in vanilla)
-    prune_rows = []
+    rows = []
     for max_drafts in (None, *max_drafts_list):
-        scorers = (
-            [("none", {})]
-            if max_drafts is None
-            else [
+        if max_drafts is None:
+            scorers = [("none", {})]
+        else:
+            scorers = [
                 ("parent-capped", {"filler": pruning_filler(max_drafts, backend="torch")}),
                 ("own-pairs", {"max_drafts": max_drafts}),
+                ("static graph", {"graph": select_graph(cal_traces, max_drafts)}),
             ]
-        )
         for scorer, kwargs in scorers:
-            outs = decode_all(model, prompts, settings, graph, **kwargs)
+            kwargs = {"graph": graph, **kwargs}
+            outs = decode_all(model, prompts, settings, **kwargs)
             nfe = sum(o.nfe for o in outs)
             verified = sum(o.stats.drafts_verified for o in outs)
-            prune_rows.append(
+            rows.append(
                 {
-                    "D": d,
+                    "D": len(kwargs["graph"]),
                     "max_drafts": max_drafts,
                     "scoring": scorer,
                     "vanilla_nfe": vanilla_nfe,
@@ -251,10 +231,96 @@ def main(argv=None) -> int:
                     ),
                 }
             )
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke configuration (seconds)")
+    parser.add_argument("--calibration-prompts", type=int, default=20)
+    parser.add_argument("--heldout", type=int, default=8, help="held-out prompts per kind")
+    parser.add_argument("--real-check", type=int, default=1, help="prompts per kind decoded")
+    parser.add_argument("--pruning-prompts", type=int, default=3)
+    parser.add_argument("--gen-length", type=int, default=64)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument(
+        "--rules", default=",".join(SETTINGS), help=f"decode rules, from {list(SETTINGS)}"
+    )
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: tiny)")
+    parser.add_argument("--out-dir", type=Path, default=None, help="results directory")
+    args = parser.parse_args(argv)
+    budgets, max_drafts_list = (3, 5, 8, 10), (8, 5, 3, 2, 1)
+    rules = [r for r in args.rules.split(",") if r]
+    for rule in rules:
+        if rule not in SETTINGS:
+            parser.error(f"--rules: {rule!r} is not one of {list(SETTINGS)}")
+    if args.quick:
+        args.calibration_prompts, args.heldout, args.real_check, args.pruning_prompts = 3, 1, 1, 1
+        args.gen_length = 32
+        budgets, max_drafts_list, rules = (3, 8), (1,), ["1/step"]
+    torch.set_num_threads(1)
+    model, model_name = load_bench_model(args.model)
+    base = {"gen_length": args.gen_length, "block_length": args.block_length, "backend": "torch"}
+
+    calib = [e.prompt for e in calibration_prompts(args.calibration_prompts)["arith"]]
+    held = heldout_prompts(args.heldout)
+    eval_sets = {kind: [e.prompt for e in held[kind]] for kind in ("arith", "code")}
+
+    rows, summaries, first_graphs, first_traces = [], {}, None, None
+    for rule in rules:
+        settings = {**base, **rule_settings(rule, args.gen_length)}
+        rule_rows, cal_traces, graphs = calibration_rows(
+            model, rule, settings, calib, eval_sets, budgets, args.real_check
+        )
+        rows += rule_rows
+        summaries[rule] = cal_traces.summary()
+        if first_graphs is None:
+            first_graphs, first_traces = graphs, cal_traces
+    gains = gains_over_default(rows)
+    meta = {
+        "model": model_name,
+        "decode": {**base, "cache": None, "verify": "batch (exact)", "temperature": 0},
+        "rules": {r: rule_settings(r, args.gen_length) for r in rules},
+        "calibration_prompts": len(calib),
+        "heldout_per_kind": args.heldout,
+        "real_check_prompts_per_kind": args.real_check,
+        "trace_summary": summaries,
+        "speedup_over_default": gains,
+        "quick": args.quick,
+    }
+    columns = [
+        "rule",
+        "eval",
+        "D",
+        "graph",
+        "vanilla_nfe",
+        "nfe",
+        "nfe_speedup",
+        "mean_advance",
+        "in_sample_speedup",
+        "calib_s",
+        "real_check",
+    ]
+    report("calibration", rows, columns, meta=meta, out_dir=args.out_dir)
+    print(f"model: {model_name}")
+    for key, g in gains.items():
+        print(
+            f"{key}: NFE speedup / default graph's = {g['mean']:.3f} on average over D "
+            f"(min {g['min']:.3f}, max {g['max']:.3f})"
+        )
+
+    # Pruning: real decoding with the largest calibrated "steps" graph of the first rule.
+    graph = first_graphs[("steps", max(budgets))]
+    picture = Path(args.out_dir or RESULTS_DIR) / "calibration_graph.png"
+    draw_graph(graph, picture, counts=node_counts(first_traces, graph), title=graph.name)
+    print(f"wrote {picture}")
+    prompts = eval_sets["arith"][: args.pruning_prompts]
+    settings = {**base, **rule_settings(rules[0], args.gen_length)}
     report(
         "calibration_pruning",
-        prune_rows,
+        pruning_rows(model, graph, first_traces, prompts, settings, max_drafts_list),
         meta={"model": model_name, "graph": graph.name, "prompts": len(prompts), **settings},
+        out_dir=args.out_dir,
     )
     return 0
 

@@ -15,7 +15,7 @@ mode (None: drafts verified as batch rows, exact; "dual": packed, exact):
 Every Spiffy run is compared token for token with the vanilla run of the same rule; the
 `mismatches` column counts prompts whose output differs (0 expected in the exact modes).
 
-    python benchmarks/nfe.py [--quick] [--per-kind 8] [--caches none,dual] [--dtype float32]
+    python benchmarks/nfe.py [--quick] [--per-kind 4] [--caches none,dual] [--dtype float32]
 
 Writes benchmarks/results/nfe.json.
 """
@@ -89,7 +89,7 @@ def summary_row(section, outs, reference, *, cache, verify, vanilla_nfe, drafts,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 prompt per kind, 64 tokens")
-    parser.add_argument("--per-kind", type=int, default=6, help="held-out prompts per kind")
+    parser.add_argument("--per-kind", type=int, default=4, help="held-out prompts per kind")
     parser.add_argument("--gen-length", type=int, default=96)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--drafts", default="3,5,8,10")

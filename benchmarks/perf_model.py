@@ -542,6 +542,22 @@ def step_rows(
                 logits = step.block_rows * model.vocab * LOGIT_BYTES
                 marg = groups["marginals"][0]
                 spf = steps_per_forward.get(d, 1.0 if d == 0 else None)
+                block_ms = (
+                    block_time_ms(
+                        model,
+                        hw,
+                        context=context,
+                        block=block,
+                        drafts=d,
+                        steps_per_forward=spf,
+                        vanilla_steps=vanilla_steps,
+                        cached=cached,
+                        launch_us=launch_us,
+                        sampling=sampling,
+                    )
+                    if spf is not None
+                    else None
+                )
                 row = {
                     "gpu": hw.name,
                     "cached": cached,
@@ -573,22 +589,9 @@ def step_rows(
                         spf * base.t_step_ms / pred.t_step_ms if spf is not None else None
                     ),
                     "speedup_per_block": (
-                        vanilla_block
-                        / block_time_ms(
-                            model,
-                            hw,
-                            context=context,
-                            block=block,
-                            drafts=d,
-                            steps_per_forward=spf,
-                            vanilla_steps=vanilla_steps,
-                            cached=cached,
-                            launch_us=launch_us,
-                            sampling=sampling,
-                        )
-                        if spf is not None
-                        else None
+                        vanilla_block / block_ms if block_ms is not None else None
                     ),
+                    "tokens_per_s": block * 1e3 / block_ms if block_ms is not None else None,
                 }
                 rows.append(row)
     return rows

@@ -151,7 +151,8 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -
 SUMMARY_COLUMNS = {
     "perf_model": (
         "gpu cached C D query_rows total_GB total_TFLOP t_mem_ms t_compute_ms t_step_ms bound "
-        "step_cost_vs_D0 fused_saving_pct steps_per_forward speedup_per_step speedup_per_block"
+        "step_cost_vs_D0 fused_saving_pct steps_per_forward speedup_per_step speedup_per_block "
+        "tokens_per_s"
     ).split(),
 }
 # Rows shown in the summary for long tables.
@@ -183,8 +184,11 @@ def make_plots(payloads: dict[str, dict], out_dir: Path) -> list[Path]:
         return sorted(out_dir.glob("*.png"))
     for name, payload in payloads.items():
         png = out_dir / f"{name}.png"
-        if png.exists() or name.startswith(("perf_model", "wallclock")):
-            continue
+        if name.startswith(("perf_model", "wallclock")):
+            continue  # these draw their own figures
+        source = out_dir / f"{name}.json"
+        if png.exists() and source.exists() and png.stat().st_mtime >= source.stat().st_mtime:
+            continue  # drawn by the study itself, or already up to date
         try:
             plots.plot_acceptance(payload, png) or plots.plot_timings(payload, png)
         except ImportError:
@@ -209,7 +213,9 @@ def write_summary(
         "",
         "## Studies",
         "",
-        markdown_table(records, ["study", "what", "status", "seconds", "command", "detail"]),
+        markdown_table(
+            records, ["study", "what", "status", "seconds", "command", "detail", "previous_run"]
+        ),
     ]
     order = [r["study"] for r in records]
 
@@ -269,12 +275,26 @@ def run(
             flush=True,
         )
         records.append(record)
+    # Studies not run this time keep their last record (their results are still in out_dir).
+    record_path = out_dir / "run_all.json"
+    ran = {r["study"] for r in records}
+    try:
+        previous = json.loads(record_path.read_text()).get("studies", [])
+    except (OSError, ValueError, AttributeError):
+        previous = []
+    kept = [
+        {**r, "previous_run": True}
+        for r in previous
+        if isinstance(r, dict) and r.get("study") not in ran and r.get("status") != "missing"
+    ]
+    order = {s.name: i for i, s in enumerate(STUDIES)}
+    shown = sorted(records + kept, key=lambda r: order.get(r["study"], len(order)))
     payloads = collect_results(out_dir)
     pngs = make_plots(payloads, out_dir) if plots else sorted(out_dir.glob("*.png"))
-    (out_dir / "run_all.json").write_text(
-        json.dumps({"machine": machine_info(), "quick": quick, "studies": records}, indent=2) + "\n"
+    record_path.write_text(
+        json.dumps({"machine": machine_info(), "quick": quick, "studies": shown}, indent=2) + "\n"
     )
-    summary = write_summary(records, payloads, pngs, out_dir, list(argv))
+    summary = write_summary(shown, payloads, pngs, out_dir, list(argv))
     print(f"[run_all] wrote {summary}")
     return records
 

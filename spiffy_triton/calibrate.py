@@ -188,11 +188,13 @@ class _RecordingModel:
             block = int((generated == mask_id).any(dim=1).nonzero()[0])
             start = self._prompt_length + block * length
             end = start + length
-            self._record(start, input_ids[0, start:end], logits[0, start:end], logits[0, end:])
+            next_rows = logits[0, end : end + length]
+            self._record(start, input_ids[0, start:end], logits[0, start:end], next_rows)
         else:
             # Cached: query rows start with the block (prefix mode: then the suffix).
             start = cache.block_start
-            self._record(start, input_ids[0, :length], logits[0, :length], logits[0, length:])
+            next_rows = logits[0, length : 2 * length]
+            self._record(start, input_ids[0, :length], logits[0, :length], next_rows)
         return logits
 
     def prefill(self, input_ids, *, block_start, block_end, mode="dual", position_ids=None):
@@ -304,6 +306,14 @@ def collect_traces(
     for name in ("graph", "max_drafts", "filler", "verify"):
         if name in decode_kwargs:
             raise ValueError(f"{name} is not a calibration setting (calibration decodes vanilla)")
+    if hasattr(model, "spiffy_verifier"):
+        # Such a model (Dream, SDAR adapters) runs its own forwards inside generate, out of
+        # the recorder's sight; calibrating it needs a recording hook in decode.py.
+        raise ValueError(
+            f"calibration records forwards through the model's __call__/prefill; "
+            f"{type(model).__name__} verifies through its own spiffy_verifier, which calibration "
+            "does not support yet"
+        )
     encoded = _encode_prompts(model, prompts)
     mask_id = model.config.mask_token_id
     started = time.perf_counter()
@@ -699,22 +709,57 @@ class PhasedDraftGraph(DraftGraph):
 def select_phased_graph(
     traces: Traces, budget: int, phases: int, *, objective: str = "steps"
 ) -> PhasedDraftGraph:
-    """`phases` graphs of `budget` nodes, one per equal range of the root's masked count."""
+    """`phases` graphs of `budget` nodes, one per equal range of the root's masked count.
+
+    ``"steps"``: every phase starts from the single ``"steps"`` graph, then each phase's nodes
+    are swapped while the replayed NFE of the whole traces goes down (ties: mean advance up),
+    so the phased graph never replays worse than the single one. ``"degree1"``: the paper's
+    selection on each phase's steps."""
     budget = _check_budget(budget)
     if isinstance(phases, bool) or not isinstance(phases, int) or phases < 1:
         raise ValueError(f"phases must be an int >= 1, got {phases!r}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     length = traces.block_length
     if phases > length:
         raise ValueError(f"phases ({phases}) cannot exceed block_length ({length})")
     edges = [round(length * k / phases) for k in range(phases + 1)]
+    ranges = list(zip(edges, edges[1:]))
+    phase_steps = [[s for s in traces.steps if lo < s.num_masked <= hi] for lo, hi in ranges]
+    name = f"calibrated-{objective}-{budget}x{phases}"
+    if objective == "degree1":
+        selected = []
+        for (lo, hi), steps in zip(ranges, phase_steps):
+            if not any(s.chain for s in steps):
+                steps = traces.steps  # nothing observed in this phase: the global selection
+            graph = select_graph(steps, budget, objective=objective, name=f"phase-{lo + 1}-{hi}")
+            selected.append((lo + 1, hi, graph))
+        return PhasedDraftGraph(selected, name=name)
+
+    phase_of = [0] * (length + 1)
+    for p, (lo, hi) in enumerate(ranges):
+        for masked in range(lo + 1, hi + 1):
+            phase_of[masked] = p
+    current = [list(select_graph(traces, budget).nodes) for _ in ranges]
+    for p, steps in enumerate(phase_steps):
+        counts = collections.Counter(f for s in steps for f in s.chain)
+        pool = sorted(counts, key=lambda f: _order_key(f, counts[f]))[: 3 * budget + 16]
+
+        def evaluate(nodes, p=p):
+            sets = [set(c) for c in current]
+            sets[p] = nodes
+            nfe, _, advance = _replay(traces.blocks, lambda masked: sets[phase_of[masked]])
+            return (-nfe, advance)
+
+        current[p] = _refine(current[p], pool, evaluate, max_rounds=4 * budget)
     selected = []
-    for lo, hi in zip(edges, edges[1:]):
-        steps = [s for s in traces.steps if lo < s.num_masked <= hi]
-        if not any(s.chain for s in steps):
-            steps = traces.steps  # nothing observed in this phase: the global selection
-        graph = select_graph(steps, budget, objective=objective, name=f"phase-{lo + 1}-{hi}")
-        selected.append((lo + 1, hi, graph))
-    return PhasedDraftGraph(selected, name=f"calibrated-{objective}-{budget}x{phases}")
+    for (lo, hi), nodes in zip(ranges, current):
+        counts = collections.Counter(
+            f for s in traces.steps if lo < s.num_masked <= hi for f in s.chain
+        )
+        nodes.sort(key=lambda f: (len(f), -counts.get(f, 0), f))
+        selected.append((lo + 1, hi, DraftGraph(nodes, name=f"phase-{lo + 1}-{hi}")))
+    return PhasedDraftGraph(selected, name=name)
 
 
 # ------------------------------------------------------------------------------ public API

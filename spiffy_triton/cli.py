@@ -35,6 +35,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _max_drafts(text: str):
+    if text in ("auto", "all"):
+        return text
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto', 'all' or an integer >= 1, got {text!r}"
+        ) from None
+
+
 def _add_decode_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decoding")
     group.add_argument("--model", default="tiny", help=MODEL_HELP)
@@ -125,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     drafts = gen.add_mutually_exclusive_group()
     drafts.add_argument("--graph", type=Path, help="draft graph JSON (from calibrate)")
     drafts.add_argument("--budget", type=int, help="use the built-in default graph of D nodes")
-    gen.add_argument("--max-drafts", type=_positive_int, default=None, help="dynamic pruning")
+    gen.add_argument(
+        "--max-drafts",
+        type=_max_drafts,
+        default="auto",
+        help="drafts verified per forward: 'auto' (cost-aware, the default), 'all' (every "
+        "filled node), or N (dynamic pruning to the best N)",
+    )
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_decode_options(gen)
 
@@ -284,8 +301,9 @@ def cmd_generate(args) -> int:
         graph = _graph_argument(args)
     except ValueError as err:
         raise CLIError(f"--graph/--budget: {err}") from None
-    if graph is None and args.max_drafts is not None:
+    if graph is None and args.max_drafts != "auto":
         raise CLIError("--max-drafts needs a draft graph (--graph or --budget)")
+    max_drafts = None if args.max_drafts == "all" else args.max_drafts
     model = _load_model(args.model, args.backend)
     if model.tokenizer is None:
         raise CLIError(f"--model: {args.model} has no tokenizer.json; cannot encode text")
@@ -295,7 +313,7 @@ def cmd_generate(args) -> int:
         model,
         prompt_ids,
         graph=graph,
-        max_drafts=args.max_drafts,
+        max_drafts=max_drafts,
         filler=filler,
         **_decode_kwargs(args),
     )

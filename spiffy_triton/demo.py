@@ -1,7 +1,8 @@
 """The main job: the bundled trained model decodes held-out prompts, vanilla and with Spiffy.
 
-    python -m spiffy_triton.demo [--prompts 3] [--drafts 8] [--cache dual] [--gen-length 96]
-                                 [--threshold TAU] [--temperature T]
+    python -m spiffy_triton.demo [--prompts 3] [--drafts 8] [--max-drafts all|auto|N]
+                                 [--cache dual] [--gen-length 96] [--threshold TAU]
+                                 [--temperature T]
 
 For each prompt it prints the prompt, vanilla's text and Spiffy's text (they are identical: the
 decoding is lossless), the forward passes (NFE) of each, and tokens per second. Exits with
@@ -31,6 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=3, help="prompts (cycling over kinds)")
     parser.add_argument("--drafts", type=int, default=8, help="default draft graph budget")
+    parser.add_argument(
+        "--max-drafts",
+        default="all",
+        help="drafts verified per forward: 'all' (every node, default), 'auto' (cost-aware "
+        "budget measured on this machine), or an int (pruned by probability)",
+    )
     parser.add_argument("--cache", default="dual", choices=("none", "prefix", "dual"))
     parser.add_argument("--gen-length", type=int, default=96)
     parser.add_argument("--block-length", type=int, default=32)
@@ -40,6 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     args = parser.parse_args(argv)
     cache = None if args.cache == "none" else args.cache
+    max_drafts = {"all": None, "auto": "auto"}.get(args.max_drafts)
+    if max_drafts is None and args.max_drafts != "all":
+        if not args.max_drafts.isdigit() or int(args.max_drafts) < 1:
+            parser.error(
+                f"--max-drafts must be 'all', 'auto' or an int >= 1, got {args.max_drafts!r}"
+            )
+        max_drafts = int(args.max_drafts)
 
     model = load_model("tiny", dtype=getattr(torch, args.dtype))
     tokenizer, eos = model.tokenizer, model.config.eos_token_id
@@ -58,14 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"spiffy-triton demo: bundled model ({model.num_parameters() / 1e6:.2f}M parameters, "
         f"{args.dtype}), cache={args.cache}, gen_length={args.gen_length}, block="
         f"{args.block_length}, rule={rule}, temperature={args.temperature}, "
-        f"Spiffy graph=default({args.drafts})\n"
+        f"Spiffy graph=default({args.drafts}), drafts per forward: {args.max_drafts}\n"
     )
     totals = {"vanilla": [0, 0.0], "spiffy": [0, 0.0]}
     all_equal = True
     for example in examples:
         prompt = torch.tensor([tokenizer.encode(example.prompt)], device=model.device)
         vanilla = generate(model, prompt, **options)
-        spiffy = generate(model, prompt, graph=args.drafts, **options)
+        spiffy = generate(model, prompt, graph=args.drafts, max_drafts=max_drafts, **options)
         p = prompt.shape[1]
         same = torch.equal(vanilla.tokens, spiffy.tokens) and vanilla.steps == spiffy.steps
         all_equal &= same

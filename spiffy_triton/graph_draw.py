@@ -1,4 +1,4 @@
-"""A picture of a draft graph (PNG through matplotlib's Agg backend; no graphviz needed).
+"""A picture of a draft graph (PNG through matplotlib's Agg canvas; no graphviz needed).
 
 The root (the real state) is at the top; below it one row per formula size (number of pairs).
 Each node shows its formula as ``(position rank, token rank)`` pairs, its index, and, for
@@ -50,10 +50,13 @@ def draw_graph(
     """Write a PNG of `graph` to `path` (see the module docstring); returns the path."""
     if counts is not None and len(counts) != len(graph):
         raise ValueError(f"counts has {len(counts)} entries, the graph {len(graph)} nodes")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure  # Figure, not pyplot: no global state, no display
+    try:
+        from matplotlib.figure import Figure  # Figure, not pyplot: no global state, no display
+    except ImportError:
+        raise ImportError(
+            "drawing a graph needs matplotlib: pip install 'spiffy-triton[bench]' "
+            "(or pip install matplotlib)"
+        ) from None
 
     centres, parents = layout_positions(graph)
     rows = _rows(graph)

@@ -66,6 +66,23 @@ def test_run_all_records_each_outcome_and_writes_summary(tmp_path):
     assert "## toy_nfe" in summary and "| dual | 4 | 2 |" in summary
     assert "![toy_nfe](toy_nfe.png)" in summary
 
+    # a later partial run keeps the other studies' last records and redraws stale plots
+    (out / "toy_kernel.json").write_text(
+        json.dumps({"rows": [{"shape": "64x128", "ref_ms": 3.0, "triton_ms": 1.5}]})
+    )
+    drawn = (out / "toy_kernel.png").stat().st_mtime
+    records = run_all.run([_study(tmp_path, "noop", "pass\n")], out_dir=out)
+    assert [r["study"] for r in records] == ["noop"]
+    recorded = json.loads((out / "run_all.json").read_text())["studies"]
+    assert [(r["study"], r.get("previous_run", False)) for r in recorded] == [
+        ("noop", False),
+        ("good", True),
+        ("broken", True),
+        ("slow", True),
+        ("killed", True),
+    ]  # fmt: skip (studies unknown to STUDIES: this run's first, then the kept ones)
+    assert (out / "toy_kernel.png").stat().st_mtime > drawn
+
 
 def test_run_all_runs_the_performance_model(tmp_path):
     out = tmp_path / "results"

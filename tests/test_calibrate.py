@@ -187,9 +187,10 @@ def test_traces_follow_vanilla_decoding(model, traces):
         {"cache": "dual"},
         {"cache": "prefix"},
         {"cache": None, "steps": 8},  # two tokens per step
+        {"cache": None, "gen_length": 24},  # three blocks
         {"cache": None, "temperature": 0.7, "seed": 3},
     ],
-    ids=["nocache", "dual", "prefix", "two-per-step", "sampling"],
+    ids=["nocache", "dual", "prefix", "two-per-step", "three-blocks", "sampling"],
 )
 def test_replayed_walk_gives_the_nfe_of_real_spiffy_decoding(model, settings):
     """`simulate` on the traces equals `generate` with the graph, step for step (exact modes)."""
@@ -236,6 +237,15 @@ def test_calibrate_rejects_bad_input(model):
         calibrate(model, PROMPTS, budget=2, max_token_rank=0, **kw)
     with pytest.raises(ValueError, match="no tokenizer"):
         calibrate(model, ["text"], budget=2, **kw)
+
+    class OwnVerifier(torch.nn.Module):  # stands for the Dream / SDAR adapters
+        config = model.config
+
+        def spiffy_verifier(self, cache, verify):
+            raise AssertionError("not reached")
+
+    with pytest.raises(ValueError, match="does not support yet"):
+        calibrate(OwnVerifier(), PROMPTS, budget=2, **kw)
 
 
 # --------------------------------------------------------------------------- per phase
@@ -324,3 +334,47 @@ def test_load_graph_rejects_unreadable_files(tmp_path):
         load_graph(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="cannot read draft graph file"):
         load_graph(tmp_path)  # a directory
+
+
+# --------------------------------------------------------------------------- results script
+
+
+@pytest.mark.slow
+def test_calibration_benchmark_quick(tmp_path):
+    """benchmarks/calibration.py --quick on a small random-weight checkpoint: the table's
+    replayed NFE agrees with real decoding, and pruned decoding keeps vanilla's tokens."""
+    import sys
+    from pathlib import Path
+
+    from spiffy_triton.models import CharTokenizer, save_checkpoint
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import calibration as bench
+
+    tokenizer = CharTokenizer()
+    config = LLaDAConfig(
+        d_model=32,
+        n_heads=2,
+        n_kv_heads=1,
+        n_layers=1,
+        mlp_hidden_size=64,
+        vocab_size=tokenizer.vocab_size,
+        max_sequence_length=256,
+        mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model_dir = tmp_path / "model"
+    save_checkpoint(LLaDAModel(config, backend="torch").init_weights(1), model_dir)
+    tokenizer.save(model_dir / "tokenizer.json")
+    out = tmp_path / "results"
+    assert bench.main(["--quick", "--model", str(model_dir), "--out-dir", str(out)]) == 0
+    rows = json.loads((out / "calibration.json").read_text())["rows"]
+    assert {r["graph"] for r in rows} == {"default", "degree1", "steps", "steps-2phase"}
+    checked = [r["real_check"] for r in rows if r["real_check"] is not None]
+    assert checked and all(checked)
+    for r in rows:
+        assert r["nfe"] <= r["vanilla_nfe"] and r["nfe_speedup"] == r["vanilla_nfe"] / r["nfe"]
+    assert (out / "calibration_graph.png").read_bytes()[:4] == b"\x89PNG"
+    pruning = json.loads((out / "calibration_pruning.json").read_text())["rows"]
+    assert all(r["same_tokens"] for r in pruning)
+    assert all(r["rows_per_forward"] <= 1 + (r["max_drafts"] or r["D"]) for r in pruning)

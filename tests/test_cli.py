@@ -92,7 +92,16 @@ def test_calibrate_generate_and_draw_end_to_end(capsys, tmp_path, model_dir):
     )
     assert status == 0
     status, spiffy_out, _ = run(
-        capsys, "generate", "--prompt", "Q: 3+4=?\\nA: ", "--graph", graph_path, "--json", *common
+        capsys,
+        "generate",
+        "--prompt",
+        "Q: 3+4=?\\nA: ",
+        "--graph",
+        graph_path,
+        "--max-drafts",
+        "all",
+        "--json",
+        *common,
     )
     assert status == 0
     vanilla, spiffy = json.loads(vanilla_out), json.loads(spiffy_out)
@@ -127,7 +136,15 @@ def test_calibrate_per_phase_and_generate_with_it(capsys, tmp_path, model_dir):
     assert status == 0, err
     assert "calibration traces" not in err
     status, out, err = run(
-        capsys, "generate", "--prompt", "Q: 1+1=?\\nA: ", "--graph", graph_path, *common
+        capsys,
+        "generate",
+        "--prompt",
+        "Q: 1+1=?\\nA: ",
+        "--graph",
+        graph_path,
+        "--max-drafts",
+        "2",
+        *common,
     )
     assert status == 0, err
     assert "NFE" in err
@@ -212,6 +229,8 @@ def test_calibrate_bad_input(capsys, tmp_path, model_dir):
 
 
 def test_generate_bad_input(capsys):
+    status, _, err = run(capsys, "generate", "--prompt", "Q", "--budget", 3, "--max-drafts", "x")
+    assert status == 2 and "expected 'auto', 'all' or an integer >= 1" in err
     status, _, err = run(capsys, "generate", "--prompt", "Q", "--max-drafts", 2)
     assert status == 2 and "--max-drafts needs a draft graph" in err
     status, _, err = run(capsys, "generate", "--prompt", "Q", "--budget", 0)

@@ -31,7 +31,8 @@ def model():
         mask_token_id=MASK,
         eos_token_id=0,
     )
-    return LLaDAModel(config, backend="torch").init_weights(3).to(torch.float64).eval()
+    # std 0.2: peaked enough marginals for threshold rules to commit several tokens a step
+    return LLaDAModel(config, backend="torch").init_weights(3, std=0.2).to(torch.float64).eval()
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,9 @@ def test_vanilla_output_and_stats(model, prompt):
 
 @pytest.mark.parametrize("cache", [None, "prefix", "dual"])
 def test_spiffy_stats_are_consistent(model, prompt, cache):
-    out = generate(model, prompt, gen_length=16, block_length=8, cache=cache, graph=6)
+    out = generate(
+        model, prompt, gen_length=16, block_length=8, cache=cache, graph=6, max_drafts=None
+    )
     stats = out.stats
     assert stats.verify == default_verify(cache) and stats.exact
     assert sum(stats.steps_per_forward.values()) == out.nfe
@@ -152,7 +155,7 @@ def test_spiffy_stats_are_consistent(model, prompt, cache):
 def test_graph_forms_agree(model, prompt, tmp_path):
     path = DraftGraph.default(4).save(tmp_path / "g.json")
     runs = [
-        generate(model, prompt, gen_length=16, block_length=8, graph=g)
+        generate(model, prompt, gen_length=16, block_length=8, graph=g, max_drafts=None)
         for g in (4, DraftGraph.default(4), str(path), path)
     ]
     for r in runs[1:]:
@@ -237,3 +240,60 @@ def test_graph_too_deep_for_block(model, prompt):
     graph = DraftGraph([[(1, 1)], [(1, 1), (9, 1)]])
     with pytest.raises(ValueError, match="position rank 9"):
         generate(model, prompt, gen_length=16, block_length=8, graph=graph)
+
+
+def upstream_llada_generate(model, prompt, *, gen_length, block_length, steps, threshold=None):
+    """LLaDA's generate() at temperature 0 with low-confidence remasking (and Fast-dLLM's
+    threshold variant), transcribed independently: full forward per step, float64 softmax,
+    confidence -inf outside the current block, top-k commit."""
+    x = torch.full((1, prompt.shape[1] + gen_length), MASK, dtype=torch.long)
+    x[:, : prompt.shape[1]] = prompt
+    num_blocks = gen_length // block_length
+    nfe = 0
+    for b in range(num_blocks):
+        start = prompt.shape[1] + b * block_length
+        end = start + block_length
+        per_block = steps // num_blocks
+        counts = [block_length // per_block] * per_block
+        for i in range(block_length % per_block):
+            counts[i] += 1
+        k = 0
+        while (x[:, start:end] == MASK).any():
+            logits = model(x).double()
+            nfe += 1
+            logits[..., MASK] = float("-inf")  # generate() never commits the mask token
+            x0 = logits.argmax(-1)
+            p = torch.softmax(logits, dim=-1)
+            conf = torch.gather(p, -1, x0[..., None])[..., 0].float()
+            conf[:, end:] = float("-inf")
+            conf = torch.where(x == MASK, conf, torch.tensor(float("-inf")))
+            if threshold is None:
+                n = counts[k]
+            else:
+                masked = int((x[:, start:end] == MASK).sum())
+                n = max(1, int((conf[0] > threshold).sum()))
+                n = min(n, masked)
+            chosen = torch.topk(conf[0], n).indices
+            x[0, chosen] = x0[0, chosen]
+            k += 1
+    return x, nfe
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"steps": 16}, {"steps": 8}, {"threshold": 0.4}],
+    ids=["1tok", "2tok", "threshold"],
+)
+def test_vanilla_matches_upstream_llada_loop(model, prompt, kwargs):
+    expected, nfe = upstream_llada_generate(
+        model,
+        prompt,
+        gen_length=16,
+        block_length=8,
+        steps=kwargs.get("steps", 16),
+        threshold=kwargs.get("threshold"),
+    )
+    out = generate(model, prompt, gen_length=16, block_length=8, **kwargs)
+    assert torch.equal(out.tokens, expected) and out.nfe == nfe
+    if "threshold" in kwargs:
+        assert out.nfe < 16  # several tokens in some steps

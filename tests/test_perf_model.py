@@ -216,6 +216,14 @@ def test_script_writes_labelled_json_and_plot(tmp_path, capsys):
     by_d = {(r["gpu"], r["cached"], r["D"]): r for r in payload["rows"]}
     assert by_d[("H100-SXM", True, 0)]["speedup_per_block"] == pytest.approx(1.0)
     assert by_d[("H100-SXM", True, 3)]["speedup_per_block"] > 1.0
+    vanilla, drafted = by_d[("H100-SXM", True, 0)], by_d[("H100-SXM", True, 3)]
+    assert drafted["tokens_per_s"] / vanilla["tokens_per_s"] == pytest.approx(
+        drafted["speedup_per_block"]
+    )
+    # vanilla, dual cache: a 32-token block is one prefill forward + 31 cached steps
+    prefill = pm.predict(pm.forward_ops(L8B, pm.StepShape(1024, 32, 0, False)), H100)
+    t_block_ms = prefill.t_step_ms + 31 * vanilla["t_step_ms"]
+    assert vanilla["tokens_per_s"] == pytest.approx(32e3 / t_block_ms)
     assert by_d[("H100-SXM", True, 8)]["speedup_per_block"] is None  # no acceptance given
     for row in payload["rows"]:  # the byte split is additive
         parts = ("weights", "kv_cache", "activations", "logits", "marginals")

@@ -120,10 +120,12 @@ def test_pruned_decoding_is_lossless_and_verifies_at_most_max_drafts():
     kw = {"gen_length": 16, "block_length": 8, "backend": "torch"}
     vanilla = generate(model, ids, **kw)
     graph = DraftGraph.default(8)
-    full = generate(model, ids, graph=graph, **kw)
+    full = generate(model, ids, graph=graph, max_drafts=None, **kw)
     nfe = {}
     for max_drafts in (1, 3):
-        out = generate(model, ids, graph=graph, filler=pruning_filler(max_drafts), **kw)
+        out = generate(
+            model, ids, graph=graph, filler=pruning_filler(max_drafts), max_drafts=None, **kw
+        )
         assert torch.equal(out.tokens, vanilla.tokens)
         assert out.stats.drafts_verified <= max_drafts * out.nfe
         nfe[max_drafts] = out.nfe
