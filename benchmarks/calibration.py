@@ -77,6 +77,16 @@ def load_bench_model(path: str | None = None):
         return model.init_weights(0).eval(), "random-weight stand-in (bundled model missing)"
 
 
+def checkpoint_sha256(path: str | None) -> str | None:
+    """sha256 of the checkpoint's weights (which model the numbers are from)."""
+    import hashlib
+
+    from spiffy_triton.models import BUNDLED_MODELS
+
+    weights = Path(path or BUNDLED_MODELS["tiny"]) / "model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+
+
 def first_prompts(traces: Traces, n: int) -> Traces:
     """The traces of the first `n` prompts."""
     per_prompt = len(traces.blocks) // traces.num_prompts
@@ -279,6 +289,7 @@ def main(argv=None) -> int:
     gains = gains_over_default(rows)
     meta = {
         "model": model_name,
+        "model_sha256": checkpoint_sha256(args.model),
         "decode": {**base, "cache": None, "verify": "batch (exact)", "temperature": 0},
         "rules": {r: rule_settings(r, args.gen_length) for r in rules},
         "calibration_prompts": len(calib),
