@@ -135,7 +135,7 @@ def _cell(value) -> str:
         return f"{value:.4g}"
     if isinstance(value, (dict, list)):
         return json.dumps(value)[:60]
-    return "" if value is None else str(value).replace("|", "\\|")
+    return "" if value is None else " ".join(str(value).split()).replace("|", "\\|")
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
