@@ -33,7 +33,7 @@ from .models import BUNDLED_MODELS, CharTokenizer, LLaDAConfig, LLaDAModel, save
 MAX_LENGTH = 160
 MASK_EPS = 1e-3
 # The bundled model's stages: each continues from the previous one's weights.
-RECIPE = ({"steps": 700, "warmup": 50, "seed": 0}, {"steps": 900, "warmup": 30, "seed": 1})
+RECIPE = ({"steps": 900, "warmup": 50, "seed": 0},)
 
 
 def tiny_config(tokenizer: CharTokenizer) -> LLaDAConfig:
@@ -443,7 +443,8 @@ Bidirectional LLaMA-style transformer (RMSNorm, SwiGLU, RoPE, GQA, no causal mas
 d_model {config["d_model"]}, {config["n_layers"]} layers, {config["n_heads"]} query heads,
 {config["n_kv_heads"]} KV heads (head_dim {config["d_model"] // config["n_heads"]}),
 mlp_hidden_size {config["mlp_hidden_size"]}, vocabulary {config["vocab_size"]},
-rope_theta {config["rope_theta"]:g}, max_sequence_length {config["max_sequence_length"]}.
+rope_theta {config["rope_theta"]:g}, max_sequence_length {config["max_sequence_length"]}
+(trained on sequences of at most {MAX_LENGTH} tokens).
 {train_log["parameters"]:,} parameters, stored as float32 safetensors ({size_mb:.1f} MB).
 
 ## Tokenizer
@@ -471,9 +472,10 @@ included, so the model learns where answers end) masked with probability `t`, pr
 masked; loss = cross-entropy on masked tokens / t, averaged over answer tokens. Sequences
 are one example padded with EOS to a length up to 160; batches of one kind.
 
-Stages (`RECIPE` in `train_tiny.py`; each later stage starts from the previous stage's
-weights with a fresh AdamW, warm-up and cosine schedule, and a new data seed, so it sees new
-examples). AdamW betas (0.9, 0.98), weight decay 0.01, linear warm-up then cosine to 10% of
+Stages (`RECIPE` in `train_tiny.py`; a later stage, if any, starts from the previous
+stage's weights with a fresh AdamW, warm-up and cosine schedule, and a new data seed).
+Initialisation: embedding N(0, 1), every matrix N(0, 1/fan_in), norms 1 (`init_weights`).
+AdamW betas (0.9, 0.98), weight decay 0.01, linear warm-up then cosine to 10% of
 the peak lr, gradient clipping 1.0, {train_log["threads"]} CPU thread:
 
 | stage | starts from | steps | batch | peak lr | warm-up | seed | minutes |
@@ -545,7 +547,7 @@ def main(argv=None) -> None:
         "--steps", type=int, default=None, help="train one stage (default: the RECIPE)"
     )
     parser.add_argument("--batch-size", type=int, default=24)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -166,20 +166,24 @@ class LLaDAModel(nn.Module):
     def device(self) -> torch.device:
         return self.transformer.wte.weight.device
 
-    def init_weights(self, seed: int = 0, std: float = 0.02) -> LLaDAModel:
-        """Normal(0, std) init; output projections scaled by 1/sqrt(2 * n_layers)."""
+    def init_weights(self, seed: int = 0, std: float | None = None) -> LLaDAModel:
+        """Random init from `seed`: norms 1, embedding N(0, 1), every matrix N(0, 1 / fan_in)
+        (so attention scores start position-dependent: with a small uniform std such as 0.02
+        a RoPE-only model sits for long on a bag-of-characters plateau). With `std`, every
+        matrix is N(0, std^2) instead (tests use it for peaked random models)."""
         gen = torch.Generator().manual_seed(seed)
-        out_std = std / math.sqrt(2 * self.config.n_layers)
         with torch.no_grad():
             for name, p in self.named_parameters():
-                if name.endswith(("attn_norm.weight", "ff_norm.weight", "ln_f.weight")):
+                if p.dim() == 1:
                     p.fill_(1.0)
                     continue
-                is_block_output = ".blocks." in name and name.endswith(
-                    (".attn_out.weight", ".ff_out.weight")
-                )
-                s = out_std if is_block_output else std
-                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * s)
+                if std is not None:
+                    scale = std
+                elif name.endswith("wte.weight"):
+                    scale = 1.0
+                else:
+                    scale = p.shape[1] ** -0.5
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * scale)
         return self
 
     def _check_ids(self, input_ids: torch.Tensor, name: str = "input_ids") -> None:
