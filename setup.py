@@ -36,6 +36,8 @@ setup(
         "numpy",
         "safetensors>=0.4",
         "tqdm",
+        # `spiffy-triton graph draw` and the benchmark plots (Agg backend, no display)
+        "matplotlib",
     ],
     extras_require={
         # setuptools / wheel: tests/test_packaging.py builds offline (--no-build-isolation).
@@ -49,7 +51,6 @@ setup(
             # tests/test_hf_adapter.py builds tiny transformers models locally (no downloads)
             "transformers>=4.48",
         ],
-        "bench": ["matplotlib"],
     },
     entry_points={"console_scripts": ["spiffy-triton=spiffy_triton.cli:main"]},
 )

@@ -1,6 +1,6 @@
 # Sourced by scripts/main.sh and scripts/test.sh: create or reuse .venv inside the repository,
 # install the CPU build of torch first (an unpinned torch would pull a multi-GB CUDA build),
-# then the package with its test and bench extras. A second run skips what is already done.
+# then the package with its test extras. A second run skips what is already done.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
@@ -19,8 +19,8 @@ fi
 STAMP="$VENV/.spiffy-install-stamp"
 WANT="$(cat "$REPO/setup.py" "$REPO/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || ! "$PY" -c "import spiffy_triton" 2>/dev/null; then
-    echo "[spiffy-triton] installing spiffy-triton (editable) with test and bench extras"
-    "$PY" -m pip install --quiet --disable-pip-version-check -e "$REPO[test,bench]"
+    echo "[spiffy-triton] installing spiffy-triton (editable) with test extras"
+    "$PY" -m pip install --quiet --disable-pip-version-check -e "$REPO[test]"
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
