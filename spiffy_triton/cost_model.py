@@ -20,20 +20,23 @@ cache mode, verify mode) in memory, and on disk under ``~/.cache/spiffy_triton``
 (`cached_cost_model(..., cache_dir=...)`, or ``SPIFFY_TRITON_COST_CACHE=<dir>``).
 
 Benefit. `AcceptanceEstimator` estimates, per filled draft, the probability that the walk passes
-through it. Its base rate per graph node is a Beta posterior: the prior mean is the share of
-calibration steps whose true path went through the node (calibration counts), or, without
-counts, the default graphs' prior (`spiffy_triton.graph.prior_step_probability`) summed over
-the node's orders of unmasking; the run's own verify outcomes (verified / walked through) update
-it. The current marginals then scale the rate by how likely the node's tokens are now compared
-with their average when the node was verified: ``rate * joint / mean_joint`` (``joint`` = the
-product of the node's ``P_last`` token probabilities), clipped to [0, 1].
+through it, as a chain of conditional rates (node given its parent; see the class). A node's
+prior rate is the share of calibration steps whose true path went through it (calibration
+counts, `calibration_prior`), or, without counts, the default graphs' prior
+(`spiffy_triton.graph.prior_step_probability`) summed over the node's orders of unmasking. The
+run's own outcomes update it (Beta posterior), and the current marginals enter through bands:
+the rate is learned separately per band of the probability of the tokens the node adds under
+``P_last`` (`CONFIDENCE_BANDS`), each band shrunk towards the node's overall rate.
 
 Selection (`select_drafts`). The walk reaches a draft only through its ancestors, so drafts
 are taken greedily by estimate, a node becoming eligible once one of its direct parents (largest
 filled strict subsets) is taken or when it has none; the expected advance of the first ``k``
 is ``1 + sum of their estimates``. The chosen ``k`` maximises ``advance(k) / cost(k)`` over
 ``k = 0 .. len(candidates)``; ``k = 0`` (a plain step: one root forward, one step) is always a
-candidate, so in expectation auto is never worse than vanilla decoding.
+candidate, so in expectation auto is never worse than vanilla decoding. Drafting also costs host
+time (filling, scoring, ``P_last``, bookkeeping) that a plain step in back-off does not pay: the
+budget times its own filling and selection and adds ``HOST_OVERHEAD_FACTOR`` times that (a
+running mean) to the cost of every ``k >= 1``.
 
 Back-off. Filling and scoring cost host time even when no draft is chosen. After a selection
 of zero drafts the budget skips the next 1, 2, 4, ... (at most ``MAX_BACKOFF``) iterations'
@@ -68,6 +71,11 @@ PROBE_DRAFT_COUNTS = (0, 1, 3, 6)
 PROBE_REPEATS = 3
 DEFAULT_PRIOR_STRENGTH = 4.0  # pseudo-observations behind an acceptance prior
 MAX_BACKOFF = 8  # most plain steps in a row after choosing no drafts
+# Band edges of a node's added-token probability under P_last: rates are learned per band.
+CONFIDENCE_BANDS = (0.5, 0.8, 0.95)
+# Host time of an iteration with drafts over that of filling and selecting alone (P_last's
+# marginals and the drafts' bookkeeping add about half again; benchmarks/wallclock.py's split).
+HOST_OVERHEAD_FACTOR = 1.5
 
 
 # ----------------------------------------------------------------------------------- shapes
@@ -367,6 +375,11 @@ def clear_cost_cache() -> None:
 # ------------------------------------------------------------------------------ acceptance
 
 
+def confidence_band(probability: float) -> int:
+    """Index of `probability`'s band in `CONFIDENCE_BANDS` (0: below the first edge)."""
+    return sum(probability >= edge for edge in CONFIDENCE_BANDS)
+
+
 def prior_path_probability(formula: Sequence[tuple[int, int]]) -> float:
     """Probability, under the default graphs' prior, that one-token-per-step decoding passes
     through `formula`'s state: the sum over every order of unmasking its pairs."""
@@ -418,6 +431,11 @@ class AcceptanceEstimator:
     a miss otherwise; if the walk never stepped on from a parent, it says nothing about ``q``.
     Conditioning on the parent keeps deep nodes' rates free of the bias of walks that stop
     early (a walk that stops before a deep node's parent neither hits nor misses it).
+
+    The current marginals enter by band: each observation is also counted in the band
+    (`CONFIDENCE_BANDS`) of the ``P_last`` probability of the tokens the node adds to its
+    parent, and the estimate is the band's rate with the node's overall rate as its prior
+    (``prior_strength`` pseudo-observations).
     """
 
     def __init__(
@@ -447,7 +465,9 @@ class AcceptanceEstimator:
             self.cond_prior.append(min(1.0, prior[node] / base) if base > 0 else 0.0)
         self.observed = [0] * len(graph)
         self.hits = [0] * len(graph)
-        self._step_joint_sum = [0.0] * len(graph)
+        # The same counts split by how likely the node's added tokens were (`CONFIDENCE_BANDS`).
+        self.band_observed = [[0] * (len(CONFIDENCE_BANDS) + 1) for _ in graph.nodes]
+        self.band_hits = [[0] * (len(CONFIDENCE_BANDS) + 1) for _ in graph.nodes]
         # Of the last `estimates` call, per node: the probability of the tokens it adds to its
         # parent, and the states (pair sets) of its direct parents (the root: empty set).
         self._step_joint: dict[int, float] = {}
@@ -460,8 +480,8 @@ class AcceptanceEstimator:
 
     def estimates(self, candidates: Sequence) -> list[float]:
         """On-path probability of each filled candidate (``.node``, ``.probs``) now: chained
-        conditional rates, each scaled by the current probability of the tokens the node adds
-        to its parent over its average when observed, clipped to [0, 1]."""
+        conditional rates, each the node's rate in the band of the probability of the tokens
+        it adds to its parent (shrunk towards its overall rate)."""
         graph = self.graph
         index = {c.node: i for i, c in enumerate(candidates)}
         out = [0.0] * len(candidates)
@@ -488,10 +508,11 @@ class AcceptanceEstimator:
                 for p in direct
             ] or [frozenset()]
             cond = self.cond_rate(c.node)
-            seen = self.observed[c.node]
-            mean = self._step_joint_sum[c.node] / seen if seen else 0.0
-            if mean > 0:
-                cond = min(1.0, cond * step_joint / mean)
+            band = confidence_band(step_joint)
+            # The node's rate is the prior of its rate within the band.
+            cond = (self.band_hits[c.node][band] + self.prior_strength * cond) / (
+                self.band_observed[c.node][band] + self.prior_strength
+            )
             out[i] = base * cond
         return out
 
@@ -523,7 +544,9 @@ class AcceptanceEstimator:
             step_joint = self._step_joint.get(node)
             if step_joint is None:
                 step_joint = math.prod(candidate.probs)
-            self._step_joint_sum[node] += step_joint
+            band = confidence_band(step_joint)
+            self.band_observed[node][band] += 1
+            self.band_hits[node][band] += hit
 
 
 # ------------------------------------------------------------------------------- selection
@@ -645,6 +668,7 @@ class AutoDraftBudget:
         self._backoff = 0  # plain steps after the last empty selection
         self._skip = 0  # plain steps still to take
         self.skipped = 0  # forwards taken as plain steps without filling
+        self.host_ms: float | None = None  # running mean of filling + selecting time
 
     def bind(self, graph: DraftGraph, measure: Callable[[], VerifyCostModel], key: str) -> None:
         """Prepare for a decode run with `graph`: the estimator (kept across runs of the same
@@ -664,11 +688,12 @@ class AutoDraftBudget:
         if self.estimator is None or self.cost_model is None:
             raise RuntimeError("AutoDraftBudget.bind must be called before select")
         estimates = self.estimator.estimates(candidates)
+        overhead = HOST_OVERHEAD_FACTOR * (self.host_ms or 0.0)
         selection = select_drafts(
             graph,
             candidates,
             estimates,
-            lambda k: self.cost_model.predict_ms(shape_of(k)),
+            lambda k: self.cost_model.predict_ms(shape_of(k)) + (overhead if k else 0.0),
             max_drafts=self.max_drafts,
         )
         self.chosen_counts[len(selection.chosen)] += 1
@@ -695,6 +720,7 @@ class AutoDraftBudget:
         `select`ion; `observe` then records how the walk went."""
 
         def fill(graph, root_state, p_last, mask_id):
+            begin = time.perf_counter()
             if inner is None:
                 filled = probability_filler(graph, root_state, p_last, mask_id, backend=backend)
             else:
@@ -705,6 +731,8 @@ class AutoDraftBudget:
             candidates = list(unique.values())
             selection = self.select(graph, candidates, shape_of)
             self._pending = (root_state.tolist(), mask_id, candidates)
+            elapsed = (time.perf_counter() - begin) * 1e3
+            self.host_ms = elapsed if self.host_ms is None else 0.8 * self.host_ms + 0.2 * elapsed
             return list(selection.chosen)
 
         return fill
@@ -734,6 +762,7 @@ class AutoDraftBudget:
             "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
             "selections": {str(k): v for k, v in sorted(self.chosen_counts.items())},
             "backoff_steps": self.skipped,
+            "host_ms_per_fill": self.host_ms,
             "mean_drafts": drafts / forwards if forwards else 0.0,
             "expected_advance_per_forward": advance / forwards if forwards else 0.0,
         }

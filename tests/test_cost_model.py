@@ -296,12 +296,22 @@ def test_online_rates_move_from_prior_to_data():
         est.estimates(c)
         est.observe(c, [frozenset({(1, 5)})])
     assert est.cond_rate(0) == pytest.approx((0.2 + 50) / 52)
-    # the marginals scale: twice the usual token probability, twice the rate (clipped at 1)
-    low = AcceptanceEstimator(GRAPH, prior=[0.1, 0.1, 0.1, 0.1])
-    for _ in range(8):
-        low.estimates(c)
-        low.observe(c, [frozenset({(1, 6)})])
-    assert low.estimates([cand(0, [(1, 5)], [1.0])])[0] == pytest.approx(2 * low.cond_rate(0))
+    # the marginals enter by band: misses at low token probability do not drag down the
+    # estimate of a confident candidate of the same node beyond the shrinkage
+    banded = AcceptanceEstimator(GRAPH, prior=[0.5, 0.5, 0.5, 0.5], prior_strength=2)
+    unsure, sure = [cand(0, [(1, 5)], [0.3])], [cand(0, [(1, 5)], [0.99])]
+    for _ in range(20):
+        banded.estimates(unsure)
+        banded.observe(unsure, [frozenset({(1, 6)})])
+        banded.estimates(sure)
+        banded.observe(sure, [frozenset({(1, 5)})])
+    overall = banded.cond_rate(0)
+    assert overall == pytest.approx((1.0 + 20) / 42)
+    assert banded.band_observed[0] == [20, 0, 0, 20] and banded.band_hits[0] == [0, 0, 0, 20]
+    assert banded.estimates(sure)[0] == pytest.approx((20 + 2 * overall) / 22)
+    assert banded.estimates(unsure)[0] == pytest.approx((0 + 2 * overall) / 22)
+    # a band never seen falls back to the node's rate
+    assert banded.estimates([cand(0, [(1, 5)], [0.6])])[0] == pytest.approx(overall)
 
 
 def test_estimator_and_prior_validation(tmp_path):

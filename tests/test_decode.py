@@ -281,7 +281,7 @@ def upstream_llada_generate(model, prompt, *, gen_length, block_length, steps, t
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"steps": 16}, {"steps": 8}, {"threshold": 0.4}],
+    [{"steps": 16}, {"steps": 8}, {"threshold": 0.2}],
     ids=["1tok", "2tok", "threshold"],
 )
 def test_vanilla_matches_upstream_llada_loop(model, prompt, kwargs):

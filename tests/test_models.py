@@ -3,8 +3,6 @@ tokenizer, generated data, the training objective, and the bundled trained model
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from utils import assert_close
@@ -409,18 +407,27 @@ def test_load_tiny_returns_model_and_tokenizer(bundled):
     assert not bundled.training
 
 
-@torch.no_grad()
-def test_bundled_model_is_trained_and_sharp_on_predictable_text(bundled):
-    # Code answers are template text: a trained model is confident and right on most masked
-    # characters; a random model would be near uniform (top-1 ~ 1 / vocab).
-    tok = bundled.tokenizer
+def masked_code_sharpness(model):
+    """Mean top-1 probability and top-1 accuracy at masked answer positions of 16 held-out
+    code examples (random mask ratio per example, seeded)."""
+    tok = model.tokenizer
     examples = tinydata.heldout_prompts(16)["code"]
     ids, prompt_lengths = make_batch(examples, tok, 160)
     noisy, masked, _, _ = add_mask_noise(
         ids, prompt_lengths, torch.Generator().manual_seed(0), tok.mask_token_id
     )
-    probs = bundled(noisy).softmax(-1)[masked]
+    with torch.no_grad():
+        probs = model(noisy).softmax(-1)[masked]
     top_prob, top_token = probs.max(-1)
-    accuracy = (top_token == ids[masked]).float().mean().item()
-    assert top_prob.mean().item() > 0.6 and accuracy > 0.7, (top_prob.mean(), accuracy)
-    assert math.isfinite(top_prob.sum().item())
+    return top_prob.mean().item(), (top_token == ids[masked]).float().mean().item()
+
+
+def test_bundled_model_is_trained_and_sharp_on_predictable_text(bundled):
+    # Code answers are template text: a trained model is confident and right on most masked
+    # characters (measured 0.87 / 0.89); the same architecture at random init is near
+    # uniform (measured 0.09 / 0.002), which this also checks, so the metric can tell.
+    confidence, accuracy = masked_code_sharpness(bundled)
+    assert confidence > 0.6 and accuracy > 0.7, (confidence, accuracy)
+    random_model = LLaDAModel(bundled.config, backend="torch", tokenizer=bundled.tokenizer)
+    random_confidence, random_accuracy = masked_code_sharpness(random_model.init_weights(0))
+    assert random_confidence < 0.3 and random_accuracy < 0.1, (random_confidence, random_accuracy)
