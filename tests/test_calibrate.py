@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from utils import TINY_MASK_ID, tiny_random_llada
 
 from spiffy_triton.calibrate import (
     PhasedDraftGraph,
@@ -31,24 +32,13 @@ from spiffy_triton.graph import DraftGraph
 from spiffy_triton.models import LLaDAConfig, LLaDAModel
 from spiffy_triton.types import MarginalsOutput
 
-MASK = 2
+MASK = TINY_MASK_ID
 PROMPTS = [[5, 9, 11, 4, 17, 8], [7, 7, 3, 12], [20, 6, 14, 9, 9]]
 
 
 @pytest.fixture(scope="module")
 def model():
-    config = LLaDAConfig(
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=2,
-        n_layers=2,
-        mlp_hidden_size=64,
-        vocab_size=24,
-        max_sequence_length=64,
-        mask_token_id=MASK,
-        eos_token_id=0,
-    )
-    return LLaDAModel(config, backend="torch").init_weights(5).to(torch.float64).eval()
+    return tiny_random_llada(5)
 
 
 def marginals(top_tokens, top_probs) -> MarginalsOutput:

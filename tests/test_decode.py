@@ -8,31 +8,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from utils import TINY_MASK_ID, tiny_random_llada
 
 from spiffy_triton.decode import GenerateOutput, default_verify, generate, is_exact
 from spiffy_triton.drafting import fill_drafts, geometric_mean_score, rank_masked_positions
 from spiffy_triton.graph import DraftGraph
-from spiffy_triton.models import LLaDAConfig, LLaDAModel
 from spiffy_triton.types import MarginalsOutput
 
-MASK = 2
+MASK = TINY_MASK_ID
 
 
 @pytest.fixture(scope="module")
 def model():
-    config = LLaDAConfig(
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=2,
-        n_layers=2,
-        mlp_hidden_size=64,
-        vocab_size=24,
-        max_sequence_length=64,
-        mask_token_id=MASK,
-        eos_token_id=0,
-    )
     # std 0.2: peaked enough marginals for threshold rules to commit several tokens a step
-    return LLaDAModel(config, backend="torch").init_weights(3, std=0.2).to(torch.float64).eval()
+    return tiny_random_llada(3, std=0.2)
 
 
 @pytest.fixture(scope="module")

@@ -73,3 +73,29 @@ def assert_close(
     rtol = d_rtol if rtol is None else rtol
     message = describe_difference(actual, expected, atol, rtol, name)
     assert message.endswith(f"within atol={atol:g} rtol={rtol:g}"), message
+
+
+# Token id of the mask in the tiny random models below (the bundled model uses 2 as well).
+TINY_MASK_ID = 2
+
+
+def tiny_random_llada(
+    seed: int, *, std: float | None = None, max_sequence_length: int = 64, model_class=None
+):
+    """A 2-layer float64 LLaDA model with random weights (vocab 24, mask id 2, eos 0), for
+    decoding tests that need a real model but not a trained one."""
+    from spiffy_triton.models import LLaDAConfig, LLaDAModel
+
+    config = LLaDAConfig(
+        d_model=32,
+        n_heads=4,
+        n_kv_heads=2,
+        n_layers=2,
+        mlp_hidden_size=64,
+        vocab_size=24,
+        max_sequence_length=max_sequence_length,
+        mask_token_id=TINY_MASK_ID,
+        eos_token_id=0,
+    )
+    model = (model_class or LLaDAModel)(config, backend="torch")
+    return model.init_weights(seed, std=std).to(torch.float64).eval()
