@@ -90,6 +90,28 @@ def _noise_words(chunk_index, position, step, stream, k0, k1, QB: tl.constexpr):
 
 
 @triton.jit
+def _vocab_tile(QB: tl.constexpr):
+    """Offsets of a [QB, 4, 256] tile of contiguous vocabulary ids (the Philox lane layout)."""
+    return (
+        tl.arange(0, QB)[:, None, None] * 1024
+        + tl.arange(0, 4)[None, :, None] * 256
+        + tl.arange(0, 256)[None, None, :]
+    )
+
+
+@triton.jit
+def _tile_max(x):
+    """Max of a [Q, 4, 256] tile, reduced axis by axis."""
+    return tl.max(tl.max(tl.max(x, axis=2), axis=1), axis=0)
+
+
+@triton.jit
+def _tile_sum(x):
+    """Sum of a [Q, 4, 256] tile, reduced axis by axis."""
+    return tl.sum(tl.sum(tl.sum(x, axis=2), axis=1), axis=0)
+
+
+@triton.jit
 def _gumbel_from_uint32(bits):
     """Standard Gumbel noise (fp32) from uint32 words; mirrors reference gumbel_from_uint32."""
     upper = bits >= 0x80000000
@@ -234,11 +256,7 @@ def _marginals_kernel(
     split = tl.program_id(1)
     QB: tl.constexpr = BLOCK_V // 1024
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    tile = (
-        tl.arange(0, QB)[:, None, None] * 1024
-        + tl.arange(0, 4)[None, :, None] * 256
-        + tl.arange(0, 256)[None, None, :]
-    )
+    tile = _vocab_tile(QB)
     slots = tl.arange(0, KP)
     first_block = split * blocks_per_split
     end_block = tl.minimum(first_block + blocks_per_split, tl.cdiv(V, BLOCK_V))
@@ -266,7 +284,7 @@ def _marginals_kernel(
         clean = tl.where(is_nan | is_pinf, float("-inf"), x)
 
         # online softmax with the entropy term
-        block_max = tl.max(tl.max(tl.max(clean, axis=2), axis=1), axis=0)
+        block_max = _tile_max(clean)
         new_m = tl.maximum(m, block_max)
         shift = tl.where(new_m == float("-inf"), 0.0, new_m)
         diff = clean - shift
@@ -274,21 +292,19 @@ def _marginals_kernel(
         te = e * tl.maximum(diff, -3.4e38)  # e == 0 where diff == -inf
         alpha = tl.exp(m - shift)
         old_m = tl.where(s > 0.0, m, shift)  # keeps -inf * 0 out of the rescale
-        t = alpha * (t + (old_m - shift) * s) + tl.sum(tl.sum(tl.sum(te, axis=2), axis=1), axis=0)
-        s = alpha * s + tl.sum(tl.sum(tl.sum(e, axis=2), axis=1), axis=0)
+        t = alpha * (t + (old_m - shift) * s) + _tile_sum(te)
+        s = alpha * s + _tile_sum(e)
         m = new_m
-        block_flag = tl.max(
-            tl.max(tl.max(tl.where(is_nan, 2, tl.where(is_pinf, 1, 0)), axis=2), axis=1), axis=0
-        )
+        block_flag = _tile_max(tl.where(is_nan, 2, tl.where(is_pinf, 1, 0)))
         flag = tl.maximum(flag, block_flag)
 
         # top-k: search the block only when its max beats the current k-th key
         kth = tl.min(tl.where(slots < K, topk, 9223372036854775807), axis=0)
         if (_ordered_key(block_max) > (kth >> 32).to(tl.int32)) | (block_flag > 0):
             packed = _pack(_ordered_key(x), vocab_id, valid)
-            count = tl.sum(tl.sum(tl.sum((packed > kth).to(tl.int32), axis=2), axis=1), axis=0)
+            count = _tile_sum((packed > kth).to(tl.int32))
             for _ in range(tl.minimum(count, K)):
-                b = tl.max(tl.max(tl.max(packed, axis=2), axis=1), axis=0)
+                b = _tile_max(packed)
                 topk = _insert(topk, b, slots, K, KP)
                 packed = tl.where(packed == b, -9223372036854775808, packed)
 
@@ -296,7 +312,7 @@ def _marginals_kernel(
             words = _noise_words(block_start // 1024, position, step_u, 0, k0, k1, QB)
             score = x * inv_t + _gumbel_from_uint32(words)
             packed_score = _pack(_ordered_key(score), vocab_id, valid)
-            best = tl.maximum(best, tl.max(tl.max(tl.max(packed_score, axis=2), axis=1), axis=0))
+            best = tl.maximum(best, _tile_max(packed_score))
 
     if FINALIZE:
         _finalize(
@@ -417,11 +433,7 @@ def _noise_kernel(
     row = tl.program_id(0)
     block_start = tl.program_id(1) * BLOCK_V
     QB: tl.constexpr = BLOCK_V // 1024
-    tile = (
-        tl.arange(0, QB)[:, None, None] * 1024
-        + tl.arange(0, 4)[None, :, None] * 256
-        + tl.arange(0, 256)[None, None, :]
-    )
+    tile = _vocab_tile(QB)
     position = tl.load(positions_ptr + row).to(tl.uint32)
     words = _noise_words(
         block_start // 1024,
@@ -691,6 +703,19 @@ def compile_configs() -> list[dict]:
     shipped += [(dtype, 2048, 8, True, True) for dtype in ("fp16", "fp32")]
     shipped += [(dtype, 2048, 8, False, False) for dtype in ("fp16", "fp32")]
     shipped += [("fp32", NOISE_CHUNK, 8, True, True)]
+    # The buffers both kernels take, in their argument order.
+    partials_and_outputs = {
+        "part_stats_ptr": "*fp32",
+        "part_flag_ptr": "*i32",
+        "part_topk_ptr": "*i64",
+        "part_best_ptr": "*i64",
+        "token_ptr": "*i64",
+        "prob_ptr": "*fp32",
+        "topk_tokens_ptr": "*i64",
+        "topk_probs_ptr": "*fp32",
+        "lse_ptr": "*fp32",
+        "entropy_ptr": "*fp32",
+    }
     configs = []
     for dtype, block_v, top_k, sample, finalize in shipped:
         name = (
@@ -704,16 +729,7 @@ def compile_configs() -> list[dict]:
                 "signature": {
                     "logits_ptr": f"*{dtype}",
                     "positions_ptr": "*i64",
-                    "part_stats_ptr": "*fp32",
-                    "part_flag_ptr": "*i32",
-                    "part_topk_ptr": "*i64",
-                    "part_best_ptr": "*i64",
-                    "token_ptr": "*i64",
-                    "prob_ptr": "*fp32",
-                    "topk_tokens_ptr": "*i64",
-                    "topk_probs_ptr": "*fp32",
-                    "lse_ptr": "*fp32",
-                    "entropy_ptr": "*fp32",
+                    **partials_and_outputs,
                     "V": "i32",
                     "stride_row": "i32",
                     "stride_vocab": "constexpr",
@@ -753,16 +769,7 @@ def compile_configs() -> list[dict]:
                     "kernel": _combine_kernel,
                     "signature": {
                         "logits_ptr": "*bf16",
-                        "part_stats_ptr": "*fp32",
-                        "part_flag_ptr": "*i32",
-                        "part_topk_ptr": "*i64",
-                        "part_best_ptr": "*i64",
-                        "token_ptr": "*i64",
-                        "prob_ptr": "*fp32",
-                        "topk_tokens_ptr": "*i64",
-                        "topk_probs_ptr": "*fp32",
-                        "lse_ptr": "*fp32",
-                        "entropy_ptr": "*fp32",
+                        **partials_and_outputs,
                         "stride_row": "i32",
                         "stride_vocab": "constexpr",
                         "num_splits": "i32",

@@ -9,7 +9,12 @@ import json
 
 import pytest
 import torch
-from utils import assert_close
+from utils import (
+    TINY_QWEN_MASK_ID,
+    assert_close,
+    tiny_qwen_config,
+    transformers_qwen_kwargs,
+)
 
 from spiffy_triton.decode import generate
 from spiffy_triton.models import (
@@ -24,30 +29,14 @@ from spiffy_triton.models import (
 from spiffy_triton.models.dream import BidirectionalVerifier
 from spiffy_triton.rules import TransitionRule, num_transfer_tokens
 
-MASK = 63
+MASK = TINY_QWEN_MASK_ID
 PROMPT = torch.tensor([[5, 17, 3, 40, 22, 9, 31]])
 GEN, BLOCK = 8, 4
 
 
-def tiny_config(**overrides) -> QwenConfig:
-    kwargs = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=48,
-        vocab_size=64,
-        rope_theta=50000.0,
-        mask_token_id=MASK,
-        model_type="Dream",
-    )
-    kwargs.update(overrides)
-    return QwenConfig(**kwargs)
-
-
 @functools.cache
 def tiny(layers: int = 2) -> DreamModel:
-    config = tiny_config(num_hidden_layers=layers)
+    config = tiny_qwen_config(model_type="Dream", num_hidden_layers=layers)
     return DreamModel(config, backend="torch").init_weights(1, std=0.5).double().eval()
 
 
@@ -164,16 +153,8 @@ def test_config_missing_keys():
 def hf_qwen2(model: DreamModel):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    c = model.config
     hf_config = Qwen2Config(
-        hidden_size=c.hidden_size,
-        num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads,
-        intermediate_size=c.intermediate_size,
-        vocab_size=c.vocab_size,
-        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-        rms_norm_eps=c.rms_norm_eps,
+        **transformers_qwen_kwargs(model.config),
         tie_word_embeddings=False,
         attn_implementation="sdpa",
     )

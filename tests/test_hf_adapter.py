@@ -17,24 +17,17 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
-from utils import assert_close
+from utils import TINY_QWEN_MASK_ID, TINY_QWEN_SIZES, assert_close
+from utils import random_token_ids as ids
 
 from spiffy_triton.decode import generate
 from spiffy_triton.layout import CAUSAL, SegmentLayout
 from spiffy_triton.models import DreamModel, QwenConfig
 from spiffy_triton.models.hf_adapter import HFDiffusionModel
 
-MASK = 63
+MASK = TINY_QWEN_MASK_ID
 PROMPT = torch.tensor([[5, 17, 3, 40, 22, 9, 31, 8]])
-SIZES = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=48,
-    vocab_size=64,
-    max_position_embeddings=128,
-)
+SIZES = dict(TINY_QWEN_SIZES, max_position_embeddings=128)
 
 
 def build(config_class, model_class, *, implementation="sdpa", seed=0, dtype=torch.float64):
@@ -51,10 +44,6 @@ def llama(implementation="sdpa", dtype=torch.float64):
 
 def adapter(hf, **kwargs):
     return HFDiffusionModel(hf, mask_token_id=MASK, **kwargs)
-
-
-def ids(length, seed=0):
-    return torch.randint(0, MASK, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------------------- the mask

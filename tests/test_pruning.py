@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from utils import tiny_random_llada
 
 from spiffy_triton.decode import generate
 from spiffy_triton.graph import DraftGraph
-from spiffy_triton.models import LLaDAConfig, LLaDAModel
 from spiffy_triton.pruning import (
     direct_parents,
     geometric_mean,
@@ -104,18 +104,7 @@ def test_prune_rejects_bad_input():
 
 
 def test_pruned_decoding_is_lossless_and_verifies_at_most_max_drafts():
-    config = LLaDAConfig(
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=2,
-        n_layers=2,
-        mlp_hidden_size=64,
-        vocab_size=24,
-        max_sequence_length=64,
-        mask_token_id=2,
-        eos_token_id=0,
-    )
-    model = LLaDAModel(config, backend="torch").init_weights(7).to(torch.float64).eval()
+    model = tiny_random_llada(7)
     ids = torch.tensor([[5, 9, 11, 4, 17, 8]])
     kw = {"gen_length": 16, "block_length": 8, "backend": "torch"}
     vanilla = generate(model, ids, **kw)

@@ -10,7 +10,13 @@ import json
 
 import pytest
 import torch
-from utils import assert_close
+from utils import (
+    TINY_QWEN_MASK_ID,
+    assert_close,
+    tiny_qwen_config,
+    transformers_qwen_kwargs,
+)
+from utils import random_token_ids as ids
 
 from spiffy_triton.decode import generate
 from spiffy_triton.layout import SegmentLayout
@@ -28,37 +34,19 @@ from spiffy_triton.models.dream import BidirectionalVerifier
 from spiffy_triton.models.sdar import BlockCausalVerifier
 from spiffy_triton.rules import TransitionRule, num_transfer_tokens
 
-MASK = 63
+MASK = TINY_QWEN_MASK_ID
 PROMPT = torch.tensor([[5, 17, 3, 40, 22, 9, 31, 8]])  # 8 tokens: two blocks of 4
 BLOCK = 4
 
 
 def tiny_config(**overrides) -> QwenConfig:
-    kwargs = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        intermediate_size=48,
-        vocab_size=64,
-        rope_theta=50000.0,
-        mask_token_id=MASK,
-        block_size=BLOCK,
-        tie_word_embeddings=True,
-        model_type="sdar",
-    )
-    kwargs.update(overrides)
-    return QwenConfig(**kwargs)
+    sdar = dict(head_dim=16, block_size=BLOCK, tie_word_embeddings=True, model_type="sdar")
+    return tiny_qwen_config(**{**sdar, **overrides})
 
 
 @functools.cache
 def tiny() -> SDARModel:
     return SDARModel(tiny_config(), backend="torch").init_weights(1, std=0.5).double().eval()
-
-
-def ids(length: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, MASK, (1, length), generator=torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------------------- architecture
@@ -98,18 +86,10 @@ def test_real_sdar_1_7b_names_and_shapes_on_meta():
 def hf_qwen3(model: SDARModel):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    c = model.config
     hf = Qwen3ForCausalLM(
         Qwen3Config(
-            hidden_size=c.hidden_size,
-            num_hidden_layers=c.num_hidden_layers,
-            num_attention_heads=c.num_attention_heads,
-            num_key_value_heads=c.num_key_value_heads,
-            head_dim=c.head_dim,
-            intermediate_size=c.intermediate_size,
-            vocab_size=c.vocab_size,
-            rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-            rms_norm_eps=c.rms_norm_eps,
+            **transformers_qwen_kwargs(model.config),
+            head_dim=model.config.head_dim,
             tie_word_embeddings=True,
             attn_implementation="sdpa",
         )

@@ -99,3 +99,44 @@ def tiny_random_llada(
     )
     model = (model_class or LLaDAModel)(config, backend="torch")
     return model.init_weights(seed, std=std).to(torch.float64).eval()
+
+
+# The tiny random Qwen-family models (Dream, SDAR, transformers' LLaMA / Qwen): sizes, mask id.
+TINY_QWEN_MASK_ID = 63
+TINY_QWEN_SIZES = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=48,
+    vocab_size=64,
+)
+
+
+def tiny_qwen_config(**overrides):
+    """A `QwenConfig` of the tiny sizes (rope_theta 5e4, mask id TINY_QWEN_MASK_ID)."""
+    from spiffy_triton.models import QwenConfig
+
+    defaults = dict(rope_theta=50000.0, mask_token_id=TINY_QWEN_MASK_ID)
+    return QwenConfig(**{**TINY_QWEN_SIZES, **defaults, **overrides})
+
+
+def transformers_qwen_kwargs(config) -> dict:
+    """Keyword arguments of transformers' Qwen2Config / Qwen3Config for the architecture of a
+    `QwenConfig` (head_dim, tying and attention are left to the caller)."""
+    return dict(
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads,
+        intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        rms_norm_eps=config.rms_norm_eps,
+    )
+
+
+def random_token_ids(length: int, seed: int = 0) -> torch.Tensor:
+    """[1, length] ids below TINY_QWEN_MASK_ID (no mask tokens), seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, TINY_QWEN_MASK_ID, (1, length), generator=generator)

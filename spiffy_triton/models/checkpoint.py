@@ -45,6 +45,11 @@ def expected_shapes(config: LLaDAConfig) -> dict[str, tuple[int, ...]]:
 
 
 def read_config(path: str | os.PathLike) -> LLaDAConfig:
+    return read_config_as(path, LLaDAConfig)
+
+
+def read_config_as(path: str | os.PathLike, config_class):
+    """`config_class.from_dict` of the checkpoint's config.json (errors name the file)."""
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"checkpoint {path}: missing {CONFIG_FILE}")
@@ -53,7 +58,7 @@ def read_config(path: str | os.PathLike) -> LLaDAConfig:
             data = json.load(f)
         except json.JSONDecodeError as error:
             raise ValueError(f"{config_path}: not valid JSON ({error})") from None
-    return LLaDAConfig.from_dict(data, source=config_path)
+    return config_class.from_dict(data, source=config_path)
 
 
 def _weight_files(path: str) -> dict[str, list[str]]:

@@ -26,6 +26,36 @@ _COMPATIBLE_VALUES = {
 }
 
 
+def check_positive_ints(config, names) -> None:
+    """Raise naming the first field of `names` that is not a positive int."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+
+
+def check_compatible_values(extra: dict, compatible: dict, implementation: str) -> None:
+    """Raise on a config.json key in `extra` whose value `implementation` does not support."""
+    for key, allowed in compatible.items():
+        if key in extra and extra[key] not in allowed:
+            raise ValueError(
+                f"config {key}={extra[key]!r} is not supported by {implementation} "
+                f"(supported: {allowed})"
+            )
+
+
+def config_from_keys(cls, data: dict, source: str):
+    """`cls` from the keys of `data` that are its fields (None: the default); every other key
+    goes to `extra`. Errors are prefixed with `source`."""
+    names = {f.name for f in fields(cls)} - {"extra"}
+    known = {k: v for k, v in data.items() if k in names and v is not None}
+    extra = {k: v for k, v in data.items() if k not in names}
+    try:
+        return cls(**known, extra=extra)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
 @dataclass
 class LLaDAConfig:
     d_model: int
@@ -52,10 +82,9 @@ class LLaDAConfig:
             self.embedding_size = self.vocab_size
         if self.pad_token_id is None:
             self.pad_token_id = self.eos_token_id
-        for name in ("d_model", "n_heads", "n_layers", "mlp_hidden_size", "vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+        check_positive_ints(
+            self, ("d_model", "n_heads", "n_layers", "mlp_hidden_size", "vocab_size")
+        )
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"config d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
@@ -80,12 +109,7 @@ class LLaDAConfig:
                 )
         if self.rope_theta <= 0:
             raise ValueError(f"config rope_theta must be > 0, got {self.rope_theta}")
-        for key, allowed in _COMPATIBLE_VALUES.items():
-            if key in self.extra and self.extra[key] not in allowed:
-                raise ValueError(
-                    f"config {key}={self.extra[key]!r} is not supported by this LLaDA "
-                    f"implementation (supported: {allowed})"
-                )
+        check_compatible_values(self.extra, _COMPATIBLE_VALUES, "this LLaDA implementation")
 
     @property
     def head_dim(self) -> int:
@@ -96,17 +120,11 @@ class LLaDAConfig:
         """Build from a LLaDA ``config.json`` dict; unknown keys are kept in `extra`."""
         if not isinstance(data, dict):
             raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)} - {"extra"}
         required = ("d_model", "n_heads", "n_layers", "mlp_hidden_size", "vocab_size")
         missing = [k for k in required if k not in data]
         if missing:
             raise ValueError(f"{source}: missing required LLaDA config keys {missing}")
-        known = {k: v for k, v in data.items() if k in names and v is not None}
-        extra = {k: v for k, v in data.items() if k not in names}
-        try:
-            return cls(**known, extra=extra)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{source}: {error}") from None
+        return config_from_keys(cls, data, source)
 
     def to_dict(self) -> dict:
         out = dict(self.extra)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layout import SegmentLayout
+from .config import check_compatible_values, check_positive_ints, config_from_keys
 from .llada import LLaDAModel, RMSNorm, apply_rope
 
 # config.json keys describing something this implementation does not do, and the values that
@@ -74,17 +75,17 @@ class QwenConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in (
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "vocab_size",
-            "max_position_embeddings",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+        check_positive_ints(
+            self,
+            (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "vocab_size",
+                "max_position_embeddings",
+            ),
+        )
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -122,12 +123,7 @@ class QwenConfig:
         block = self.block_size
         if block is not None and (type(block) is not int or block < 1):
             raise ValueError(f"config block_size must be a positive integer, got {block!r}")
-        for key, allowed in _COMPATIBLE_VALUES.items():
-            if key in self.extra and self.extra[key] not in allowed:
-                raise ValueError(
-                    f"config {key}={self.extra[key]!r} is not supported by this implementation "
-                    f"(supported: {allowed})"
-                )
+        check_compatible_values(self.extra, _COMPATIBLE_VALUES, "this implementation")
 
     # Names the LLaDA machinery (and the decoder) reads.
     @property
@@ -172,13 +168,7 @@ class QwenConfig:
                 )
             if "rope_theta" in rope:
                 data.setdefault("rope_theta", rope["rope_theta"])
-        names = {f.name for f in fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names and v is not None}
-        extra = {k: v for k, v in data.items() if k not in names}
-        try:
-            return cls(**known, extra=extra)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{source}: {error}") from None
+        return config_from_keys(cls, data, source)
 
     def to_dict(self) -> dict:
         out = dict(self.extra)
@@ -423,19 +413,9 @@ def load_qwen_checkpoint(path, model_class, *, dtype=torch.float32, backend="aut
 
 
 def read_qwen_config(path: str | os.PathLike) -> QwenConfig:
-    import json
+    from .checkpoint import read_config_as
 
-    from .checkpoint import CONFIG_FILE
-
-    config_path = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"checkpoint {path}: missing {CONFIG_FILE}")
-    with open(config_path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_path}: not valid JSON ({error})") from None
-    return QwenConfig.from_dict(data, source=config_path)
+    return read_config_as(path, QwenConfig)
 
 
 class HFTokenizer:
@@ -470,6 +450,15 @@ def load_hf_tokenizer(file: str):
 _VERIFY_MODES = ("packed", "batch")
 
 
+def check_model_has_cache(model, cache: str | None) -> None:
+    """Raise when a KV `cache` mode is asked of a model without one (no ``prefill``)."""
+    if cache is not None and not hasattr(model, "prefill"):
+        raise ValueError(
+            f"cache={cache!r} needs a model with a KV cache (prefill); "
+            f"{type(model).__name__} has none: use cache=None"
+        )
+
+
 class BidirectionalVerifier:
     """The decoder's verifier (``generate``'s hook, see `spiffy_triton.decode`) for a
     bidirectional model whose block position ``i`` is read from row ``i - shift``.
@@ -494,11 +483,7 @@ class BidirectionalVerifier:
             raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
         if verify is not None and verify not in _VERIFY_MODES:
             raise ValueError(f"verify must be one of {_VERIFY_MODES} or None, got {verify!r}")
-        if cache is not None and not hasattr(model, "prefill"):
-            raise ValueError(
-                f"cache={cache!r} needs a model with a KV cache (prefill); "
-                f"{type(model).__name__} has none: use cache=None"
-            )
+        check_model_has_cache(model, cache)
         if shift not in (0, 1):
             raise ValueError(f"shift must be 0 or 1, got {shift!r}")
         self.model = model

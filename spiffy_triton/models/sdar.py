@@ -25,7 +25,7 @@ import torch
 
 from ..layout import FULL, NONE, SegmentLayout
 from .cache import KVCache, LayerKV
-from .dream import QwenConfig, QwenModel, load_qwen_checkpoint
+from .dream import QwenConfig, QwenModel, check_model_has_cache, load_qwen_checkpoint
 from .llada import rope_cos_sin
 
 
@@ -208,11 +208,7 @@ class BlockCausalVerifier:
             )
         if verify is not None and verify not in ("packed", "batch"):
             raise ValueError(f"verify must be 'packed', 'batch' or None, got {verify!r}")
-        if cache is not None and not hasattr(model, "prefill"):
-            raise ValueError(
-                f"cache={cache!r} needs a model with a KV cache (prefill); "
-                f"{type(model).__name__} has none: use cache=None"
-            )
+        check_model_has_cache(model, cache)
         self.model = model
         self.cache = cache
         self.verify = verify or "packed"
