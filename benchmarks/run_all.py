@@ -1,6 +1,7 @@
 """Run every benchmark study that can run on this machine; write a summary and plots.
 
     python -m benchmarks.run_all [--quick] [--only a,b] [--skip a,b] [--out-dir DIR]
+    python -m benchmarks.run_all --summary-only   (no study: SUMMARY.md + plots from the JSON)
     python benchmarks/run_all.py ...            (the same; `spiffy-triton bench` calls it)
 
 Each study is a script run in its own subprocess with a timeout (a crash or a hang in one does
@@ -322,6 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per study")
     parser.add_argument("--out-dir", default=None, help=f"default {RESULTS_DIR}")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="run no study; rebuild SUMMARY.md and the plots from the JSON already in the out dir",
+    )
     parser.add_argument("--list", action="store_true", help="list the studies and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -332,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.timeout is not None and args.timeout <= 0:
         parser.error(f"--timeout must be positive, got {args.timeout}")
     records = run(
-        select(args.only, args.skip),
+        [] if args.summary_only else select(args.only, args.skip),
         out_dir=Path(args.out_dir).resolve() if args.out_dir else RESULTS_DIR,
         quick=args.quick,
         timeout_s=args.timeout,

@@ -36,7 +36,9 @@ is ``1 + sum of their estimates``. The chosen ``k`` maximises ``advance(k) / cos
 candidate, so in expectation auto is never worse than vanilla decoding. Drafting also costs host
 time (filling, scoring, ``P_last``, bookkeeping) that a plain step in back-off does not pay: the
 budget times its own filling and selection and adds ``HOST_OVERHEAD_FACTOR`` times that (a
-running mean) to the cost of every ``k >= 1``.
+running mean) to the cost of every ``k >= 1``. A fitted cost model is only as good as its fit:
+drafts are taken only when they beat the plain step by more than the fit's RMS relative error
+(``residual_pct``).
 
 Back-off. Filling and scoring cost host time even when no draft is chosen. After a selection
 of zero drafts the budget skips the next 1, 2, 4, ... (at most ``MAX_BACKOFF``) iterations'
@@ -567,12 +569,16 @@ def select_drafts(
     cost_ms: Callable[[int], float],
     *,
     max_drafts: int | None = None,
+    min_gain: float = 0.0,
 ) -> Selection:
     """The candidates maximising expected steps advanced / predicted cost (module docstring).
 
     `estimates[i]` is candidate ``i``'s walk-through probability, `cost_ms(k)` the predicted
-    time of a verify forward with ``k`` drafts; `max_drafts` caps ``k``.
+    time of a verify forward with ``k`` drafts; `max_drafts` caps ``k``. Drafts are taken only
+    if their advance per cost beats the plain step's by the relative margin `min_gain`.
     """
+    if not (min_gain >= 0 and math.isfinite(min_gain)):
+        raise ValueError(f"min_gain must be a finite number >= 0, got {min_gain!r}")
     if len(estimates) != len(candidates):
         raise ValueError(f"{len(estimates)} estimates for {len(candidates)} candidates")
     by_node = {c.node: i for i, c in enumerate(candidates)}
@@ -594,7 +600,7 @@ def select_drafts(
         pick = min(eligible, key=lambda n: (-estimates[by_node[n]], len(graph.nodes[n]), n))
         taken.add(pick)
         order.append(pick)
-    best_k, best_ratio = 0, 1.0 / _positive(cost_ms(0), 0)
+    best_k, best_ratio = 0, (1.0 + min_gain) / _positive(cost_ms(0), 0)
     best_cost, advance, best_advance = cost_ms(0), 1.0, 1.0
     for k, node in enumerate(order, start=1):
         advance += estimates[by_node[node]]
@@ -695,6 +701,8 @@ class AutoDraftBudget:
             estimates,
             lambda k: self.cost_model.predict_ms(shape_of(k)) + (overhead if k else 0.0),
             max_drafts=self.max_drafts,
+            # a gain within the cost model's own error is no gain
+            min_gain=(self.cost_model.residual_pct or 0.0) / 100.0,
         )
         self.chosen_counts[len(selection.chosen)] += 1
         self.expected_advance += selection.expected_advance

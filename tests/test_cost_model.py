@@ -336,6 +336,12 @@ def test_selection_extremes():
     assert free.expected_advance == pytest.approx(2.4)
     capped = select_drafts(GRAPH, cands, [0.9, 0.5], lambda k: 10.0, max_drafts=1)
     assert [c.node for c in capped.chosen] == [0]
+    # a gain (here 5 %) within the cost model's error margin (10 %) is no gain
+    small = select_drafts(GRAPH, cands[:1], [0.05], lambda k: 10.0)
+    assert [c.node for c in small.chosen] == [0]
+    assert select_drafts(GRAPH, cands[:1], [0.05], lambda k: 10.0, min_gain=0.1).chosen == ()
+    with pytest.raises(ValueError, match="min_gain"):
+        select_drafts(GRAPH, cands, [0.9, 0.5], lambda k: 10.0, min_gain=-1)
 
 
 def test_a_child_is_never_chosen_without_its_parent():
