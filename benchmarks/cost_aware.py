@@ -47,6 +47,7 @@ MODES = {
     "threshold 0.9, no cache": {"cache": None, "rule": {"threshold": 0.9}},
     "threshold 0.9, dual cache": {"cache": "dual", "rule": {"threshold": 0.9}},
 }
+MODE_IDS = dict(zip(("greedy-none", "greedy-dual", "threshold-none", "threshold-dual"), MODES))
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ def auto_drafts_per_forward(model, prompts, rule: dict, args) -> float:
 
 def wallclock_rows(model, prompts, args) -> list[dict]:
     rows = []
-    for mode, spec in MODES.items():
+    for mode in args.modes:
+        spec = MODES[mode]
         mode_args = argparse.Namespace(**vars(args), cache=spec["cache"], graph_template=None)
         configs = [Config("vanilla", None, spec["rule"])]
         configs += [Config(f"D={d}", d, spec["rule"]) for d in args.drafts]
@@ -101,6 +103,8 @@ def wallclock_rows(model, prompts, args) -> list[dict]:
                     "config": row["config"],
                     "tokens_per_s": row["tokens_per_s"],
                     "speedup": row["speedup"],
+                    "speedup_q25": row["speedup_q25"],
+                    "speedup_q75": row["speedup_q75"],
                     "nfe": row["nfe"],
                     "steps_per_forward": row["steps_per_forward"],
                     "forward_ms": row["forward_ms"],
@@ -160,12 +164,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODE_IDS),
+        help=f"comma-separated decoding modes to time, of: {', '.join(MODE_IDS)}",
+    )
+    parser.add_argument(
+        "--drafts",
+        default=",".join(map(str, FIXED_DRAFTS)),
+        help="comma-separated fixed draft counts to time beside vanilla and auto",
+    )
     parser.add_argument("--skip-wallclock", action="store_true")
     parser.add_argument("--skip-noise", action="store_true")
     parser.add_argument("--quick", action="store_true", help="1 prompt, 32 tokens, 1 round")
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    args.drafts = list(FIXED_DRAFTS)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODE_IDS]
+    if unknown or not modes:
+        parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODE_IDS)}")
+    args.modes = [MODE_IDS[m] for m in modes]
+    try:
+        args.drafts = [int(d) for d in args.drafts.split(",") if d.strip()]
+    except ValueError:
+        parser.error(f"--drafts must be comma-separated ints, got {args.drafts!r}")
+    if any(d < 1 or d > 16 for d in args.drafts):
+        parser.error(f"--drafts must be in 1..16, got {args.drafts}")
     if args.quick:
         args.prompts, args.noise_prompts, args.repeats = 1, 1, 1
         args.gen_length = args.block_length = 32
@@ -188,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prompts = pick_prompts(model, args.prompts)
         rows = wallclock_rows(model, prompts, args)
         columns = [
-            "mode", "config", "tokens_per_s", "speedup", "nfe", "steps_per_forward",
+            "mode", "config", "tokens_per_s", "speedup", "speedup_q25", "speedup_q75", "nfe",
+            "steps_per_forward",
             "forward_ms", "auto_drafts", "same_tokens_as_vanilla",
         ]  # fmt: skip
         report(

@@ -67,46 +67,57 @@ def pick_prompts(model, count: int) -> list[torch.Tensor]:
     return [torch.tensor([model.tokenizer.encode(ex.prompt)], dtype=torch.long) for ex in mixed]
 
 
-def run_once(model, prompts, config: Config, args) -> dict:
-    """Decode every prompt once with `config`; wall time, phase times (s) and token ids."""
-    phases = dict.fromkeys((*PHASES, "total"), 0.0)
-    nfe = steps = 0
-    outputs = []
-    kwargs = config.generate_kwargs(args.graph_template)
-    start = time.perf_counter()
-    for prompt in prompts:
-        out = generate(
-            model,
-            prompt,
-            gen_length=args.gen_length,
-            block_length=args.block_length,
-            cache=args.cache,
-            backend="torch",
-            **kwargs,
-        )
-        for phase in phases:
-            phases[phase] += out.stats.time_s.get(phase, 0.0)
-        nfe += out.nfe
-        steps += out.steps
-        outputs.append(out.tokens)
+def new_run() -> dict:
     return {
-        "wall_s": time.perf_counter() - start,
-        "phases": phases,
-        "nfe": nfe,
-        "steps": steps,
-        "tokens": outputs,
+        "wall_s": 0.0,
+        "phases": dict.fromkeys((*PHASES, "total"), 0.0),
+        "nfe": 0,
+        "steps": 0,
+        "tokens": [],
     }
 
 
+def run_prompt(model, prompt, config: Config, args, run: dict) -> None:
+    """Decode `prompt` once with `config`, adding its wall time, phase times (s), counts and
+    token ids to `run`."""
+    kwargs = config.generate_kwargs(args.graph_template)
+    start = time.perf_counter()
+    out = generate(
+        model,
+        prompt,
+        gen_length=args.gen_length,
+        block_length=args.block_length,
+        cache=args.cache,
+        backend="torch",
+        **kwargs,
+    )
+    run["wall_s"] += time.perf_counter() - start
+    for phase in run["phases"]:
+        run["phases"][phase] += out.stats.time_s.get(phase, 0.0)
+    run["nfe"] += out.nfe
+    run["steps"] += out.steps
+    run["tokens"].append(out.tokens)
+
+
 def measure(model, prompts, configs: Sequence[Config], args) -> dict[str, list[dict]]:
-    """Warm up each configuration once, then `args.repeats` interleaved rounds."""
+    """Warm up each configuration once, then `args.repeats` rounds. A round decodes every
+    prompt with every configuration, the configurations back to back per prompt (in an order
+    rotated each round): this machine's speed drifts by 10-20% over seconds, and neighbours in
+    time see the same speed."""
     runs: dict[str, list[dict]] = {c.name: [] for c in configs}
     for config in configs:
-        run_once(model, prompts, config, args)
+        warm = new_run()
+        for prompt in prompts:
+            run_prompt(model, prompt, config, args, warm)
     for r in range(args.repeats):
         shift = r % len(configs)
-        for config in configs[shift:] + configs[:shift]:
-            runs[config.name].append(run_once(model, prompts, config, args))
+        order = configs[shift:] + configs[:shift]
+        rounds = {c.name: new_run() for c in configs}
+        for prompt in prompts:
+            for config in order:
+                run_prompt(model, prompt, config, args, rounds[config.name])
+        for config in configs:
+            runs[config.name].append(rounds[config.name])
     return runs
 
 
@@ -133,13 +144,15 @@ def summarize(runs: dict[str, list[dict]], configs: Sequence[Config], args, n_pr
         model_ms = per_call["model"]
         spiffy_ms = sum(per_call[p] for p in SPIFFY_PHASES)
         forward_ms = middle["phases"]["model"] / middle["nfe"] * 1e3
+        ratios = sorted(v["wall_s"] / rep["wall_s"] for v, rep in zip(vanilla, reps))
         row = {
             "config": config.name,
             "D": config.drafts,
             "tokens_per_s": generated / middle["wall_s"],
-            "speedup": statistics.median(
-                v["wall_s"] / rep["wall_s"] for v, rep in zip(vanilla, reps)
-            ),
+            "speedup": statistics.median(ratios),
+            # the middle half of the per-round ratios: how far one round's ratio strays
+            "speedup_q25": _quantile(ratios, 0.25),
+            "speedup_q75": _quantile(ratios, 0.75),
             "nfe": middle["nfe"],
             "steps_per_forward": middle["steps"] / middle["nfe"],
             "same_tokens_as_vanilla": all(
@@ -159,6 +172,14 @@ def summarize(runs: dict[str, list[dict]], configs: Sequence[Config], args, n_pr
         }
         rows.append(row)
     return rows
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear-interpolated quantile `q` of the sorted list `ordered`."""
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def plot(rows: list[dict], out_path: Path, title: str) -> Path | None:

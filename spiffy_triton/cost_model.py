@@ -33,22 +33,35 @@ are taken greedily by estimate, a node becoming eligible once one of its direct 
 filled strict subsets) is taken or when it has none; the expected advance of the first ``k``
 is ``1 + sum of their estimates``. The chosen ``k`` maximises ``advance(k) / cost(k)`` over
 ``k = 0 .. len(candidates)``; ``k = 0`` (a plain step: one root forward, one step) is always a
-candidate, so in expectation auto is never worse than vanilla decoding. Drafting also costs host
-time (filling, scoring, ``P_last``, bookkeeping) that a plain step in back-off does not pay: the
-budget times its own filling and selection and adds ``HOST_OVERHEAD_FACTOR`` times that (a
-running mean) to the cost of every ``k >= 1``. A fitted cost model is only as good as its fit:
-drafts are taken only when they beat the plain step by more than the fit's RMS relative error
-(``residual_pct``).
+candidate, so in expectation auto is never worse than vanilla decoding. A fitted cost model is
+only as good as its fit: drafts are taken only when they beat the plain step by more than the
+fit's relative standard error (`VerifyCostModel.standard_error`).
 
-Back-off. Filling and scoring cost host time even when no draft is chosen. After a selection
-of zero drafts the budget skips the next 1, 2, 4, ... (at most ``MAX_BACKOFF``) iterations'
-filling and ``P_last`` (`AutoDraftBudget.wants_drafts`): those are plain vanilla steps. A
-selection with drafts resets the back-off. Where drafts never pay, auto's overhead over vanilla
-is one fill every ``MAX_BACKOFF + 1`` forwards.
+Realized correction. The models predict; the run measures. After every iteration the decoder
+reports its whole wall time and the steps it advanced (`AutoDraftBudget.end_iteration`), and
+the budget keeps decayed ratios (`DecayedRatio`) of realized over predicted: iteration time of
+iterations with drafts and of plain steps over the cost model's forward time (so the host work
+of filling, selecting, layout and walk is charged where it is paid), and extra steps over the
+estimates' expectation. `select` scales costs and estimates by them. They catch what the
+models miss: host time, a cost model off in this phase of the run, estimates off for a rule
+that commits several tokens per step.
+
+Online refit. A probe of a few shapes on a noisy machine is off by 10-20%; a measured cost
+model is refitted every ``REFIT_EVERY`` verify forwards on the run's own last
+``ONLINE_WINDOW`` forwards (`AutoDraftBudget.record_forward`, fed by the decoder), anchored by
+the probe's predictions.
+
+Back-off. Filling and scoring cost host time even when no draft is chosen. After a second
+empty selection in a row the budget skips the next 1, then 2, 4, ... (at most ``MAX_BACKOFF``)
+iterations' filling and ``P_last`` (`AutoDraftBudget.wants_drafts`): those are plain vanilla
+steps. A selection with drafts resets the back-off. Where drafts never pay, auto's overhead
+over vanilla is about one fill every ``MAX_BACKOFF + 1`` forwards.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import itertools
 import json
@@ -73,11 +86,13 @@ PROBE_DRAFT_COUNTS = (0, 1, 3, 6)
 PROBE_REPEATS = 3
 DEFAULT_PRIOR_STRENGTH = 4.0  # pseudo-observations behind an acceptance prior
 MAX_BACKOFF = 8  # most plain steps in a row after choosing no drafts
+ONLINE_WINDOW = 48  # the run's most recent verify forwards an online refit uses
+REFIT_EVERY = 8  # forwards between online refits
 # Band edges of a node's added-token probability under P_last: rates are learned per band.
 CONFIDENCE_BANDS = (0.5, 0.8, 0.95)
-# Host time of an iteration with drafts over that of filling and selecting alone (P_last's
-# marginals and the drafts' bookkeeping add about half again; benchmarks/wallclock.py's split).
-HOST_OVERHEAD_FACTOR = 1.5
+# Realized-over-predicted ratios (`DecayedRatio`): decay per observation, prior observations.
+RATIO_DECAY = 0.9
+RATIO_PRIOR_WEIGHT = 2.0
 
 
 # ----------------------------------------------------------------------------------- shapes
@@ -155,8 +170,9 @@ def verify_shape(
 class VerifyCostModel:
     """``ms = intercept_ms + per_row_ms * query_rows + per_row_key_ms * row_keys``.
 
-    ``source`` says where the coefficients come from (``"given"``, ``"probe"``, a file);
-    ``residual_pct`` is the fit's root-mean-square relative error on its probe samples.
+    ``source`` says where the coefficients come from (``"given"``, ``"probe"``,
+    ``"probe+online"``, a file); ``residual_pct`` is the fit's root-mean-square relative error
+    on its ``samples`` timings.
     """
 
     intercept_ms: float
@@ -164,6 +180,14 @@ class VerifyCostModel:
     per_row_key_ms: float = 0.0
     source: str = "given"
     residual_pct: float | None = None
+    samples: int | None = None
+
+    @property
+    def standard_error(self) -> float:
+        """Relative standard error of a prediction (residual / sqrt(samples)); 0 if unknown."""
+        if not self.residual_pct:
+            return 0.0
+        return self.residual_pct / 100.0 / math.sqrt(max(1, self.samples or 1))
 
     def __post_init__(self):
         values = (self.intercept_ms, self.per_row_ms, self.per_row_key_ms)
@@ -214,7 +238,7 @@ class VerifyCostModel:
         residual = float(((predicted - times) / times).pow(2).mean().sqrt()) * 100.0
         if not (coef > 0).any():
             raise ValueError("cost samples do not fit a non-negative cost model")
-        return cls(float(coef[0]), float(coef[1]), float(coef[2]), source, residual)
+        return cls(float(coef[0]), float(coef[1]), float(coef[2]), source, residual, len(samples))
 
     def to_dict(self) -> dict:
         return {
@@ -223,6 +247,7 @@ class VerifyCostModel:
             "per_row_key_ms": self.per_row_key_ms,
             "source": self.source,
             "residual_pct": self.residual_pct,
+            "samples": self.samples,
         }
 
     @classmethod
@@ -238,6 +263,7 @@ class VerifyCostModel:
             data.get("per_row_key_ms", 0.0),
             data.get("source", "given"),
             data.get("residual_pct"),
+            data.get("samples"),
         )
 
 
@@ -484,26 +510,22 @@ class AcceptanceEstimator:
         """On-path probability of each filled candidate (``.node``, ``.probs``) now: chained
         conditional rates, each the node's rate in the band of the probability of the tokens
         it adds to its parent (shrunk towards its overall rate)."""
-        graph = self.graph
         index = {c.node: i for i, c in enumerate(candidates)}
+        order, direct_parents = graph_structure(self.graph, frozenset(index))
+        joints = [math.prod(c.probs) for c in candidates]
         out = [0.0] * len(candidates)
         self._step_joint = {}
         self._stages = {}
-        for i in sorted(range(len(candidates)), key=lambda i: len(graph.nodes[candidates[i].node])):
+        for node in order:  # parents before children
+            i = index[node]
             c = candidates[i]
-            present = [p for p in graph.parents(c.node) if p in index]
-            direct = [
-                p
-                for p in present
-                if not any(set(graph.nodes[p]) < set(graph.nodes[o]) for o in present)
-            ]
-            joint = math.prod(c.probs)
+            direct = direct_parents[node]
             base, parent_joint = 1.0, 1.0
             if direct:
                 best = max(direct, key=lambda p: (out[index[p]], -p))
                 base = out[index[best]]
-                parent_joint = math.prod(candidates[index[best]].probs)
-            step_joint = joint / parent_joint if parent_joint > 0 else 0.0
+                parent_joint = joints[index[best]]
+            step_joint = joints[i] / parent_joint if parent_joint > 0 else 0.0
             self._step_joint[c.node] = step_joint
             self._stages[c.node] = [
                 frozenset(zip(candidates[index[p]].positions, candidates[index[p]].tokens))
@@ -585,10 +607,8 @@ def select_drafts(
     if len(by_node) != len(candidates):
         raise ValueError("two candidates for the same graph node")
     present = set(by_node)
-    parents = {
-        n: {p for p in graph.parents(n) if p in present and _is_direct(graph, p, n, present)}
-        for n in present
-    }
+    _, direct_parents = graph_structure(graph, frozenset(present))
+    parents = {n: set(direct_parents[n]) for n in present}
     limit = len(candidates) if max_drafts is None else min(max_drafts, len(candidates))
     order: list[int] = []
     taken: set[int] = set()
@@ -600,8 +620,9 @@ def select_drafts(
         pick = min(eligible, key=lambda n: (-estimates[by_node[n]], len(graph.nodes[n]), n))
         taken.add(pick)
         order.append(pick)
-    best_k, best_ratio = 0, (1.0 + min_gain) / _positive(cost_ms(0), 0)
-    best_cost, advance, best_advance = cost_ms(0), 1.0, 1.0
+    plain_cost = _positive(cost_ms(0), 0)
+    best_k, best_ratio = 0, (1.0 + min_gain) / plain_cost
+    best_cost, advance, best_advance = plain_cost, 1.0, 1.0
     for k, node in enumerate(order, start=1):
         advance += estimates[by_node[node]]
         cost = _positive(cost_ms(k), k)
@@ -611,11 +632,22 @@ def select_drafts(
     return Selection(chosen, best_advance, best_cost, len(candidates))
 
 
-def _is_direct(graph: DraftGraph, parent: int, node: int, present: set[int]) -> bool:
-    pairs = set(graph.nodes[parent])
-    return not any(
-        pairs < set(graph.nodes[o]) for o in graph.parents(node) if o in present and o != parent
-    )
+@functools.lru_cache(maxsize=512)
+def graph_structure(
+    graph: DraftGraph, present: frozenset[int]
+) -> tuple[tuple[int, ...], dict[int, tuple[int, ...]]]:
+    """The `present` nodes of `graph` by increasing size (parents first), and per node its
+    direct parents among them: present strict subsets inside no other present strict subset.
+    Cached: a decode run asks for the same few sets every iteration."""
+    pairs = {n: frozenset(graph.nodes[n]) for n in present}
+    direct = {}
+    for node in present:
+        inside = [p for p in graph.parents(node) if p in present]
+        direct[node] = tuple(
+            p for p in inside if not any(pairs[p] < pairs[o] for o in inside if o != p)
+        )
+    order = tuple(sorted(present, key=lambda n: (len(pairs[n]), n)))
+    return order, direct
 
 
 def _positive(cost: float, k: int) -> float:
@@ -625,6 +657,35 @@ def _positive(cost: float, k: int) -> float:
 
 
 # ------------------------------------------------------------------------------ the budget
+
+
+class DecayedRatio:
+    """``sum(realized) / sum(predicted)`` over observations decayed by `decay` each, with a
+    prior of `prior_weight` observations at ratio 1 (scaled by the first prediction), so a few
+    outliers cannot swing it. 1.0 before any observation."""
+
+    def __init__(self, decay: float = RATIO_DECAY, prior_weight: float = RATIO_PRIOR_WEIGHT):
+        if not (0 < decay <= 1) or not (prior_weight > 0 and math.isfinite(prior_weight)):
+            raise ValueError(
+                f"need 0 < decay <= 1 and prior_weight > 0, got {decay}, {prior_weight}"
+            )
+        self.decay = decay
+        self.prior_weight = prior_weight
+        self.realized = self.predicted = 0.0
+        self.count = 0
+
+    def add(self, realized: float, predicted: float) -> None:
+        if not (math.isfinite(realized) and predicted > 0 and math.isfinite(predicted)):
+            return
+        if self.count == 0:
+            self.realized = self.predicted = self.prior_weight * predicted
+        self.realized = self.decay * self.realized + max(0.0, realized)
+        self.predicted = self.decay * self.predicted + predicted
+        self.count += 1
+
+    @property
+    def ratio(self) -> float:
+        return self.realized / self.predicted if self.predicted > 0 else 1.0
 
 
 class AutoDraftBudget:
@@ -641,6 +702,8 @@ class AutoDraftBudget:
         max_drafts: most drafts per forward (None: the graph's filled nodes).
         cache_dir: where fitted cost models persist (None: ``SPIFFY_TRITON_COST_CACHE`` or
             memory only).
+        adapt: refit the cost model on the run's own verify forwards (`record_forward`);
+            None: only when it was measured (a given `cost_model` is kept as given).
     """
 
     def __init__(
@@ -651,6 +714,7 @@ class AutoDraftBudget:
         prior_strength: float = DEFAULT_PRIOR_STRENGTH,
         max_drafts: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        adapt: bool | None = None,
     ):
         if isinstance(cost_model, dict):
             cost_model = VerifyCostModel.from_dict(cost_model)
@@ -672,19 +736,62 @@ class AutoDraftBudget:
         self.expected_advance = 0.0
         self._pending = None  # (root, mask id, filled candidates) of the last selection
         self._backoff = 0  # plain steps after the last empty selection
+        self._empty_run = 0  # empty selections in a row
         self._skip = 0  # plain steps still to take
         self.skipped = 0  # forwards taken as plain steps without filling
         self.host_ms: float | None = None  # running mean of filling + selecting time
+        self.adapt = cost_model is None if adapt is None else bool(adapt)
+        self._anchor: list[tuple[VerifyShape, float]] = []  # the measured model's predictions
+        self._online: collections.deque = collections.deque(maxlen=ONLINE_WINDOW)
+        self._since_fit = 0
+        # Realized over predicted, decayed: whole-iteration time (host work included) of
+        # iterations with drafts and of plain back-off steps over the cost model's forward time,
+        # and steps beyond the first over the estimates' expectation.
+        self.realized_draft_ms = DecayedRatio()
+        self.realized_plain_ms = DecayedRatio()
+        self.realized_advance = DecayedRatio()
+        self._selection: Selection | None = None  # this iteration's, if it filled
+        self._forward: tuple[int, float] | None = None  # this iteration's (drafts, predicted ms)
+        self._fill_ms = 0.0  # host time of the last fill and selection
 
-    def bind(self, graph: DraftGraph, measure: Callable[[], VerifyCostModel], key: str) -> None:
+    def bind(
+        self,
+        graph: DraftGraph,
+        measure: Callable[[], VerifyCostModel],
+        key: str,
+        anchor_shapes: Sequence[VerifyShape] = (),
+    ) -> None:
         """Prepare for a decode run with `graph`: the estimator (kept across runs of the same
-        graph) and the cost model (given, cached under `key`, or ``measure()``d)."""
+        graph) and the cost model (given, cached under `key`, or ``measure()``d). With `adapt`,
+        the cost model's predictions at `anchor_shapes` anchor its online refits."""
         if self.estimator is None or self.estimator.graph != graph:
             self.estimator = AcceptanceEstimator(
                 graph, self.prior, prior_strength=self.prior_strength
             )
         if self.cost_model is None:
             self.cost_model = cached_cost_model(key, measure, cache_dir=self.cache_dir)
+        if self.adapt and not self._anchor:
+            self._anchor = [(s, self.cost_model.predict_ms(s)) for s in anchor_shapes]
+
+    def record_forward(self, shape: VerifyShape, ms: float, drafts: int = 0) -> None:
+        """One verify forward of the run, with `drafts` drafts, took `ms`. With `adapt`, every
+        ``REFIT_EVERY`` of them the cost model is refitted on the last ``ONLINE_WINDOW`` and the
+        anchors: a probe of a few shapes on a noisy machine can be off by 10-20%, the run's own
+        forwards keep measuring the shapes the decisions are about."""
+        if self.cost_model is not None:
+            self._forward = (drafts, self.cost_model.predict_ms(shape))
+        if not self.adapt or not (ms > 0 and math.isfinite(ms)):
+            return
+        self._online.append((shape, ms))
+        self._since_fit += 1
+        if self._since_fit < REFIT_EVERY:
+            return
+        self._since_fit = 0
+        samples = self._anchor + list(self._online)
+        if len({s.query_rows for s, _ in samples}) < 2:
+            return  # one shape cannot separate intercept from slope
+        source = self.cost_model.source.split("+")[0] + "+online"
+        self.cost_model = VerifyCostModel.fit(samples, source=source)
 
     def select(
         self, graph: DraftGraph, candidates: Sequence, shape_of: Callable[[int], VerifyShape]
@@ -693,25 +800,53 @@ class AutoDraftBudget:
         with ``k`` drafts."""
         if self.estimator is None or self.cost_model is None:
             raise RuntimeError("AutoDraftBudget.bind must be called before select")
-        estimates = self.estimator.estimates(candidates)
-        overhead = HOST_OVERHEAD_FACTOR * (self.host_ms or 0.0)
+        # What the run has realized so far corrects what the models predict (`end_iteration`).
+        advance_bias = self.realized_advance.ratio
+        estimates = [min(1.0, advance_bias * e) for e in self.estimator.estimates(candidates)]
+        draft_bias, plain_bias = self.realized_draft_ms.ratio, self.realized_plain_ms.ratio
         selection = select_drafts(
             graph,
             candidates,
             estimates,
-            lambda k: self.cost_model.predict_ms(shape_of(k)) + (overhead if k else 0.0),
+            lambda k: self.cost_model.predict_ms(shape_of(k)) * (draft_bias if k else plain_bias),
             max_drafts=self.max_drafts,
-            # a gain within the cost model's own error is no gain
-            min_gain=(self.cost_model.residual_pct or 0.0) / 100.0,
+            # a gain within the cost model's standard error is no gain
+            min_gain=self.cost_model.standard_error,
         )
         self.chosen_counts[len(selection.chosen)] += 1
         self.expected_advance += selection.expected_advance
+        self._selection = selection
         if selection.chosen:
-            self._backoff = 0
+            self._empty_run = self._backoff = 0
         else:
-            self._backoff = min(MAX_BACKOFF, max(1, 2 * self._backoff))
+            # One empty selection is often a hard spot in a block where drafts pay; a run of
+            # them says they do not: 0, 1, 2, 4, ... plain steps.
+            self._empty_run += 1
+            if self._empty_run > 1:
+                self._backoff = min(MAX_BACKOFF, max(1, 2 * self._backoff))
         self._skip = self._backoff
         return selection
+
+    def end_iteration(self, advanced: int, ms: float) -> None:
+        """The iteration (filling, forward, walk) whose forward `record_forward` saw advanced
+        `advanced` steps in `ms`. Iterations with drafts and plain back-off steps update the
+        realized-over-predicted ratios `select` corrects its models by: they catch the host
+        time of drafting, a cost model off for this phase of the run, and estimates off for
+        this rule (a rule that commits several tokens a step walks past the one-pair nodes)."""
+        forward, selection = self._forward, self._selection
+        self._forward = self._selection = None
+        if forward is None or not (ms > 0 and math.isfinite(ms)):
+            return
+        drafts, predicted_ms = forward
+        if drafts and selection is not None:
+            self.realized_draft_ms.add(ms, predicted_ms)
+            expected = selection.expected_advance - 1.0
+            if expected > 0:
+                self.realized_advance.add(advanced - 1.0, expected)
+        elif not drafts:
+            # a plain step; after an empty selection, less the filling vanilla would not do
+            fill_ms = self._fill_ms if selection is not None else 0.0
+            self.realized_plain_ms.add(ms - fill_ms, predicted_ms)
 
     def wants_drafts(self) -> bool:
         """Whether the next forward should be filled and selected (the decoder then computes
@@ -740,6 +875,7 @@ class AutoDraftBudget:
             selection = self.select(graph, candidates, shape_of)
             self._pending = (root_state.tolist(), mask_id, candidates)
             elapsed = (time.perf_counter() - begin) * 1e3
+            self._fill_ms = elapsed
             self.host_ms = elapsed if self.host_ms is None else 0.8 * self.host_ms + 0.2 * elapsed
             return list(selection.chosen)
 
@@ -768,6 +904,11 @@ class AutoDraftBudget:
         advance = self.expected_advance + self.skipped
         return {
             "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
+            "realized_over_predicted": {
+                "draft_ms": self.realized_draft_ms.ratio,
+                "plain_ms": self.realized_plain_ms.ratio,
+                "extra_steps": self.realized_advance.ratio,
+            },
             "selections": {str(k): v for k, v in sorted(self.chosen_counts.items())},
             "backoff_steps": self.skipped,
             "host_ms_per_fill": self.host_ms,

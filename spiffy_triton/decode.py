@@ -37,7 +37,13 @@ from typing import NamedTuple
 
 import torch
 
-from .cost_model import AutoDraftBudget, cost_model_key, probe_verify_cost, verify_shape
+from .cost_model import (
+    PROBE_DRAFT_COUNTS,
+    AutoDraftBudget,
+    cost_model_key,
+    probe_verify_cost,
+    verify_shape,
+)
 from .drafting import Drafts, Filler, fill_drafts
 from .graph import DraftGraph
 from .layout import FULL, NONE, SegmentLayout
@@ -497,8 +503,17 @@ def generate(
                 contexts=_probe_contexts(prompt.shape[1], total_len, block_length, max_len),
             )[0],
             cost_model_key(model, cache, verify),
+            [
+                verify_shape(cache, verify, prompt.shape[1], block_length, total_len, k)
+                for k in PROBE_DRAFT_COUNTS
+            ],
         )
         clock.lap("drafting")
+
+    # P_last can be read off the walk's own marginals (computed with top_k tokens) unless the
+    # rule scores tempered logits; then the walk keeps top_k = 1 and P_last is computed apart.
+    reuse_p_last = draft_graph is not None and rule.p_last_from_supported
+    walk_top_k = top_k if reuse_p_last else 1
 
     def last_marginals(logits: torch.Tensor, positions: torch.Tensor):
         # P_last: probabilities and top tokens at T = 1, no noise (ranks are about probability).
@@ -530,6 +545,7 @@ def generate(
         hint = None
         first = True
         while True:
+            iteration_start = time.perf_counter()
             if cache is not None and first:
                 root_logits, draft_logits = verifier.prefill(x, s, e)
                 drafts = Drafts(x.new_empty((0, block_length)), ())
@@ -566,7 +582,14 @@ def generate(
                             backend=backend,
                         )
                     clock.lap("drafting")
+                model_s = stats.time_s["model"]
                 root_logits, draft_logits, hint = verifier(x, s, e, drafts.states)
+                if auto is not None:  # the budget refits its cost model on real forwards
+                    auto.record_forward(
+                        verify_shape(cache, verify, s, block_length, total_len, len(drafts)),
+                        (stats.time_s["model"] - model_s) * 1e3,
+                        drafts=len(drafts),
+                    )
             first = False
             stats.nfe += 1
             stats.drafts_verified += len(drafts)
@@ -580,7 +603,7 @@ def generate(
             advanced = 0
             path = []  # the true states this forward walked to (for the auto budget)
             while True:
-                marg = rule.marginals(logits, step=step, positions=positions)
+                marg = rule.marginals(logits, step=step, positions=positions, top_k=walk_top_k)
                 clock.lap("marginals")
                 block = rule.apply(
                     marg, block, step=step, block_step=block_step, positions=positions
@@ -599,14 +622,19 @@ def generate(
                 logits = draft_logits[match]
             if auto is not None:
                 auto.observe(path)
+                auto.end_iteration(advanced, (time.perf_counter() - iteration_start) * 1e3)
             x[0, s:e] = block
             stats.steps_per_forward[advanced] += 1
             if done:
                 break
             if draft_graph is not None:
                 # The auto budget backs off after choosing no drafts: plain steps, no P_last.
-                wanted = auto is None or auto.wants_drafts()
-                p_last = last_marginals(logits, positions) if wanted else None
+                p_last = None
+                if auto is None or auto.wants_drafts():
+                    # The walk's last marginals are of these logits: P_last when they carry it.
+                    p_last = rule.p_last_from(marg) if reuse_p_last else None
+                    if p_last is None:
+                        p_last = last_marginals(logits, positions)
                 clock.lap("marginals")
     stats.steps = step
     if auto is not None:

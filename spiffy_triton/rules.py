@@ -173,9 +173,14 @@ class TransitionRule:
         return self.remasking
 
     def marginals(
-        self, logits: torch.Tensor, *, step: int, positions: torch.Tensor
+        self, logits: torch.Tensor, *, step: int, positions: torch.Tensor, top_k: int = 1
     ) -> MarginalsOutput:
-        """Token choice and confidence of the block's rows at global step `step`."""
+        """Token choice and confidence of the block's rows at global step `step`.
+
+        `top_k`: top tokens to return besides (at least those the rule needs itself). They
+        never change ``token`` or ``prob``; a drafter reads them (`p_last_from`)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
         temperature = float(self.temperature)
         if self.remasking in TEMPERED_CONFIDENCE and temperature > 0:
             # Dream / SDAR: confidence of softmax(logits / T); Gumbel-max of (logits / T) / 1
@@ -183,13 +188,33 @@ class TransitionRule:
             logits, temperature = logits / temperature, 1.0
         return block_marginals(
             logits,
-            top_k=2 if self.remasking == "topk_margin" else 1,
+            top_k=max(top_k, 2 if self.remasking == "topk_margin" else 1),
             temperature=temperature,
             seed=self.seed,
             step=step,
             positions=positions,
             mask_id=self.mask_id,
             backend=self.backend,
+        )
+
+    @property
+    def p_last_from_supported(self) -> bool:
+        """Whether `p_last_from` can read ``P_last`` off this rule's marginals."""
+        return not (self.remasking in TEMPERED_CONFIDENCE and float(self.temperature) > 0)
+
+    def p_last_from(self, marginals: MarginalsOutput) -> MarginalsOutput | None:
+        """``P_last`` (T = 1 probabilities and top tokens, no noise) read off this rule's own
+        `marginals` of the same logits, so the decoder need not compute them twice; None where
+        they differ (Dream / SDAR confidence at T > 0 scores ``logits / T``)."""
+        if not self.p_last_from_supported:
+            return None
+        return MarginalsOutput(
+            token=marginals.topk_tokens[:, 0],
+            prob=marginals.topk_probs[:, 0],
+            topk_tokens=marginals.topk_tokens,
+            topk_probs=marginals.topk_probs,
+            lse=marginals.lse,
+            entropy=marginals.entropy,
         )
 
     def apply(

@@ -445,7 +445,7 @@ def test_auto_is_the_default_and_lossless(model, prompt, cache):
     out = generate(model, prompt, graph=6, cache=cache, temperature=0.7, seed=4, **KW)
     assert torch.equal(out.tokens, vanilla.tokens) and out.steps == vanilla.steps
     budget = out.stats.draft_budget
-    assert budget is not None and budget["cost_model"]["source"] == "probe"
+    assert budget is not None and budget["cost_model"]["source"] in ("probe", "probe+online")
     assert out.stats.to_dict()["draft_budget"] == budget
 
 
@@ -473,3 +473,82 @@ def test_auto_bad_arguments(model, prompt):
         generate(model, prompt, graph=2, max_drafts=AutoDraftBudget(prior=[0.5]), **KW)
     with pytest.raises(RuntimeError, match="bind"):
         AutoDraftBudget().select(GRAPH, [], lambda k: VerifyShape(1, 1, 1))
+
+
+def test_online_refit_moves_a_wrong_probe_to_the_measured_costs():
+    truth = VerifyCostModel(4.0, 0.12, 0.0)
+    shapes = [verify_shape("dual", "packed", 40, 32, 104, k) for k in range(4)]
+    # a noisy probe: the plain forward 30% dear, each draft 40% cheap
+    probe = VerifyCostModel(9.0, 0.05, 0.0, source="probe")
+    budget = AutoDraftBudget()
+    cm._MEMORY_CACHE["key"] = probe
+    budget.bind(GRAPH, lambda: pytest.fail("cached"), "key", anchor_shapes=shapes)
+    assert budget.adapt and budget.cost_model is probe
+
+    def error(model):
+        return max(abs(model.predict_ms(s) / truth.predict_ms(s) - 1) for s in shapes)
+
+    before = error(budget.cost_model)
+    rng = random.Random(0)
+    for i in range(cm.ONLINE_WINDOW):
+        shape = shapes[i % len(shapes)]
+        budget.record_forward(shape, truth.predict_ms(shape) * rng.uniform(0.95, 1.05))
+        assert (budget.cost_model is probe) == (i + 1 < cm.REFIT_EVERY)
+    after = error(budget.cost_model)
+    assert before > 0.25 and after < 0.06, (before, after)
+    assert budget.cost_model.source == "probe+online"
+    assert budget.cost_model.samples == len(shapes) + cm.ONLINE_WINDOW
+    # times that are no times are ignored
+    fitted = budget.cost_model
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        for _ in range(cm.REFIT_EVERY):
+            budget.record_forward(shapes[0], bad)
+    assert budget.cost_model is fitted
+
+
+def test_a_given_cost_model_is_kept_as_given():
+    given = VerifyCostModel(5.0, 0.1, 0.0)
+    budget = AutoDraftBudget(given)
+    shapes = [verify_shape(None, "batch", 10, 8, 30, k) for k in range(3)]
+    budget.bind(GRAPH, lambda: pytest.fail("given"), "key", anchor_shapes=shapes)
+    for i in range(3 * cm.REFIT_EVERY):
+        budget.record_forward(shapes[i % 3], 100.0)
+    assert not budget.adapt and budget.cost_model is given
+    forced = AutoDraftBudget(given, adapt=True)
+    forced.bind(GRAPH, lambda: pytest.fail("given"), "key", anchor_shapes=shapes)
+    for i in range(3 * cm.REFIT_EVERY):
+        forced.record_forward(shapes[i % 3], 100.0)
+    assert forced.cost_model.source == "given+online"
+    # pulled towards the 100 ms it measured (the anchors hold it back)
+    assert forced.cost_model.predict_ms(shapes[0]) > 1.25 * given.predict_ms(shapes[0])
+
+
+def test_back_off_starts_at_the_second_empty_selection():
+    budget = AutoDraftBudget(VerifyCostModel(0.0, 1.0, 0.0))  # drafts never pay
+    budget.bind(GRAPH, lambda: pytest.fail("given"), "key")
+    candidate = DraftCandidate(node=0, positions=(0,), tokens=(7,), probs=(0.9,))
+
+    def plain_steps_after_a_selection():
+        selection = budget.select(GRAPH, [candidate], lambda k: VerifyShape(1 + k, 8, 8))
+        assert selection.chosen == ()
+        skipped = 0
+        while not budget.wants_drafts():
+            skipped += 1
+        return skipped
+
+    got = [plain_steps_after_a_selection() for _ in range(7)]
+    assert got == [0, 1, 2, 4, 8, 8, 8][: len(got)] and cm.MAX_BACKOFF == 8
+
+
+@pytest.mark.parametrize("cache", [None, "dual"])
+def test_p_last_read_off_the_walk_changes_nothing(model, prompt, cache, monkeypatch):
+    from spiffy_triton.rules import TransitionRule
+
+    runs = []
+    for reuse in (True, False):
+        monkeypatch.setattr(TransitionRule, "p_last_from_supported", property(lambda r: reuse))
+        out = generate(model, prompt, graph=6, max_drafts=None, cache=cache, **KW)
+        runs.append(out)
+    assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe
+    assert runs[0].stats.node_verified == runs[1].stats.node_verified
+    assert runs[0].stats.node_accepted == runs[1].stats.node_accepted

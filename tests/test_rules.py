@@ -216,3 +216,48 @@ def test_apply_errors():
     state[:2] = MASK
     with pytest.raises(ValueError, match="only 2 positions are masked"):
         rule(logits, state, step=0, block_step=0, positions=positions)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"schedule": (16,)},
+        {"schedule": (16,), "temperature": 0.7},
+        {"threshold": 0.6},
+        {"remasking": "topk_margin", "schedule": (16,)},
+        {"remasking": "maskgit_plus", "schedule": (16,)},
+    ],
+)
+@pytest.mark.parametrize("top_k", [1, 3, 8])
+def test_extra_top_k_never_changes_the_step_and_carries_p_last(kwargs, top_k):
+    from spiffy_triton.rules import block_marginals
+
+    logits, state, positions = make_case(3, length=16, masked_fraction=1.0)
+    rule = TransitionRule(mask_id=MASK, seed=2, backend="torch", **kwargs)
+    plain = rule.marginals(logits, step=4, positions=positions)
+    wide = rule.marginals(logits, step=4, positions=positions, top_k=top_k)
+    assert torch.equal(plain.token, wide.token) and torch.equal(plain.prob, wide.prob)
+    assert wide.topk_tokens.shape[1] == max(top_k, plain.topk_tokens.shape[1])
+    step = {"step": 4, "block_step": 0, "positions": positions}
+    assert torch.equal(rule.apply(plain, state, **step), rule.apply(wide, state, **step))
+    # P_last read off the walk's marginals equals P_last computed on its own (T = 1, no noise)
+    p_last = rule.p_last_from(wide)
+    alone = block_marginals(
+        logits, top_k=wide.topk_tokens.shape[1], temperature=0.0, seed=0, step=0,
+        positions=positions, mask_id=MASK, backend="torch",
+    )  # fmt: skip
+    assert rule.p_last_from_supported and p_last is not None
+    for got, want in zip(p_last, alone):
+        assert torch.equal(got, want)
+
+
+def test_p_last_is_not_read_off_tempered_confidence():
+    logits, _, positions = make_case(4, length=8, masked_fraction=1.0)
+    rule = TransitionRule(
+        mask_id=MASK, remasking="maskgit_plus", temperature=0.5, schedule=(8,), backend="torch"
+    )
+    assert not rule.p_last_from_supported
+    assert rule.p_last_from(rule.marginals(logits, step=0, positions=positions, top_k=2)) is None
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="top_k must be an int >= 1"):
+            rule.marginals(logits, step=0, positions=positions, top_k=bad)
