@@ -8,14 +8,16 @@ MEASURED on this machine.
    nodes, every filled node verified), and Spiffy with ``max_drafts="auto"`` (candidates: the
    default graph of 10 nodes; cost model probed on this machine during the warm-up run).
    The measuring code is benchmarks/wallclock.py's: a warm-up run per configuration, then
-   interleaved rounds in rotated order; tokens/s of the median-wall-time repeat, speedup =
-   median over rounds of vanilla's wall time over the configuration's in the same round.
+   rounds that decode each prompt with every configuration back to back (rotated order);
+   tokens/s of the median-wall-time round, speedup = median over rounds of vanilla's wall time
+   over the configuration's in the same round, with the quartiles of those ratios.
    ``auto_drafts`` is the mean number of drafts auto verified per forward (one extra run).
 2. Noise-aware filling against plain filling at T in {0.3, 0.7, 1.0} (dual cache, default
    graph of 8 nodes, every node verified): NFE, steps per forward, draft acceptance (walked
    drafts / verified drafts), and whether the tokens equal vanilla's (they must).
 
-    python benchmarks/cost_aware.py [--quick] [--repeats 3] [--prompts 2] [--skip-wallclock]
+    python benchmarks/cost_aware.py [--quick] [--repeats 3] [--prompts 2] [--modes greedy-dual,...]
+        [--drafts 1,3,8] [--skip-wallclock] [--skip-noise]
 
 Writes benchmarks/results/cost_aware.json (wall clock) and cost_aware_noise.json.
 """

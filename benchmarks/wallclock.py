@@ -5,10 +5,12 @@ forward (D = 0 runs all of Spiffy's machinery - P_last marginals, drafting, layo
 no draft verified) - it decodes the same held-out prompts with `spiffy_triton.generate` and
 reports tokens per second, the time per phase (model forward, drafting, layout, marginals, walk:
 `GenerateOutput.stats.time_s`), and Spiffy's overhead (the non-model phases) as a share of model
-time. Configurations run interleaved, one repeat of each in turn (in a rotated order), so they
-share the machine's conditions. Tokens/s and the phase split are those of each configuration's
-repeat with the median wall time (so the phases add up); the speedup is the median over rounds
-of vanilla's wall time over the configuration's in the same round (side by side).
+time. Configurations run interleaved at the finest grain: each round decodes every prompt with
+every configuration back to back (in an order rotated each round), since this machine's speed
+drifts by 10-20% over seconds. Tokens/s and the phase split are those of each configuration's
+round with the median wall time (so the phases add up); the speedup is the median over rounds
+of vanilla's wall time over the configuration's in the same round (side by side), with the
+quartiles of those per-round ratios.
 
     python benchmarks/wallclock.py [--quick] [--drafts 0,3,5,8,10] [--repeats 3] [--cache dual]
 

@@ -69,8 +69,9 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -395,9 +396,31 @@ def cached_cost_model(
 
 
 def clear_cost_cache() -> None:
-    """Forget every cost model measured in this process (the disk cache is left alone)."""
+    """Forget every cost model measured in this process and every shared auto budget
+    (`shared_budget`); the disk cache is left alone."""
     with _LOCK:
         _MEMORY_CACHE.clear()
+        _SHARED_BUDGETS.clear()
+
+
+# Per model (weakly held: a freed model takes its budgets along), per decoding setting.
+_SHARED_BUDGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shared_budget(model, setting: Hashable) -> AutoDraftBudget:
+    """The process's `AutoDraftBudget` for `model` under `setting` (what ``max_drafts="auto"``
+    uses; the decoder's setting is the cost key, the graph, the block length and the rule less
+    its seed). Acceptance rates and realized costs are properties of the model, the rule and
+    the machine, not of one call: a short call (a threshold rule decodes 64 tokens in about 20
+    forwards) would otherwise spend most of itself relearning them. Only which drafts get
+    verified depends on this history, never the tokens. Pass your own `AutoDraftBudget` to keep
+    a run apart (e.g. one per thread); `clear_cost_cache` forgets them all."""
+    with _LOCK:
+        per_model = _SHARED_BUDGETS.setdefault(model, {})
+        budget = per_model.get(setting)
+        if budget is None:
+            budget = per_model[setting] = AutoDraftBudget()
+        return budget
 
 
 # ------------------------------------------------------------------------------ acceptance
@@ -750,7 +773,7 @@ class AutoDraftBudget:
         self.realized_draft_ms = DecayedRatio()
         self.realized_plain_ms = DecayedRatio()
         self.realized_advance = DecayedRatio()
-        self._selection: Selection | None = None  # this iteration's, if it filled
+        self._selection: float | None = None  # this iteration's raw expected extra steps
         self._forward: tuple[int, float] | None = None  # this iteration's (drafts, predicted ms)
         self._fill_ms = 0.0  # host time of the last fill and selection
 
@@ -763,7 +786,19 @@ class AutoDraftBudget:
     ) -> None:
         """Prepare for a decode run with `graph`: the estimator (kept across runs of the same
         graph) and the cost model (given, cached under `key`, or ``measure()``d). With `adapt`,
-        the cost model's predictions at `anchor_shapes` anchor its online refits."""
+        the cost model's predictions at `anchor_shapes` anchor its online refits. What it has
+        learned (rates, realized ratios, the refitted cost model) carries over; the per-run
+        counters of `summary` and the back-off start afresh."""
+        self.chosen_counts = Counter()
+        self.expected_advance = 0.0
+        self.skipped = 0
+        self._skip = self._backoff = self._empty_run = 0
+        self._pending = self._selection = self._forward = None
+        # Realized ratios start afresh each run, at 1: a ratio only moves while drafts are
+        # verified, so one carried over from a run that stopped drafting would never recover.
+        self.realized_draft_ms = DecayedRatio()
+        self.realized_plain_ms = DecayedRatio()
+        self.realized_advance = DecayedRatio()
         if self.estimator is None or self.estimator.graph != graph:
             self.estimator = AcceptanceEstimator(
                 graph, self.prior, prior_strength=self.prior_strength
@@ -802,7 +837,8 @@ class AutoDraftBudget:
             raise RuntimeError("AutoDraftBudget.bind must be called before select")
         # What the run has realized so far corrects what the models predict (`end_iteration`).
         advance_bias = self.realized_advance.ratio
-        estimates = [min(1.0, advance_bias * e) for e in self.estimator.estimates(candidates)]
+        raw = self.estimator.estimates(candidates)
+        estimates = [min(1.0, advance_bias * e) for e in raw]
         draft_bias, plain_bias = self.realized_draft_ms.ratio, self.realized_plain_ms.ratio
         selection = select_drafts(
             graph,
@@ -815,7 +851,9 @@ class AutoDraftBudget:
         )
         self.chosen_counts[len(selection.chosen)] += 1
         self.expected_advance += selection.expected_advance
-        self._selection = selection
+        # the realized ratio compares with the estimator's own expectation, not the corrected
+        chosen = {c.node for c in selection.chosen}
+        self._selection = sum(e for c, e in zip(candidates, raw) if c.node in chosen)
         if selection.chosen:
             self._empty_run = self._backoff = 0
         else:
@@ -833,19 +871,18 @@ class AutoDraftBudget:
         realized-over-predicted ratios `select` corrects its models by: they catch the host
         time of drafting, a cost model off for this phase of the run, and estimates off for
         this rule (a rule that commits several tokens a step walks past the one-pair nodes)."""
-        forward, selection = self._forward, self._selection
+        forward, expected = self._forward, self._selection
         self._forward = self._selection = None
         if forward is None or not (ms > 0 and math.isfinite(ms)):
             return
         drafts, predicted_ms = forward
-        if drafts and selection is not None:
+        if drafts and expected is not None:
             self.realized_draft_ms.add(ms, predicted_ms)
-            expected = selection.expected_advance - 1.0
             if expected > 0:
                 self.realized_advance.add(advanced - 1.0, expected)
         elif not drafts:
             # a plain step; after an empty selection, less the filling vanilla would not do
-            fill_ms = self._fill_ms if selection is not None else 0.0
+            fill_ms = self._fill_ms if expected is not None else 0.0
             self.realized_plain_ms.add(ms - fill_ms, predicted_ms)
 
     def wants_drafts(self) -> bool:

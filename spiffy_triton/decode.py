@@ -30,6 +30,7 @@ The default (``verify=None``) is the exact one: ``"batch"`` without cache, ``"pa
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from .cost_model import (
     AutoDraftBudget,
     cost_model_key,
     probe_verify_cost,
+    shared_budget,
     verify_shape,
 )
 from .drafting import Drafts, Filler, fill_drafts
@@ -173,12 +175,13 @@ def _resolve_graph(graph) -> DraftGraph | None:
     )
 
 
-def _resolve_budget(max_drafts) -> AutoDraftBudget | None:
-    """The cost-aware budget of ``max_drafts="auto"`` or an `AutoDraftBudget`; None otherwise."""
+def _resolve_budget(max_drafts, model, setting) -> AutoDraftBudget | None:
+    """The cost-aware budget of ``max_drafts="auto"`` (the process's budget for `model` under
+    `setting`, `shared_budget`) or an `AutoDraftBudget`; None otherwise."""
     if isinstance(max_drafts, AutoDraftBudget):
         return max_drafts
     if max_drafts == "auto":
-        return AutoDraftBudget()
+        return shared_budget(model, setting)
     if isinstance(max_drafts, str):
         raise ValueError(f"max_drafts must be 'auto', an int >= 1 or None, got {max_drafts!r}")
     return None
@@ -449,7 +452,13 @@ def generate(
                 f"graph uses token rank {draft_graph.max_token_rank}; marginals give at most "
                 f"top_k={MAX_TOP_K}"
             )
-        auto = _resolve_budget(max_drafts)
+        setting = (
+            cost_model_key(model, cache, verify),
+            draft_graph,
+            block_length,
+            dataclasses.replace(rule, seed=0),
+        )
+        auto = _resolve_budget(max_drafts, model, setting)
         if auto is None and max_drafts is not None:
             _check_int("max_drafts", max_drafts)
     elif max_drafts not in (None, "auto"):

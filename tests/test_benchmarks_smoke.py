@@ -156,6 +156,43 @@ def test_wallclock_rejects_bad_arguments():
         wallclock.main(["--repeats", "0"])
 
 
+def test_cost_aware_quick(tmp_path, toy_checkpoint):
+    from benchmarks import cost_aware
+
+    argv = ["--model", str(toy_checkpoint), "--quick", "--modes", "greedy-dual,threshold-none"]
+    assert cost_aware.main([*argv, "--out-dir", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "cost_aware.json").read_text())
+    assert payload["meta"]["label"].startswith("MEASURED")
+    rows = payload["rows"]
+    assert [(r["mode"], r["config"]) for r in rows] == [
+        (mode, config)
+        for mode in ("greedy, dual cache", "threshold 0.9, no cache")
+        for config in ("vanilla", "D=3", "auto")
+    ]
+    for row in rows:
+        assert row["same_tokens_as_vanilla"] is True and row["tokens_per_s"] > 0
+        assert row["speedup_q25"] <= row["speedup"] <= row["speedup_q75"]
+        assert (row["auto_drafts"] is None) == (row["config"] != "auto")
+    noise = json.loads((tmp_path / "cost_aware_noise.json").read_text())["rows"]
+    assert {(r["temperature"], r["filler"]) for r in noise} == {
+        (t, f) for t in (0.3, 0.7, 1.0) for f in ("plain", "noise-aware")
+    }
+    assert all(r["same_tokens_as_vanilla"] for r in noise)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--modes", "greedy"], "--modes"), (["--drafts", "3,x"], "--drafts"),
+     (["--drafts", "0"], "--drafts"), (["--repeats", "0"], "--repeats")],
+)  # fmt: skip
+def test_cost_aware_rejects_bad_arguments(argv, message, capsys):
+    from benchmarks import cost_aware
+
+    with pytest.raises(SystemExit):
+        cost_aware.main(argv)
+    assert message in capsys.readouterr().err
+
+
 def test_run_all_lists_studies_and_accepts_a_leading_separator(capsys):
     assert run_all.main(["--", "--list"]) == 0
     listed = capsys.readouterr().out

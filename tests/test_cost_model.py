@@ -546,9 +546,55 @@ def test_p_last_read_off_the_walk_changes_nothing(model, prompt, cache, monkeypa
 
     runs = []
     for reuse in (True, False):
-        monkeypatch.setattr(TransitionRule, "p_last_from_supported", property(lambda r: reuse))
+        supported = property(lambda rule, reuse=reuse: reuse)
+        monkeypatch.setattr(TransitionRule, "p_last_from_supported", supported)
         out = generate(model, prompt, graph=6, max_drafts=None, cache=cache, **KW)
         runs.append(out)
     assert torch.equal(runs[0].tokens, runs[1].tokens) and runs[0].nfe == runs[1].nfe
     assert runs[0].stats.node_verified == runs[1].stats.node_verified
     assert runs[0].stats.node_accepted == runs[1].stats.node_accepted
+
+
+def test_decayed_ratio_starts_at_one_and_follows_the_data():
+    ratio = cm.DecayedRatio(decay=0.5, prior_weight=2.0)
+    assert ratio.ratio == 1.0
+    ratio.add(30.0, 10.0)  # prior: 2 observations at 1, then one at 3
+    assert ratio.ratio == pytest.approx((0.5 * 20 + 30) / (0.5 * 20 + 10))
+    for _ in range(40):
+        ratio.add(30.0, 10.0)
+    assert ratio.ratio == pytest.approx(3.0, rel=1e-6)
+    for realized, predicted in ((math.nan, 1.0), (1.0, 0.0), (1.0, -2.0), (1.0, math.inf)):
+        ratio.add(realized, predicted)
+    assert ratio.ratio == pytest.approx(3.0, rel=1e-6) and ratio.count == 41
+    for decay, weight in ((0.0, 1.0), (1.5, 1.0), (0.5, 0.0), (0.5, math.nan)):
+        with pytest.raises(ValueError, match="decay"):
+            cm.DecayedRatio(decay, weight)
+
+
+def test_realized_costs_and_steps_correct_the_choice():
+    """Drafts the models call a clear win stop being chosen once the run measures that they
+    are not: iterations with drafts take twice their predicted time and advance one step."""
+    budget = AutoDraftBudget(VerifyCostModel(10.0, 0.1, 0.0))
+    budget.bind(GRAPH, lambda: pytest.fail("given"), "key")
+    candidate = DraftCandidate(node=0, positions=(0,), tokens=(7,), probs=(0.99,))
+    budget.estimator.cond_prior[0] = 0.95  # the estimate: walked through almost always
+
+    def shape_of(k):
+        return VerifyShape(1, 8 * (1 + k), 40)
+
+    chosen = []
+    for _ in range(30):
+        selection = budget.select(GRAPH, [candidate], shape_of)
+        k = len(selection.chosen)
+        chosen.append(k)
+        budget.record_forward(shape_of(k), 1.0, drafts=k)
+        predicted = budget.cost_model.predict_ms(shape_of(k))
+        budget.end_iteration(1, (2.0 if k else 1.0) * predicted)
+        while not budget.wants_drafts():  # back-off: plain steps at their predicted time
+            budget.record_forward(shape_of(0), 1.0, drafts=0)
+            budget.end_iteration(1, budget.cost_model.predict_ms(shape_of(0)))
+    assert chosen[0] == 1 and chosen[-1] == 0
+    summary = budget.summary()["realized_over_predicted"]
+    # a few observations against a prior of two at 1: part of the way to 2.0 and 0.0
+    assert summary["draft_ms"] > 1.3 and summary["extra_steps"] < 0.75
+    assert summary["plain_ms"] == pytest.approx(1.0)
