@@ -22,6 +22,8 @@ _EXPORTS = {
     "load_model": ".models",
     "generate": ".decode",
     "GenerateOutput": ".decode",
+    "AutoDraftBudget": ".cost_model",
+    "VerifyCostModel": ".cost_model",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -37,14 +37,12 @@ candidate, so in expectation auto is never worse than vanilla decoding. A fitted
 only as good as its fit: drafts are taken only when they beat the plain step by more than the
 fit's relative standard error (`VerifyCostModel.standard_error`).
 
-Realized correction. The models predict; the run measures. After every iteration the decoder
-reports its whole wall time and the steps it advanced (`AutoDraftBudget.end_iteration`), and
-the budget keeps decayed ratios (`DecayedRatio`) of realized over predicted: iteration time of
-iterations with drafts and of plain steps over the cost model's forward time (so the host work
-of filling, selecting, layout and walk is charged where it is paid), and extra steps over the
-estimates' expectation. `select` scales costs and estimates by them. They catch what the
-models miss: host time, a cost model off in this phase of the run, estimates off for a rule
-that commits several tokens per step.
+Host time. An iteration costs its forward (the cost model), plus, with drafts, the filling and
+selecting (timed as they run, `AutoDraftBudget.host_ms`), plus host time per step advanced
+(marginals, rule, layout, bookkeeping: vanilla pays it per step too), measured from every
+iteration's wall time (`AutoDraftBudget.end_iteration`). The estimates get a slow correction:
+the decayed ratio of the extra steps iterations with drafts made over what the estimates
+expected (`DecayedRatio`), which catches estimates off for the rule at hand.
 
 Online refit. A probe of a few shapes on a noisy machine is off by 10-20%; a measured cost
 model is refitted every ``REFIT_EVERY`` verify forwards on the run's own last
@@ -87,13 +85,15 @@ PROBE_DRAFT_COUNTS = (0, 1, 3, 6)
 PROBE_REPEATS = 3
 DEFAULT_PRIOR_STRENGTH = 4.0  # pseudo-observations behind an acceptance prior
 MAX_BACKOFF = 8  # most plain steps in a row after choosing no drafts
+EXPLORE_EVERY = MAX_BACKOFF + 1  # fill one in this many steps at which drafts cannot pay
 ONLINE_WINDOW = 48  # the run's most recent verify forwards an online refit uses
 REFIT_EVERY = 8  # forwards between online refits
 # Band edges of a node's added-token probability under P_last: rates are learned per band.
 CONFIDENCE_BANDS = (0.5, 0.8, 0.95)
 # Realized-over-predicted ratios (`DecayedRatio`): decay per observation, prior observations.
-RATIO_DECAY = 0.9
-RATIO_PRIOR_WEIGHT = 2.0
+RATIO_DECAY = 0.97
+RATIO_PRIOR_WEIGHT = 8.0
+HOST_EWMA = 0.2  # weight of the newest sample in the host-time running means
 
 
 # ----------------------------------------------------------------------------------- shapes
@@ -529,6 +529,23 @@ class AcceptanceEstimator:
         alpha = self.cond_prior[node] * self.prior_strength + self.hits[node]
         return alpha / (self.prior_strength + self.observed[node])
 
+    def band_rate(self, node: int, band: int) -> float:
+        """The node's conditional rate within `band`, its overall rate as the band's prior."""
+        return (self.band_hits[node][band] + self.prior_strength * self.cond_rate(node)) / (
+            self.band_observed[node][band] + self.prior_strength
+        )
+
+    def upper_bounds(self) -> list[float]:
+        """Per node, an on-path probability no fill can beat by much: the chain of its best
+        band's conditional rates (before filling, when the bands are not known yet)."""
+        order, direct_parents = graph_structure(self.graph, frozenset(range(len(self.graph))))
+        bound = [0.0] * len(self.graph)
+        for node in order:
+            best = max(self.band_rate(node, b) for b in range(len(CONFIDENCE_BANDS) + 1))
+            parents = direct_parents[node]
+            bound[node] = best * (max(bound[p] for p in parents) if parents else 1.0)
+        return bound
+
     def estimates(self, candidates: Sequence) -> list[float]:
         """On-path probability of each filled candidate (``.node``, ``.probs``) now: chained
         conditional rates, each the node's rate in the band of the probability of the tokens
@@ -554,13 +571,7 @@ class AcceptanceEstimator:
                 frozenset(zip(candidates[index[p]].positions, candidates[index[p]].tokens))
                 for p in direct
             ] or [frozenset()]
-            cond = self.cond_rate(c.node)
-            band = confidence_band(step_joint)
-            # The node's rate is the prior of its rate within the band.
-            cond = (self.band_hits[c.node][band] + self.prior_strength * cond) / (
-                self.band_observed[c.node][band] + self.prior_strength
-            )
-            out[i] = base * cond
+            out[i] = base * self.band_rate(c.node, confidence_band(step_joint))
         return out
 
     def observe(
@@ -615,12 +626,15 @@ def select_drafts(
     *,
     max_drafts: int | None = None,
     min_gain: float = 0.0,
+    per_step_ms: float = 0.0,
 ) -> Selection:
     """The candidates maximising expected steps advanced / predicted cost (module docstring).
 
     `estimates[i]` is candidate ``i``'s walk-through probability, `cost_ms(k)` the predicted
-    time of a verify forward with ``k`` drafts; `max_drafts` caps ``k``. Drafts are taken only
-    if their advance per cost beats the plain step's by the relative margin `min_gain`.
+    time of a verify iteration with ``k`` drafts; `per_step_ms` the host time every step
+    advanced costs besides (so ``k`` drafts cost ``cost_ms(k) + advance * per_step_ms``);
+    `max_drafts` caps ``k``. Drafts are taken only if their advance per cost beats the plain
+    step's by the relative margin `min_gain`.
     """
     if not (min_gain >= 0 and math.isfinite(min_gain)):
         raise ValueError(f"min_gain must be a finite number >= 0, got {min_gain!r}")
@@ -643,12 +657,14 @@ def select_drafts(
         pick = min(eligible, key=lambda n: (-estimates[by_node[n]], len(graph.nodes[n]), n))
         taken.add(pick)
         order.append(pick)
-    plain_cost = _positive(cost_ms(0), 0)
+    if not (per_step_ms >= 0 and math.isfinite(per_step_ms)):
+        raise ValueError(f"per_step_ms must be a finite number >= 0, got {per_step_ms!r}")
+    plain_cost = _positive(cost_ms(0), 0) + per_step_ms
     best_k, best_ratio = 0, (1.0 + min_gain) / plain_cost
     best_cost, advance, best_advance = plain_cost, 1.0, 1.0
     for k, node in enumerate(order, start=1):
         advance += estimates[by_node[node]]
-        cost = _positive(cost_ms(k), k)
+        cost = _positive(cost_ms(k), k) + advance * per_step_ms
         if advance / cost > best_ratio * (1 + 1e-12):
             best_k, best_ratio, best_cost, best_advance = k, advance / cost, cost, advance
     chosen = tuple(candidates[by_node[n]] for n in sorted(order[:best_k]))
@@ -770,12 +786,14 @@ class AutoDraftBudget:
         # Realized over predicted, decayed: whole-iteration time (host work included) of
         # iterations with drafts and of plain back-off steps over the cost model's forward time,
         # and steps beyond the first over the estimates' expectation.
-        self.realized_draft_ms = DecayedRatio()
-        self.realized_plain_ms = DecayedRatio()
         self.realized_advance = DecayedRatio()
+        self.host_step_ms: float | None = None  # running mean of host time per step advanced
         self._selection: float | None = None  # this iteration's raw expected extra steps
-        self._forward: tuple[int, float] | None = None  # this iteration's (drafts, predicted ms)
+        # this iteration's (drafts, predicted ms, measured ms) of its forward
+        self._forward: tuple[int, float, float] | None = None
         self._fill_ms = 0.0  # host time of the last fill and selection
+        self._shape_of: Callable[[int], VerifyShape] | None = None  # the last fill's shapes
+        self._hopeless = 0  # steps at which no draft set could pay
 
     def bind(
         self,
@@ -794,10 +812,8 @@ class AutoDraftBudget:
         self.skipped = 0
         self._skip = self._backoff = self._empty_run = 0
         self._pending = self._selection = self._forward = None
-        # Realized ratios start afresh each run, at 1: a ratio only moves while drafts are
+        # The realized ratio starts afresh each run, at 1: it only moves while drafts are
         # verified, so one carried over from a run that stopped drafting would never recover.
-        self.realized_draft_ms = DecayedRatio()
-        self.realized_plain_ms = DecayedRatio()
         self.realized_advance = DecayedRatio()
         if self.estimator is None or self.estimator.graph != graph:
             self.estimator = AcceptanceEstimator(
@@ -814,7 +830,7 @@ class AutoDraftBudget:
         anchors: a probe of a few shapes on a noisy machine can be off by 10-20%, the run's own
         forwards keep measuring the shapes the decisions are about."""
         if self.cost_model is not None:
-            self._forward = (drafts, self.cost_model.predict_ms(shape))
+            self._forward = (drafts, self.cost_model.predict_ms(shape), ms)
         if not self.adapt or not (ms > 0 and math.isfinite(ms)):
             return
         self._online.append((shape, ms))
@@ -835,16 +851,16 @@ class AutoDraftBudget:
         with ``k`` drafts."""
         if self.estimator is None or self.cost_model is None:
             raise RuntimeError("AutoDraftBudget.bind must be called before select")
-        # What the run has realized so far corrects what the models predict (`end_iteration`).
+        # What the run has realized so far corrects the estimates (`end_iteration`).
         advance_bias = self.realized_advance.ratio
         raw = self.estimator.estimates(candidates)
         estimates = [min(1.0, advance_bias * e) for e in raw]
-        draft_bias, plain_bias = self.realized_draft_ms.ratio, self.realized_plain_ms.ratio
         selection = select_drafts(
             graph,
             candidates,
             estimates,
-            lambda k: self.cost_model.predict_ms(shape_of(k)) * (draft_bias if k else plain_bias),
+            self._iteration_cost(shape_of),
+            per_step_ms=self.host_step_ms or 0.0,
             max_drafts=self.max_drafts,
             # a gain within the cost model's standard error is no gain
             min_gain=self.cost_model.standard_error,
@@ -865,39 +881,74 @@ class AutoDraftBudget:
         self._skip = self._backoff
         return selection
 
+    def _iteration_cost(self, shape_of: Callable[[int], VerifyShape]) -> Callable[[int], float]:
+        """Predicted ms of an iteration with ``k`` drafts, less the per-step host time: the
+        forward, and for ``k >= 1`` the filling and selecting (measured, `host_ms`)."""
+        fill_ms = self.host_ms or 0.0
+        return lambda k: self.cost_model.predict_ms(shape_of(k)) + (fill_ms if k else 0.0)
+
     def end_iteration(self, advanced: int, ms: float) -> None:
-        """The iteration (filling, forward, walk) whose forward `record_forward` saw advanced
-        `advanced` steps in `ms`. Iterations with drafts and plain back-off steps update the
-        realized-over-predicted ratios `select` corrects its models by: they catch the host
-        time of drafting, a cost model off for this phase of the run, and estimates off for
-        this rule (a rule that commits several tokens a step walks past the one-pair nodes)."""
+        """The iteration (filling, forward, walk) whose forward `record_forward` timed advanced
+        `advanced` steps in `ms`. Its host time (all but the forward and the filling) per step
+        is the per-step cost `select` charges (marginals, rule, layout, bookkeeping: vanilla
+        pays it too, per step), and an iteration with drafts compares the steps it made with
+        what the estimates expected (`realized_advance`: a slow correction for estimates off
+        for this rule)."""
         forward, expected = self._forward, self._selection
         self._forward = self._selection = None
-        if forward is None or not (ms > 0 and math.isfinite(ms)):
+        if forward is None or advanced < 1 or not (ms > 0 and math.isfinite(ms)):
             return
-        drafts, predicted_ms = forward
-        if drafts and expected is not None:
-            self.realized_draft_ms.add(ms, predicted_ms)
-            if expected > 0:
-                self.realized_advance.add(advanced - 1.0, expected)
-        elif not drafts:
-            # a plain step; after an empty selection, less the filling vanilla would not do
-            fill_ms = self._fill_ms if expected is not None else 0.0
-            self.realized_plain_ms.add(ms - fill_ms, predicted_ms)
+        drafts, _, model_ms = forward
+        host = max(0.0, ms - model_ms - (self._fill_ms if expected is not None else 0.0))
+        per_step = host / advanced
+        if self.host_step_ms is None:
+            self.host_step_ms = per_step
+        else:
+            self.host_step_ms += HOST_EWMA * (per_step - self.host_step_ms)
+        if drafts and expected:
+            self.realized_advance.add(advanced - 1.0, expected)
 
     def wants_drafts(self) -> bool:
         """Whether the next forward should be filled and selected (the decoder then computes
-        ``P_last``); False during a back-off (module docstring), which it counts down."""
+        ``P_last``); False during a back-off (module docstring), which it counts down, and
+        when no draft set could pay even at the best rates learned so far (`drafts_may_pay`),
+        except every ``EXPLORE_EVERY``-th such step: filling is how the rates are learned."""
         if self._skip > 0:
             self._skip -= 1
             self.skipped += 1
             return False
+        if not self.drafts_may_pay():
+            self._hopeless += 1
+            if self._hopeless % EXPLORE_EVERY:
+                self.skipped += 1
+                return False
         return True
+
+    def drafts_may_pay(self) -> bool:
+        """Whether some set of drafts could beat a plain step with every node at its upper
+        bound (`AcceptanceEstimator.upper_bounds`) and the last fill's shapes: a test before
+        filling, so that where drafts cannot pay auto costs nothing over vanilla."""
+        if self._shape_of is None or self.estimator is None or self.cost_model is None:
+            return True
+        bounds = sorted(self.estimator.upper_bounds(), reverse=True)
+        advance_bias = self.realized_advance.ratio
+        limit = len(bounds) if self.max_drafts is None else min(self.max_drafts, len(bounds))
+        cost = self._iteration_cost(self._shape_of)
+        step_ms = self.host_step_ms or 0.0
+        best = (1.0 + self.cost_model.standard_error) / (cost(0) + step_ms)
+        advance = 1.0
+        for k in range(1, limit + 1):
+            advance += min(1.0, advance_bias * bounds[k - 1])
+            if advance / (cost(k) + advance * step_ms) > best:
+                return True
+        return False
 
     def filler(self, inner, shape_of: Callable[[int], VerifyShape], *, backend: str = "auto"):
         """A `spiffy_triton.drafting.Filler` that fills every node with `inner` (default: the
         plain probability filler), drops repeated states, and keeps this iteration's
         `select`ion; `observe` then records how the walk went."""
+
+        self._shape_of = shape_of
 
         def fill(graph, root_state, p_last, mask_id):
             begin = time.perf_counter()
@@ -941,11 +992,8 @@ class AutoDraftBudget:
         advance = self.expected_advance + self.skipped
         return {
             "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
-            "realized_over_predicted": {
-                "draft_ms": self.realized_draft_ms.ratio,
-                "plain_ms": self.realized_plain_ms.ratio,
-                "extra_steps": self.realized_advance.ratio,
-            },
+            "realized_over_expected_extra_steps": self.realized_advance.ratio,
+            "host_ms_per_step": self.host_step_ms,
             "selections": {str(k): v for k, v in sorted(self.chosen_counts.items())},
             "backoff_steps": self.skipped,
             "host_ms_per_fill": self.host_ms,

@@ -364,8 +364,10 @@ def generate(
             (the default graph of that many nodes).
         max_drafts: ``"auto"`` (default): per forward, the drafts with the most expected steps
             per predicted unit of verify cost, measured on this machine (zero drafts when
-            drafts do not pay; `spiffy_triton.cost_model`); an `AutoDraftBudget` to give its
-            cost model or acceptance prior; an int: at most this many drafts per forward
+            drafts do not pay; `spiffy_triton.cost_model`), learning across calls with the
+            same model and setting (`shared_budget`); an `AutoDraftBudget` to give its cost
+            model or acceptance prior, or to keep a run apart; an int: at most this many drafts
+            per forward
             (dynamic pruning); None: every filled node of the graph.
         verify: ``"packed"`` or ``"batch"``; default the exact mode of `cache`.
         backend: backend of the marginals and ranking calls (the model's attention backend is

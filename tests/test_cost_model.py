@@ -571,10 +571,10 @@ def test_decayed_ratio_starts_at_one_and_follows_the_data():
             cm.DecayedRatio(decay, weight)
 
 
-def test_realized_costs_and_steps_correct_the_choice():
-    """Drafts the models call a clear win stop being chosen once the run measures that they
-    are not: iterations with drafts take twice their predicted time and advance one step."""
-    budget = AutoDraftBudget(VerifyCostModel(10.0, 0.1, 0.0))
+def test_realized_steps_correct_the_estimates_and_host_time_is_measured():
+    """Drafts the estimates call a clear win stop being chosen once the run measures that they
+    are not: every iteration with drafts advances one step only."""
+    budget = AutoDraftBudget(VerifyCostModel(4.0, 0.5, 0.0))  # a draft costs half a forward
     budget.bind(GRAPH, lambda: pytest.fail("given"), "key")
     candidate = DraftCandidate(node=0, positions=(0,), tokens=(7,), probs=(0.99,))
     budget.estimator.cond_prior[0] = 0.95  # the estimate: walked through almost always
@@ -584,17 +584,75 @@ def test_realized_costs_and_steps_correct_the_choice():
 
     chosen = []
     for _ in range(30):
-        selection = budget.select(GRAPH, [candidate], shape_of)
-        k = len(selection.chosen)
+        k = len(budget.select(GRAPH, [candidate], shape_of).chosen)
         chosen.append(k)
-        budget.record_forward(shape_of(k), 1.0, drafts=k)
-        predicted = budget.cost_model.predict_ms(shape_of(k))
-        budget.end_iteration(1, (2.0 if k else 1.0) * predicted)
-        while not budget.wants_drafts():  # back-off: plain steps at their predicted time
-            budget.record_forward(shape_of(0), 1.0, drafts=0)
-            budget.end_iteration(1, budget.cost_model.predict_ms(shape_of(0)))
-    assert chosen[0] == 1 and chosen[-1] == 0
-    summary = budget.summary()["realized_over_predicted"]
-    # a few observations against a prior of two at 1: part of the way to 2.0 and 0.0
-    assert summary["draft_ms"] > 1.3 and summary["extra_steps"] < 0.75
-    assert summary["plain_ms"] == pytest.approx(1.0)
+        budget.record_forward(shape_of(k), 8.0, drafts=k)
+        budget.end_iteration(1, 9.0)  # the forward, and 1 ms of host time for the step
+        while not budget.wants_drafts():
+            budget.record_forward(shape_of(0), 8.0, drafts=0)
+            budget.end_iteration(1, 9.0)
+    # 0.95 * ratio must fall below 0.5: about 7 misses against a prior of 8 at ratio 1
+    assert chosen[:5] == [1] * 5 and chosen[-1] == 0 and 5 <= chosen.index(0) <= 10
+    summary = budget.summary()
+    assert summary["realized_over_expected_extra_steps"] < 0.53
+    assert summary["host_ms_per_step"] == pytest.approx(1.0)
+
+
+def test_auto_shares_one_budget_per_model_and_setting(model, prompt):
+    def budget_of(**kwargs):
+        seen = []
+        original = cm.AutoDraftBudget.bind
+
+        def spy(self, *args, **kw):
+            seen.append(self)
+            return original(self, *args, **kw)
+
+        cm.AutoDraftBudget.bind = spy
+        try:
+            out = generate(model, prompt, **{"graph": 6, "cache": "dual", **kwargs}, **KW)
+        finally:
+            cm.AutoDraftBudget.bind = original
+        return seen[0], out
+
+    first, out = budget_of(seed=1)
+    assert sum(first.chosen_counts.values()) + first.skipped == out.nfe - 2  # less 2 prefills
+    again, out2 = budget_of(seed=2)  # the seed does not change acceptance: the same budget
+    assert again is first
+    # the per-run counters start afresh, what was learned carries over
+    assert sum(again.chosen_counts.values()) + again.skipped == out2.nfe - 2
+    assert sum(again.estimator.observed) > 0
+    others = [
+        budget_of(seed=1, graph=4)[0],
+        budget_of(seed=1, cache=None)[0],
+        budget_of(seed=1, threshold=0.9)[0],
+        budget_of(seed=1, temperature=0.5)[0],
+    ]
+    assert len({id(b) for b in [first, *others]}) == 5
+    assert cm.shared_budget(model, "any") is cm.shared_budget(model, "any")
+    cm.clear_cost_cache()
+    assert budget_of(seed=1)[0] is not first
+
+
+def test_budget_types_are_public():
+    import spiffy_triton
+
+    assert spiffy_triton.AutoDraftBudget is AutoDraftBudget
+    assert spiffy_triton.VerifyCostModel is VerifyCostModel
+    assert {"AutoDraftBudget", "VerifyCostModel"} <= set(spiffy_triton.__all__)
+
+
+def test_no_fill_where_no_draft_could_pay():
+    def steps_filled(cost_model, steps=4 * cm.EXPLORE_EVERY):
+        budget = AutoDraftBudget(cost_model)
+        budget.bind(GRAPH, lambda: pytest.fail("given"), "key")
+        budget.filler(None, lambda k: VerifyShape(1 + k, 8, 8))  # the shapes, as the decoder
+        filled = [budget.wants_drafts() for _ in range(steps)]
+        return sum(filled), budget
+
+    # a draft costs ten plain forwards: even a sure draft cannot pay
+    filled, budget = steps_filled(VerifyCostModel(0.0, 10.0, 0.0))
+    assert not budget.drafts_may_pay()
+    assert filled == 4 and budget.skipped == 4 * cm.EXPLORE_EVERY - 4  # explores 1 in 9
+    # free drafts: always worth a fill
+    filled, budget = steps_filled(VerifyCostModel(1000.0, 0.0, 0.0))
+    assert budget.drafts_may_pay() and filled == 4 * cm.EXPLORE_EVERY
