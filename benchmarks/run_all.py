@@ -79,6 +79,12 @@ STUDIES = (
         "calibration", "calibrated vs default draft graphs", BENCH_DIR / "calibration.py", 1800.0
     ),
     Study("wallclock", "CPU tokens/s, vanilla vs Spiffy, phase split", BENCH_DIR / "wallclock.py"),
+    Study(
+        "cost_aware",
+        'CPU tokens/s of max_drafts="auto" vs fixed D; noise-aware filling',
+        BENCH_DIR / "cost_aware.py",
+        1800.0,
+    ),
     Study("perf_model", "MODEL of LLaDA-8B on H100 / H200", BENCH_DIR / "perf_model.py", 300.0),
 )
 

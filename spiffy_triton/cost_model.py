@@ -49,11 +49,16 @@ model is refitted every ``REFIT_EVERY`` verify forwards on the run's own last
 ``ONLINE_WINDOW`` forwards (`AutoDraftBudget.record_forward`, fed by the decoder), anchored by
 the probe's predictions.
 
-Back-off. Filling and scoring cost host time even when no draft is chosen. After a second
-empty selection in a row the budget skips the next 1, then 2, 4, ... (at most ``MAX_BACKOFF``)
-iterations' filling and ``P_last`` (`AutoDraftBudget.wants_drafts`): those are plain vanilla
-steps. A selection with drafts resets the back-off. Where drafts never pay, auto's overhead
-over vanilla is about one fill every ``MAX_BACKOFF + 1`` forwards.
+Back-off. Filling and scoring cost host time even when no draft is chosen. Before filling, the
+budget asks whether any draft set could beat a plain step with every node at the best rate
+learned for it (`AutoDraftBudget.drafts_may_pay`); if not, the step is a plain vanilla step,
+except one in ``EXPLORE_EVERY`` (filling is how the rates are learned). After a second empty
+selection in a row it also skips the next 1, then 2, 4, ... (at most ``MAX_BACKOFF``)
+iterations' filling (`AutoDraftBudget.wants_drafts`). A selection with drafts resets the
+back-off.
+
+Memory. ``max_drafts="auto"`` uses one budget per model and decoding setting for the process
+(`shared_budget`): rates, host times and the refitted cost model carry over between calls.
 """
 
 from __future__ import annotations
@@ -794,6 +799,7 @@ class AutoDraftBudget:
         self._fill_ms = 0.0  # host time of the last fill and selection
         self._shape_of: Callable[[int], VerifyShape] | None = None  # the last fill's shapes
         self._hopeless = 0  # steps at which no draft set could pay
+        self._may_pay: bool | None = None  # `drafts_may_pay`, until the next fill or refit
 
     def bind(
         self,
@@ -811,7 +817,7 @@ class AutoDraftBudget:
         self.expected_advance = 0.0
         self.skipped = 0
         self._skip = self._backoff = self._empty_run = 0
-        self._pending = self._selection = self._forward = None
+        self._pending = self._selection = self._forward = self._may_pay = None
         # The realized ratio starts afresh each run, at 1: it only moves while drafts are
         # verified, so one carried over from a run that stopped drafting would never recover.
         self.realized_advance = DecayedRatio()
@@ -843,6 +849,7 @@ class AutoDraftBudget:
             return  # one shape cannot separate intercept from slope
         source = self.cost_model.source.split("+")[0] + "+online"
         self.cost_model = VerifyCostModel.fit(samples, source=source)
+        self._may_pay = None
 
     def select(
         self, graph: DraftGraph, candidates: Sequence, shape_of: Callable[[int], VerifyShape]
@@ -917,7 +924,9 @@ class AutoDraftBudget:
             self._skip -= 1
             self.skipped += 1
             return False
-        if not self.drafts_may_pay():
+        if self._may_pay is None:  # decided again after each fill and refit
+            self._may_pay = self.drafts_may_pay()
+        if not self._may_pay:
             self._hopeless += 1
             if self._hopeless % EXPLORE_EVERY:
                 self.skipped += 1
@@ -952,6 +961,7 @@ class AutoDraftBudget:
 
         def fill(graph, root_state, p_last, mask_id):
             begin = time.perf_counter()
+            self._may_pay = None
             if inner is None:
                 filled = probability_filler(graph, root_state, p_last, mask_id, backend=backend)
             else:
