@@ -75,6 +75,7 @@ def new_run() -> dict:
         "phases": dict.fromkeys((*PHASES, "total"), 0.0),
         "nfe": 0,
         "steps": 0,
+        "drafts_verified": 0,
         "tokens": [],
     }
 
@@ -98,6 +99,7 @@ def run_prompt(model, prompt, config: Config, args, run: dict) -> None:
         run["phases"][phase] += out.stats.time_s.get(phase, 0.0)
     run["nfe"] += out.nfe
     run["steps"] += out.steps
+    run["drafts_verified"] += out.stats.drafts_verified
     run["tokens"].append(out.tokens)
 
 
@@ -157,6 +159,7 @@ def summarize(runs: dict[str, list[dict]], configs: Sequence[Config], args, n_pr
             "speedup_q75": _quantile(ratios, 0.75),
             "nfe": middle["nfe"],
             "steps_per_forward": middle["steps"] / middle["nfe"],
+            "drafts_per_forward": middle["drafts_verified"] / middle["nfe"],
             "same_tokens_as_vanilla": all(
                 torch.equal(a, b) for a, b in zip(middle["tokens"], vanilla_median["tokens"])
             ),
