@@ -90,9 +90,9 @@ PROBE_DRAFT_COUNTS = (0, 1, 3, 6)
 PROBE_REPEATS = 3
 DEFAULT_PRIOR_STRENGTH = 4.0  # pseudo-observations behind an acceptance prior
 MAX_BACKOFF = 8  # most plain steps in a row after choosing no drafts
-EXPLORE_EVERY = MAX_BACKOFF + 1  # fill one in this many steps at which drafts cannot pay
+EXPLORE_EVERY = 2 * MAX_BACKOFF + 1  # fill one in this many steps at which drafts cannot pay
 ONLINE_WINDOW = 48  # the run's most recent verify forwards an online refit uses
-REFIT_EVERY = 8  # forwards between online refits
+REFIT_EVERY = 16  # forwards between online refits
 # Band edges of a node's added-token probability under P_last: rates are learned per band.
 CONFIDENCE_BANDS = (0.5, 0.8, 0.95)
 # Realized-over-predicted ratios (`DecayedRatio`): decay per observation, prior observations.
@@ -222,27 +222,32 @@ class VerifyCostModel:
             raise ValueError(f"fitting a cost model needs at least 2 samples, got {len(samples)}")
         if any(not (ms > 0 and math.isfinite(ms)) for _, ms in samples):
             raise ValueError("cost samples must have positive finite times")
-        features = torch.tensor(
-            [[1.0, float(s.query_rows), float(s.row_keys)] for s, _ in samples],
-            dtype=torch.float64,
-        )
-        times = torch.tensor([ms for _, ms in samples], dtype=torch.float64)
-        scale = features.abs().amax(dim=0).clamp_min(1.0)
-        weights = 1.0 / times
+        # Plain Python: the decoder refits online every few forwards, and a few dozen samples
+        # of three features are cheaper solved here than through torch's small-op overhead.
+        features = [(1.0, float(s.query_rows), float(s.row_keys)) for s, _ in samples]
+        times = [float(ms) for _, ms in samples]
+        scale = [max(1.0, max(abs(f[j]) for f in features)) for j in range(3)]
+        # Relative error: row i of the scaled design is features_i / (scale * time_i), target 1.
+        design = [[f[j] / (scale[j] * t) for j in range(3)] for f, t in zip(features, times)]
         active = [0, 1, 2]
-        coef = torch.zeros(3, dtype=torch.float64)
-        # Active set: drop the most negative coefficient and refit until all are >= 0.
+        coef = [0.0, 0.0, 0.0]
+        # Active set: drop the most negative coefficient (or a dependent feature) and refit
+        # until all are >= 0.
         while active:
-            a = (features[:, active] / scale[active]) * weights[:, None]
-            solution = torch.linalg.lstsq(a, times * weights).solution / scale[active]
-            if (solution >= 0).all():
-                coef.zero_()
-                coef[active] = solution
+            solution = _least_squares_ones([[row[j] for j in active] for row in design])
+            if solution is None:  # rank-deficient: the last feature depends on the others
+                active.pop()
+                continue
+            solution = [x / scale[j] for x, j in zip(solution, active)]
+            if min(solution) >= 0:
+                coef = [0.0, 0.0, 0.0]
+                for x, j in zip(solution, active):
+                    coef[j] = x
                 break
-            active.pop(int(torch.argmin(solution)))
-        predicted = features @ coef
-        residual = float(((predicted - times) / times).pow(2).mean().sqrt()) * 100.0
-        if not (coef > 0).any():
+            active.pop(solution.index(min(solution)))
+        errors = [(sum(c * x for c, x in zip(coef, f)) - t) / t for f, t in zip(features, times)]
+        residual = math.sqrt(sum(e * e for e in errors) / len(errors)) * 100.0
+        if not any(c > 0 for c in coef):
             raise ValueError("cost samples do not fit a non-negative cost model")
         return cls(float(coef[0]), float(coef[1]), float(coef[2]), source, residual, len(samples))
 
@@ -271,6 +276,30 @@ class VerifyCostModel:
             data.get("residual_pct"),
             data.get("samples"),
         )
+
+
+def _least_squares_ones(design: Sequence[Sequence[float]]) -> list[float] | None:
+    """``argmin |A x - 1|`` for the small dense ``A = design`` (normal equations, Gaussian
+    elimination with partial pivoting); None when ``A`` is numerically rank-deficient."""
+    m = len(design[0])
+    normal = [[sum(row[i] * row[k] for row in design) for k in range(m)] for i in range(m)]
+    rhs = [sum(row[i] for row in design) for i in range(m)]
+    size = max(normal[i][i] for i in range(m))
+    for col in range(m):
+        pivot = max(range(col, m), key=lambda r: abs(normal[r][col]))
+        if abs(normal[pivot][col]) <= 1e-12 * size:
+            return None
+        normal[col], normal[pivot] = normal[pivot], normal[col]
+        rhs[col], rhs[pivot] = rhs[pivot], rhs[col]
+        for r in range(col + 1, m):
+            factor = normal[r][col] / normal[col][col]
+            for k in range(col, m):
+                normal[r][k] -= factor * normal[col][k]
+            rhs[r] -= factor * rhs[col]
+    x = [0.0] * m
+    for r in range(m - 1, -1, -1):
+        x[r] = (rhs[r] - sum(normal[r][k] * x[k] for k in range(r + 1, m))) / normal[r][r]
+    return x
 
 
 def probe_verify_cost(

@@ -652,7 +652,15 @@ def test_no_fill_where_no_draft_could_pay():
     # a draft costs ten plain forwards: even a sure draft cannot pay
     filled, budget = steps_filled(VerifyCostModel(0.0, 10.0, 0.0))
     assert not budget.drafts_may_pay()
-    assert filled == 4 and budget.skipped == 4 * cm.EXPLORE_EVERY - 4  # explores 1 in 9
+    assert filled == 4 and budget.skipped == 4 * cm.EXPLORE_EVERY - 4  # explores 1 in EXPLORE_EVERY
     # free drafts: always worth a fill
     filled, budget = steps_filled(VerifyCostModel(1000.0, 0.0, 0.0))
     assert budget.drafts_may_pay() and filled == 4 * cm.EXPLORE_EVERY
+
+
+def test_fit_of_one_shape_keeps_the_intercept():
+    # every sample the same shape: the three features are collinear, one coefficient is left
+    shape = VerifyShape(1, 10, 10)
+    fit = VerifyCostModel.fit([(shape, 5.0), (shape, 5.2), (shape, 4.9)])
+    assert fit.predict_ms(shape) == pytest.approx(5.03, rel=0.01)
+    assert (fit.per_row_ms, fit.per_row_key_ms) == (0.0, 0.0)
