@@ -33,9 +33,10 @@ are taken greedily by estimate, a node becoming eligible once one of its direct 
 filled strict subsets) is taken or when it has none; the expected advance of the first ``k``
 is ``1 + sum of their estimates``. The chosen ``k`` maximises ``advance(k) / cost(k)`` over
 ``k = 0 .. len(candidates)``; ``k = 0`` (a plain step: one root forward, one step) is always a
-candidate, so in expectation auto is never worse than vanilla decoding. A fitted cost model is
-only as good as its fit: drafts are taken only when they beat the plain step by more than the
-fit's relative standard error (`VerifyCostModel.standard_error`).
+candidate, so in expectation auto is never worse than vanilla decoding. The decision is
+conservative: each estimate enters about one posterior standard deviation low
+(``AcceptanceEstimator.spread``), and drafts are taken only when they beat the plain step by
+more than the cost fit's relative standard error (`VerifyCostModel.standard_error`).
 
 Host time. An iteration costs its forward (the cost model), plus, with drafts, the filling and
 selecting (timed as they run, `AutoDraftBudget.host_ms`), plus host time per step advanced
@@ -557,6 +558,7 @@ class AcceptanceEstimator:
         # parent, and the states (pair sets) of its direct parents (the root: empty set).
         self._step_joint: dict[int, float] = {}
         self._stages: dict[int, list[frozenset]] = {}
+        self.spread: list[float] = []  # of the last `estimates` call
 
     def cond_rate(self, node: int) -> float:
         """Posterior mean of the node's conditional rate."""
@@ -583,11 +585,13 @@ class AcceptanceEstimator:
     def estimates(self, candidates: Sequence) -> list[float]:
         """On-path probability of each filled candidate (``.node``, ``.probs``) now: chained
         conditional rates, each the node's rate in the band of the probability of the tokens
-        it adds to its parent (shrunk towards its overall rate)."""
+        it adds to its parent (shrunk towards its overall rate). ``self.spread`` then holds
+        each estimate's posterior standard deviation (of its own band rate, times its base)."""
         index = {c.node: i for i, c in enumerate(candidates)}
         order, direct_parents = graph_structure(self.graph, frozenset(index))
         joints = [math.prod(c.probs) for c in candidates]
         out = [0.0] * len(candidates)
+        self.spread = [0.0] * len(candidates)
         self._step_joint = {}
         self._stages = {}
         for node in order:  # parents before children
@@ -605,7 +609,12 @@ class AcceptanceEstimator:
                 frozenset(zip(candidates[index[p]].positions, candidates[index[p]].tokens))
                 for p in direct
             ] or [frozenset()]
-            out[i] = base * self.band_rate(c.node, confidence_band(step_joint))
+            band = confidence_band(step_joint)
+            rate = self.band_rate(c.node, band)
+            out[i] = base * rate
+            # the posterior's spread of the band rate, carried through the chain's base
+            seen = self.band_observed[c.node][band] + self.prior_strength + 1.0
+            self.spread[i] = base * math.sqrt(rate * (1.0 - rate) / seen)
         return out
 
     def observe(
@@ -699,7 +708,8 @@ def select_drafts(
     for k, node in enumerate(order, start=1):
         advance += estimates[by_node[node]]
         cost = _positive(cost_ms(k), k) + advance * per_step_ms
-        if advance / cost > best_ratio * (1 + 1e-12):
+        # a tie goes to more drafts: a draft that costs nothing is worth verifying
+        if advance / cost >= best_ratio * (1 - 1e-12):
             best_k, best_ratio, best_cost, best_advance = k, advance / cost, cost, advance
     chosen = tuple(candidates[by_node[n]] for n in sorted(order[:best_k]))
     return Selection(chosen, best_advance, best_cost, len(candidates))
@@ -759,6 +769,12 @@ class DecayedRatio:
     @property
     def ratio(self) -> float:
         return self.realized / self.predicted if self.predicted > 0 else 1.0
+
+
+def _lower(estimate: float, spread: float) -> float:
+    """``estimate**2 / (estimate + spread)``: about ``estimate - spread`` for a small spread,
+    positive for a positive estimate, never above it."""
+    return estimate * estimate / (estimate + spread) if estimate > 0 else 0.0
 
 
 class AutoDraftBudget:
@@ -890,7 +906,13 @@ class AutoDraftBudget:
         # What the run has realized so far corrects the estimates (`end_iteration`).
         advance_bias = self.realized_advance.ratio
         raw = self.estimator.estimates(candidates)
-        estimates = [min(1.0, advance_bias * e) for e in raw]
+        # Decide on a lower bound, about one posterior standard deviation below the estimate
+        # (``e * e / (e + sd)``: positive, so a free draft is still worth verifying): a rate
+        # learned from a few walks can be far off, and a draft that does not pay costs more
+        # than a skipped one loses.
+        estimates = [
+            _lower(min(1.0, advance_bias * e), sd) for e, sd in zip(raw, self.estimator.spread)
+        ]
         selection = select_drafts(
             graph,
             candidates,

@@ -302,6 +302,17 @@ def test_online_rates_move_from_prior_to_data():
     assert banded.estimates(unsure)[0] == pytest.approx((0 + 2 * overall) / 22)
     # a band never seen falls back to the node's rate
     assert banded.estimates([cand(0, [(1, 5)], [0.6])])[0] == pytest.approx(overall)
+    # the spread is the band posterior's standard deviation: it shrinks as the band is seen
+    rate = banded.estimates(sure)[0]
+    assert banded.spread[0] == pytest.approx(math.sqrt(rate * (1 - rate) / (20 + 2 + 1)))
+    banded.estimates([cand(0, [(1, 5)], [0.6])])
+    assert banded.spread[0] == pytest.approx(math.sqrt(overall * (1 - overall) / (0 + 2 + 1)))
+
+
+def test_decisions_use_a_lower_bound_of_the_estimate():
+    assert cm._lower(0.5, 0.0) == 0.5 and cm._lower(0.0, 0.3) == 0.0
+    assert cm._lower(0.5, 0.05) == pytest.approx(0.5 - 0.05, abs=0.005)
+    assert 0 < cm._lower(0.01, 0.3) < 0.01
 
 
 def test_estimator_and_prior_validation(tmp_path):
@@ -418,8 +429,9 @@ KW = {"gen_length": 16, "block_length": 8, "backend": "torch"}
 @pytest.mark.parametrize("cache", [None, "dual"])
 def test_free_drafts_verify_every_node(model, prompt, cache):
     full = generate(model, prompt, graph=6, max_drafts=None, cache=cache, **KW)
-    # drafts are free: a forward costs 1 s whatever its shape; the host overhead is negligible
-    free = AutoDraftBudget(VerifyCostModel(1000.0, 0.0, 0.0))
+    # drafts are free: a forward costs 1e6 s whatever its shape, so the host time of filling
+    # (charged to every choice with drafts) is negligible beside any draft's value
+    free = AutoDraftBudget(VerifyCostModel(1e9, 0.0, 0.0))
     auto = generate(model, prompt, graph=6, max_drafts=free, cache=cache, **KW)
     assert torch.equal(auto.tokens, full.tokens)
     assert auto.nfe == full.nfe and auto.stats.drafts_verified == full.stats.drafts_verified
@@ -591,10 +603,11 @@ def test_realized_steps_correct_the_estimates_and_host_time_is_measured():
         while not budget.wants_drafts():
             budget.record_forward(shape_of(0), 8.0, drafts=0)
             budget.end_iteration(1, 9.0)
-    # 0.95 * ratio must fall below 0.5: about 7 misses against a prior of 8 at ratio 1
-    assert chosen[:5] == [1] * 5 and chosen[-1] == 0 and 5 <= chosen.index(0) <= 10
+    # the lower bound of 0.95 * ratio (spread 0.1: no walk observed) must fall below 0.5:
+    # a handful of misses against a prior of 8 at ratio 1
+    assert chosen[:4] == [1] * 4 and chosen[-1] == 0 and 4 <= chosen.index(0) <= 10
     summary = budget.summary()
-    assert summary["realized_over_expected_extra_steps"] < 0.53
+    assert summary["realized_over_expected_extra_steps"] < 0.7
     assert summary["host_ms_per_step"] == pytest.approx(1.0)
 
 
