@@ -5,14 +5,18 @@
                                  [--temperature T]
 
 For each prompt it prints the prompt, vanilla's text and Spiffy's text (they are identical: the
-decoding is lossless), the forward passes (NFE) of each, and tokens per second. Exits with
-status 1 if any Spiffy output differs from vanilla's in an exact mode.
+decoding is lossless), the forward passes (NFE) of each, and tokens per second: Spiffy with the
+graph's drafts (``--max-drafts``, default every node: the fewest forwards) and, beside it,
+Spiffy with ``max_drafts="auto"`` (the drafts worth their cost on this machine: the wall clock
+to expect). Auto's one-time cost probe runs before the timed prompts and is reported apart.
+Exits with status 1 if any Spiffy output differs from vanilla's in an exact mode.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 
 import torch
@@ -74,35 +78,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.block_length}, rule={rule}, temperature={args.temperature}, "
         f"Spiffy graph=default({args.drafts}), drafts per forward: {args.max_drafts}\n"
     )
-    totals = {"vanilla": [0, 0.0], "spiffy": [0, 0.0]}
+    decoders = {
+        "vanilla": {},
+        "spiffy": {"graph": args.drafts, "max_drafts": max_drafts},
+        "auto": {"graph": args.drafts, "max_drafts": "auto"},
+    }
+    if max_drafts == "auto":
+        del decoders["auto"]  # the Spiffy row is auto already
+    else:
+        # Auto measures the verify forward's cost once per model, device and mode (cached).
+        begin = time.perf_counter()
+        warm = torch.tensor([tokenizer.encode(examples[0].prompt)], device=model.device)
+        generate(model, warm, **decoders["auto"], **options)
+        print(f"auto: cost probe and warm-up {time.perf_counter() - begin:.1f} s (once)\n")
+    totals = {name: [0, 0.0] for name in decoders}
     all_equal = True
     for example in examples:
         prompt = torch.tensor([tokenizer.encode(example.prompt)], device=model.device)
-        vanilla = generate(model, prompt, **options)
-        spiffy = generate(model, prompt, graph=args.drafts, max_drafts=max_drafts, **options)
+        outs = {name: generate(model, prompt, **kw, **options) for name, kw in decoders.items()}
+        vanilla = outs["vanilla"]
         p = prompt.shape[1]
-        same = torch.equal(vanilla.tokens, spiffy.tokens) and vanilla.steps == spiffy.steps
+        same = all(
+            torch.equal(vanilla.tokens, out.tokens) and vanilla.steps == out.steps
+            for out in outs.values()
+        )
         all_equal &= same
         print("prompt :", example.prompt.replace("\n", "\\n"))
-        for name, out in (("vanilla", vanilla), ("spiffy ", spiffy)):
+        for name, out in outs.items():
             text = _text(tokenizer, out.tokens[0, p:].tolist(), eos)
-            print(f"{name}: {text!r}")
+            print(f"{name:7s}: {text!r}")
             print(
                 f"         NFE {out.nfe:3d}, steps {out.steps}, "
                 f"{out.stats.tokens_per_second:7.1f} tokens/s"
             )
-            totals[name.strip()][0] += out.nfe
-            totals[name.strip()][1] += out.stats.total_time_s
+            totals[name][0] += out.nfe
+            totals[name][1] += out.stats.total_time_s
+        spiffy = outs["spiffy"]
         print(
             f"identical: {same}; NFE {vanilla.nfe} -> {spiffy.nfe} "
             f"({vanilla.nfe / spiffy.nfe:.2f}x fewer forwards)\n"
         )
     tokens = len(examples) * args.gen_length
-    (v_nfe, v_time), (s_nfe, s_time) = totals["vanilla"], totals["spiffy"]
+    v_nfe, v_time = totals["vanilla"]
+    summary = [f"vanilla NFE {v_nfe}, {tokens / v_time:.1f} tokens/s"]
+    for name in decoders:
+        if name != "vanilla":
+            nfe, wall = totals[name]
+            summary.append(
+                f"{name} NFE {nfe} ({v_nfe / nfe:.2f}x fewer forwards), "
+                f"{tokens / wall:.1f} tokens/s ({v_time / wall:.2f}x vanilla's)"
+            )
+    print(f"total on {model.device.type}: " + " | ".join(summary))
     print(
-        f"total: vanilla NFE {v_nfe}, {tokens / v_time:.1f} tokens/s | Spiffy NFE {s_nfe}, "
-        f"{tokens / s_time:.1f} tokens/s | {v_nfe / s_nfe:.2f}x fewer forwards, "
-        f"{v_time / s_time:.2f}x wall clock on {model.device.type}"
+        "(one run each on this machine: for side-by-side wall-clock ratios over several rounds, "
+        "python benchmarks/cost_aware.py)"
     )
     exact = is_exact(cache, "batch" if cache is None else "packed")
     print(f"all outputs identical: {all_equal} (verification mode exact: {exact})")
