@@ -4,7 +4,7 @@ MEASURED on this machine.
 
 1. Wall clock, per decoding mode (greedy one token per step and the Fast-dLLM threshold rule,
    each without cache (drafts as batch rows, exact) and with the dual cache (packed, exact)):
-   vanilla, Spiffy with a fixed number of drafts D in {3, 5, 8, 10} (the default graph of D
+   vanilla, Spiffy with a fixed number of drafts D in {1, 3, 8} (the default graph of D
    nodes, every filled node verified), and Spiffy with ``max_drafts="auto"`` (candidates: the
    default graph of 10 nodes; cost model probed on this machine during the warm-up run).
    The measuring code is benchmarks/wallclock.py's: a warm-up run per configuration, then
@@ -16,7 +16,7 @@ MEASURED on this machine.
    graph of 8 nodes, every node verified): NFE, steps per forward, draft acceptance (walked
    drafts / verified drafts), and whether the tokens equal vanilla's (they must).
 
-    python benchmarks/cost_aware.py [--quick] [--repeats 3] [--prompts 2] [--modes greedy-dual,...]
+    python benchmarks/cost_aware.py [--quick] [--repeats 9] [--prompts 2] [--modes greedy-dual,...]
         [--drafts 1,3,8] [--skip-wallclock] [--skip-noise]
 
 Writes benchmarks/results/cost_aware.json (wall clock) and cost_aware_noise.json.
@@ -39,7 +39,7 @@ from benchmarks.timing import RESULTS_DIR, report
 from benchmarks.wallclock import measure, pick_prompts, summarize
 from spiffy_triton import DraftGraph, generate, load_model
 
-FIXED_DRAFTS = (3, 5, 8, 10)
+FIXED_DRAFTS = (1, 3, 8)
 AUTO_POOL = 10  # auto chooses among the nodes of DraftGraph.default(AUTO_POOL)
 TEMPERATURES = (0.3, 0.7, 1.0)
 NOISE_GRAPH = 8
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--noise-prompts", type=int, default=6)
     parser.add_argument("--gen-length", type=int, default=64)
     parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
         "--modes",
