@@ -780,8 +780,8 @@ def _lower(estimate: float, spread: float) -> float:
 class AutoDraftBudget:
     """``max_drafts="auto"``: per iteration, the draft set with the most expected steps per
     predicted millisecond (module docstring). Pass an instance as `generate(max_drafts=...)`
-    to give the cost model or the acceptance prior, to cap the drafts, or to keep what it
-    learns across calls; ``"auto"`` makes a fresh one per call.
+    to give the cost model or the acceptance prior, to cap the drafts, or to keep a run apart;
+    ``"auto"`` uses the process's budget for the model and setting (`shared_budget`).
 
     Args:
         cost_model: a `VerifyCostModel` (or its dict); None measures one (`probe_verify_cost`,
@@ -833,9 +833,7 @@ class AutoDraftBudget:
         self._anchor: list[tuple[VerifyShape, float]] = []  # the measured model's predictions
         self._online: collections.deque = collections.deque(maxlen=ONLINE_WINDOW)
         self._since_fit = 0
-        # Realized over predicted, decayed: whole-iteration time (host work included) of
-        # iterations with drafts and of plain back-off steps over the cost model's forward time,
-        # and steps beyond the first over the estimates' expectation.
+        # Extra steps iterations with drafts made over what the estimates expected, decayed.
         self.realized_advance = DecayedRatio()
         self.host_step_ms: float | None = None  # running mean of host time per step advanced
         self._selection: float | None = None  # this iteration's raw expected extra steps
