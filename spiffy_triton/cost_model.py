@@ -836,9 +836,8 @@ class AutoDraftBudget:
         # Extra steps iterations with drafts made over what the estimates expected, decayed.
         self.realized_advance = DecayedRatio()
         self.host_step_ms: float | None = None  # running mean of host time per step advanced
-        self._selection: float | None = None  # this iteration's raw expected extra steps
-        # this iteration's (drafts, predicted ms, measured ms) of its forward
-        self._forward: tuple[int, float, float] | None = None
+        self._expected_extra: float | None = None  # this iteration's, if it filled (raw)
+        self._forward: tuple[int, float] | None = None  # this iteration's (drafts, forward ms)
         self._fill_ms = 0.0  # host time of the last fill and selection
         self._shape_of: Callable[[int], VerifyShape] | None = None  # the last fill's shapes
         self._hopeless = 0  # steps at which no draft set could pay
@@ -860,7 +859,7 @@ class AutoDraftBudget:
         self.expected_advance = 0.0
         self.skipped = 0
         self._skip = self._backoff = self._empty_run = 0
-        self._pending = self._selection = self._forward = self._may_pay = None
+        self._pending = self._expected_extra = self._forward = self._may_pay = None
         # The realized ratio starts afresh each run, at 1: it only moves while drafts are
         # verified, so one carried over from a run that stopped drafting would never recover.
         self.realized_advance = DecayedRatio()
@@ -878,8 +877,7 @@ class AutoDraftBudget:
         ``REFIT_EVERY`` of them the cost model is refitted on the last ``ONLINE_WINDOW`` and the
         anchors: a probe of a few shapes on a noisy machine can be off by 10-20%, the run's own
         forwards keep measuring the shapes the decisions are about."""
-        if self.cost_model is not None:
-            self._forward = (drafts, self.cost_model.predict_ms(shape), ms)
+        self._forward = (drafts, ms)
         if not self.adapt or not (ms > 0 and math.isfinite(ms)):
             return
         self._online.append((shape, ms))
@@ -925,7 +923,7 @@ class AutoDraftBudget:
         self.expected_advance += selection.expected_advance
         # the realized ratio compares with the estimator's own expectation, not the corrected
         chosen = {c.node for c in selection.chosen}
-        self._selection = sum(e for c, e in zip(candidates, raw) if c.node in chosen)
+        self._expected_extra = sum(e for c, e in zip(candidates, raw) if c.node in chosen)
         if selection.chosen:
             self._empty_run = self._backoff = 0
         else:
@@ -950,11 +948,11 @@ class AutoDraftBudget:
         pays it too, per step), and an iteration with drafts compares the steps it made with
         what the estimates expected (`realized_advance`: a slow correction for estimates off
         for this rule)."""
-        forward, expected = self._forward, self._selection
-        self._forward = self._selection = None
+        forward, expected = self._forward, self._expected_extra
+        self._forward = self._expected_extra = None
         if forward is None or advanced < 1 or not (ms > 0 and math.isfinite(ms)):
             return
-        drafts, _, model_ms = forward
+        drafts, model_ms = forward
         host = max(0.0, ms - model_ms - (self._fill_ms if expected is not None else 0.0))
         per_step = host / advanced
         if self.host_step_ms is None:
@@ -1023,7 +1021,10 @@ class AutoDraftBudget:
             self._pending = (root_state.tolist(), mask_id, candidates)
             elapsed = (time.perf_counter() - begin) * 1e3
             self._fill_ms = elapsed
-            self.host_ms = elapsed if self.host_ms is None else 0.8 * self.host_ms + 0.2 * elapsed
+            if self.host_ms is None:
+                self.host_ms = elapsed
+            else:
+                self.host_ms += HOST_EWMA * (elapsed - self.host_ms)
             return list(selection.chosen)
 
         return fill

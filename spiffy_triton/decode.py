@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -454,8 +455,9 @@ def generate(
                 f"graph uses token rank {draft_graph.max_token_rank}; marginals give at most "
                 f"top_k={MAX_TOP_K}"
             )
+        cost_key = cost_model_key(model, cache, verify)
         setting = (
-            cost_model_key(model, cache, verify),
+            cost_key,
             draft_graph,
             block_length,
             dataclasses.replace(rule, seed=0),
@@ -491,8 +493,13 @@ def generate(
     top_k = draft_graph.max_token_rank if draft_graph is not None else 1
     if isinstance(filler, NoiseAwareFiller):
         top_k = max(top_k, filler.top_k)
+    total_len = prompt.shape[1] + gen_length
+
+    def shape_at(start: int):
+        """The verify shape with ``k`` drafts of the block starting at `start`."""
+        return functools.partial(verify_shape, cache, verify, start, block_length, total_len)
+
     if draft_graph is not None and auto is not None:
-        total_len = prompt.shape[1] + gen_length
 
         def make_verifier():  # the probe's own verifier, off this run's clock
             probe_clock = _Clock(dict.fromkeys(PHASES, 0.0), device)
@@ -513,11 +520,8 @@ def generate(
                 block_length=block_length,
                 contexts=_probe_contexts(prompt.shape[1], total_len, block_length, max_len),
             )[0],
-            cost_model_key(model, cache, verify),
-            [
-                verify_shape(cache, verify, prompt.shape[1], block_length, total_len, k)
-                for k in PROBE_DRAFT_COUNTS
-            ],
+            cost_key,
+            [shape_at(prompt.shape[1])(k) for k in PROBE_DRAFT_COUNTS],
         )
         clock.lap("drafting")
 
@@ -548,6 +552,7 @@ def generate(
         s = prompt.shape[1] + b * block_length
         e = s + block_length
         positions = torch.arange(s, e, device=device)
+        shape_of = shape_at(s)
         block_step = 0
         p_last = None
         if draft_graph is not None and hint is not None and hint.shape[0] == block_length:
@@ -573,13 +578,7 @@ def generate(
                             x[0, s:e],
                             p_last,
                             mask_id,
-                            filler=auto.filler(
-                                filler,
-                                lambda k, s=s: verify_shape(
-                                    cache, verify, s, block_length, total_len, k
-                                ),
-                                backend=backend,
-                            ),
+                            filler=auto.filler(filler, shape_of, backend=backend),
                             backend=backend,
                         )
                     else:
@@ -597,7 +596,7 @@ def generate(
                 root_logits, draft_logits, hint = verifier(x, s, e, drafts.states)
                 if auto is not None:  # the budget refits its cost model on real forwards
                     auto.record_forward(
-                        verify_shape(cache, verify, s, block_length, total_len, len(drafts)),
+                        shape_of(len(drafts)),
                         (stats.time_s["model"] - model_s) * 1e3,
                         drafts=len(drafts),
                     )
@@ -643,9 +642,11 @@ def generate(
                 p_last = None
                 if auto is None or auto.wants_drafts():
                     # The walk's last marginals are of these logits: P_last when they carry it.
-                    p_last = rule.p_last_from(marg) if reuse_p_last else None
-                    if p_last is None:
-                        p_last = last_marginals(logits, positions)
+                    p_last = (
+                        rule.p_last_from(marg)
+                        if reuse_p_last
+                        else last_marginals(logits, positions)
+                    )
                 clock.lap("marginals")
     stats.steps = step
     if auto is not None:

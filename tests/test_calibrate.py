@@ -11,7 +11,7 @@ import json
 
 import pytest
 import torch
-from utils import TINY_MASK_ID, tiny_random_llada
+from utils import TINY_MASK_ID, save_char_llada, tiny_random_llada
 
 from spiffy_triton.calibrate import (
     PhasedDraftGraph,
@@ -29,7 +29,6 @@ from spiffy_triton.calibrate import (
 )
 from spiffy_triton.decode import generate
 from spiffy_triton.graph import DraftGraph
-from spiffy_triton.models import LLaDAConfig, LLaDAModel
 from spiffy_triton.types import MarginalsOutput
 
 MASK = TINY_MASK_ID
@@ -343,26 +342,11 @@ def test_calibration_benchmark_quick(tmp_path):
     import sys
     from pathlib import Path
 
-    from spiffy_triton.models import CharTokenizer, save_checkpoint
-
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks import calibration as bench
 
-    tokenizer = CharTokenizer()
-    config = LLaDAConfig(
-        d_model=32,
-        n_heads=2,
-        n_kv_heads=1,
-        n_layers=1,
-        mlp_hidden_size=64,
-        vocab_size=tokenizer.vocab_size,
-        max_sequence_length=256,
-        mask_token_id=tokenizer.mask_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model_dir = tmp_path / "model"
-    save_checkpoint(LLaDAModel(config, backend="torch").init_weights(1), model_dir)
-    tokenizer.save(model_dir / "tokenizer.json")
+    sizes = dict(n_heads=2, n_kv_heads=1, n_layers=1, max_sequence_length=256)
+    model_dir = save_char_llada(tmp_path / "model", 1, **sizes)
     out = tmp_path / "results"
     assert bench.main(["--quick", "--model", str(model_dir), "--out-dir", str(out)]) == 0
     rows = json.loads((out / "calibration.json").read_text())["rows"]

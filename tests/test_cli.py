@@ -9,33 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from utils import save_char_llada
 
 from spiffy_triton import cli
 from spiffy_triton.calibrate import load_graph, stored_counts
-from spiffy_triton.models import CharTokenizer, LLaDAConfig, LLaDAModel, save_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    tokenizer = CharTokenizer()
-    config = LLaDAConfig(
-        d_model=32,
-        n_heads=4,
-        n_kv_heads=2,
-        n_layers=2,
-        mlp_hidden_size=64,
-        vocab_size=tokenizer.vocab_size,
-        max_sequence_length=128,
-        mask_token_id=tokenizer.mask_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LLaDAModel(config, backend="torch").init_weights(11).eval()
-    path = tmp_path_factory.mktemp("model")
-    save_checkpoint(model, path)
-    tokenizer.save(path / "tokenizer.json")
-    return path
+    sizes = dict(n_heads=4, n_kv_heads=2, n_layers=2, max_sequence_length=128)
+    return save_char_llada(tmp_path_factory.mktemp("model"), 11, **sizes)
 
 
 def run(capsys, *argv):

@@ -101,6 +101,26 @@ def tiny_random_llada(
     return model.init_weights(seed, std=std).to(torch.float64).eval()
 
 
+def save_char_llada(path, seed: int, **sizes):
+    """Save a random-weight LLaDA model over the bundled character tokenizer (d_model 32, MLP
+    64; heads, layers and max length from `sizes`) with its tokenizer to `path`: a checkpoint
+    directory that `load_model` and the command line read like the bundled one."""
+    from spiffy_triton.models import CharTokenizer, LLaDAConfig, LLaDAModel, save_checkpoint
+
+    tokenizer = CharTokenizer()
+    config = LLaDAConfig(
+        d_model=32,
+        mlp_hidden_size=64,
+        vocab_size=tokenizer.vocab_size,
+        mask_token_id=tokenizer.mask_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **sizes,
+    )
+    save_checkpoint(LLaDAModel(config, backend="torch").init_weights(seed), path)
+    tokenizer.save(path / "tokenizer.json")
+    return path
+
+
 # The tiny random Qwen-family models (Dream, SDAR, transformers' LLaMA / Qwen): sizes, mask id.
 TINY_QWEN_MASK_ID = 63
 TINY_QWEN_SIZES = dict(
