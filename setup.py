@@ -1,23 +1,18 @@
 """spiffy-triton: lossless speculative decoding for diffusion LMs, with Triton kernels.
 
-`kernels/` and `reference/` live at the repository root (one file per kernel family and
-its PyTorch twin) but install as `spiffy_triton.kernels` and `spiffy_triton.reference`,
-so the package never claims a global top-level name like `kernels`.
+The Triton kernels and their PyTorch twins live in `spiffy_triton/kernels/` and
+`spiffy_triton/reference/` (one file per kernel family), so a plain checkout on `PYTHONPATH`
+imports exactly what an install does, and the package never claims a global top-level name
+like `kernels`.
+
+Supported range (docs/BENCHMARKS.md, "GPU check"): torch >= 2.4 and triton 3.6 to 3.9.
+triton 3.6 is the oldest proven: `bash scripts/check_triton_range.sh` runs the compile report
+(every shipped kernel configuration, sm_90 and sm_80) and the kernel parity tests under it.
 """
 
 from setuptools import find_packages, setup
 
-PACKAGE_DIRS = {
-    "spiffy_triton": "spiffy_triton",
-    "spiffy_triton.kernels": "kernels",
-    "spiffy_triton.reference": "reference",
-}
-PACKAGES = [
-    "spiffy_triton",
-    *find_packages(include=["spiffy_triton.*"]),
-    "spiffy_triton.kernels",
-    "spiffy_triton.reference",
-]
+PACKAGES = ["spiffy_triton", *find_packages(include=["spiffy_triton.*"])]
 
 setup(
     name="spiffy-triton",
@@ -27,12 +22,11 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=PACKAGES,
-    package_dir=PACKAGE_DIRS,
     package_data={"spiffy_triton": ["assets/*/*", "assets/*.json"]},
     include_package_data=True,
     install_requires=[
-        "torch>=2.4",
-        "triton>=3.4",
+        "torch>=2.5",  # SDPA enable_gqa (2.5); proven on 2.13 (CPU) here
+        "triton>=3.6,<3.10",  # proven: 3.6 and 3.9 (scripts/check_triton_range.sh)
         "numpy",
         "safetensors>=0.4",
         "tqdm",

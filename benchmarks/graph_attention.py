@@ -25,11 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spiffy_triton.kernels.graph_attention import select_config  # noqa: E402
-
 import spiffy_triton  # noqa: E402  (sets the interpreter mode before triton is imported)
 from benchmarks.timing import median_ms, on_gpu, report  # noqa: E402
 from spiffy_triton import SegmentLayout  # noqa: E402
+from spiffy_triton.kernels.graph_attention import select_config  # noqa: E402
 from spiffy_triton.layout import CAUSAL, ENTRY_K_END, ENTRY_K_START, FULL  # noqa: E402
 
 FLEX_BLOCK = 128

@@ -60,18 +60,19 @@ def machine_info() -> dict:
     return info
 
 
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     """A plain-text table of `rows` (dicts) with the given column order."""
     if not rows:
         return "(no rows)"
     columns = list(columns or rows[0].keys())
 
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines.append("  ".join("-" * w for w in widths))
@@ -87,7 +88,10 @@ def write_results(
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     payload = {"benchmark": name, "machine": machine_info(), "meta": meta or {}, "rows": list(rows)}
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    # write then rename: a run killed mid-write leaves the previous complete file
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(partial, path)
     return path
 
 
@@ -105,3 +109,20 @@ def report(
     path = write_results(name, rows, meta=meta, out_dir=out_dir)
     print(f"wrote {path}")
     return path
+
+
+class Results:
+    """Rows of one benchmark, written to its JSON after every row, so that a run cut short
+    (a time limit, a crash) still leaves what it measured. `finish` prints the table."""
+
+    def __init__(self, name: str, columns: Sequence[str] | None = None, *, meta=None, out_dir=None):
+        self.name, self.columns, self.meta, self.out_dir = name, columns, meta, out_dir
+        self.rows: list[dict] = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        print("  ".join(f"{k}={_cell(v)}" for k, v in row.items()), flush=True)
+        write_results(self.name, self.rows, meta=self.meta, out_dir=self.out_dir)
+
+    def finish(self) -> Path:
+        return report(self.name, self.rows, self.columns, meta=self.meta, out_dir=self.out_dir)

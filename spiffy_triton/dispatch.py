@@ -15,7 +15,7 @@ switched without touching call sites.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -31,17 +31,27 @@ def _validate_name(backend: object, source: str) -> str:
     return backend
 
 
-def resolve_backend(backend: str, tensors: Iterable[torch.Tensor], op: str) -> str:
+def _one_device_type(tensors: Iterable[torch.Tensor] | Mapping[str, torch.Tensor], op: str) -> str:
+    """The device type shared by `tensors` (a mapping names them in the error); a ValueError
+    naming every device when they differ (also cuda:0 against cuda:1)."""
+    named = tensors.items() if isinstance(tensors, Mapping) else enumerate(tensors)
+    placed = [(name, t.device) for name, t in named if isinstance(t, torch.Tensor)]
+    if len({device for _, device in placed}) > 1:
+        where = ", ".join(f"{name} on {device}" for name, device in placed)
+        raise ValueError(f"{op}: all tensors must be on one device, got {where}")
+    return placed[0][1].type if placed else "cpu"
+
+
+def resolve_backend(
+    backend: str, tensors: Iterable[torch.Tensor] | Mapping[str, torch.Tensor], op: str
+) -> str:
     """Return ``"triton"`` or ``"torch"`` for one call of `op` on `tensors`."""
     backend = _validate_name(backend, "backend")
     if backend == "auto":
         env = os.environ.get(BACKEND_ENV)
         if env:
             backend = _validate_name(env.strip().lower(), f"environment variable {BACKEND_ENV}")
-    devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
-    if len(devices) > 1:
-        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(devices)}")
-    device = devices.pop() if devices else "cpu"
+    device = _one_device_type(tensors, op)
     if backend == "auto":
         return "triton" if device == "cuda" and triton_mode.triton_available() else "torch"
     if backend == "triton":
@@ -51,7 +61,7 @@ def resolve_backend(backend: str, tensors: Iterable[torch.Tensor], op: str) -> s
 
 def graph_attention(q, k, v, layout, *, scale=None, return_lse=False, backend="auto"):
     """Attention of `q` over `k, v` under a `SegmentLayout` (see the kernel's docstring)."""
-    if resolve_backend(backend, (q, k, v), "graph_attention") == "triton":
+    if resolve_backend(backend, {"q": q, "k": k, "v": v}, "graph_attention") == "triton":
         from .kernels.graph_attention import graph_attention as impl
     else:
         from .reference.graph_attention import graph_attention as impl
@@ -60,7 +70,10 @@ def graph_attention(q, k, v, layout, *, scale=None, return_lse=False, backend="a
 
 def marginals(logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=None, backend="auto"):
     """Fused per-row token choice, confidence, top-k, lse and entropy over the vocabulary."""
-    if resolve_backend(backend, (logits, positions), "marginals") == "triton":
+    if (
+        resolve_backend(backend, {"logits": logits, "positions": positions}, "marginals")
+        == "triton"
+    ):
         from .kernels.marginals import marginals as impl
     else:
         from .reference.marginals import marginals as impl
@@ -71,7 +84,10 @@ def marginals(logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=Non
 
 def rank_positions(confidence, eligible, *, backend="auto"):
     """Positions per row by descending confidence (ties: lower position), ineligible last."""
-    if resolve_backend(backend, (confidence, eligible), "rank_positions") == "triton":
+    if (
+        resolve_backend(backend, {"confidence": confidence, "eligible": eligible}, "rank_positions")
+        == "triton"
+    ):
         from .kernels.marginals import rank_positions as impl
     else:
         from .reference.marginals import rank_positions as impl

@@ -12,10 +12,10 @@ import math
 
 import pytest
 import torch
-from spiffy_triton.reference import marginals as ref
 from utils import TOLERANCES, assert_close
 
 import spiffy_triton
+from spiffy_triton.reference import marginals as ref
 
 BACKENDS = ("torch", "triton")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)

@@ -1,6 +1,7 @@
 """`pip install .` and `pip install -e .` both give an importable package from outside the
-repository: spiffy_triton, spiffy_triton.kernels and spiffy_triton.reference (which live in
-kernels/ and reference/ at the repository root), the bundled assets and the console script.
+repository: spiffy_triton, spiffy_triton.kernels and spiffy_triton.reference, the bundled
+assets and the console script; and a plain checkout on PYTHONPATH, with no install at all,
+imports the same package (what scripts/gpu_check.sh relies on, on a GPU box with no network).
 
 Each install goes into a fresh virtual environment whose only view of the project venv is a
 .pth line with its site-packages (torch, triton, setuptools), so the project's own editable
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ["setup.py", "pyproject.toml", "README.md", "spiffy_triton", "kernels", "reference"]
+SOURCES = ["setup.py", "pyproject.toml", "README.md", "spiffy_triton"]
 PROBE_ASSET = Path("spiffy_triton") / "assets" / "probe" / "probe.json"
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]
@@ -88,10 +89,12 @@ IMPORT_CHECK = """
 """
 
 
-def import_from_outside(python: Path, cwd: Path) -> dict:
+def import_from_outside(python: Path, cwd: Path, pythonpath: Path | None = None) -> dict:
     import json
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
     result = subprocess.run(
         [str(python), "-c", textwrap.dedent(IMPORT_CHECK)],
         cwd=cwd,
@@ -135,8 +138,8 @@ def test_editable_install_follows_the_sources(tmp_path):
     python = make_venv(tmp_path / "venv")
     pip_install(python, "-e", str(source))
     found = import_from_outside(python, tmp_path)
-    assert found["kernels"] == str(source / "kernels" / "__init__.py")
-    assert found["reference"] == str(source / "reference" / "__init__.py")
+    assert found["kernels"] == str(source / "spiffy_triton" / "kernels" / "__init__.py")
+    assert found["reference"] == str(source / "spiffy_triton" / "reference" / "__init__.py")
     assert found["package"] == str(source / "spiffy_triton" / "__init__.py")
     assert found["probe_asset"] == {"probe": True}
     assert found["top_level_kernels"] is None
@@ -144,3 +147,20 @@ def test_editable_install_follows_the_sources(tmp_path):
     init = source / "spiffy_triton" / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "0.1.0"', '__version__ = "0.1.0+edit"'))
     assert import_from_outside(python, tmp_path)["version"] == "0.1.0+edit"
+
+
+@pytest.mark.parametrize("install", ["none", "editable_no_deps"])
+def test_checkout_on_pythonpath_imports_without_install(tmp_path, install):
+    """The bare-GPU-box path: a checkout on PYTHONPATH (no pip), or `pip install --no-deps
+    --no-build-isolation -e .` (offline), imports spiffy_triton.kernels from the checkout."""
+    source = copy_sources(tmp_path / "checkout")
+    python = make_venv(tmp_path / "venv")
+    if install == "none":
+        found = import_from_outside(python, tmp_path, pythonpath=source)
+    else:
+        pip_install(python, "-e", str(source))
+        found = import_from_outside(python, tmp_path)
+    for key, path in (("package", ""), ("kernels", "kernels"), ("reference", "reference")):
+        assert found[key] == str(source / "spiffy_triton" / path / "__init__.py"), found[key]
+    assert found["probe_asset"] == {"probe": True}
+    assert found["top_level_kernels"] is None

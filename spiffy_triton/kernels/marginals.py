@@ -3,7 +3,7 @@
 `marginals` reads each logits row once and returns the chosen token (argmax, or Gumbel-max
 with counter-based Philox noise), its softmax probability, the top-k tokens and
 probabilities, log-sum-exp and entropy. Semantics, noise keying and the defined answers for
--inf / NaN / +inf rows are those of the reference twin `reference/marginals.py` and
+-inf / NaN / +inf rows are those of the reference twin `spiffy_triton/reference/marginals.py` and
 docs/MARGINALS.md.
 
 How it works:
@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from spiffy_triton.reference.marginals import (
     LANE_SPAN,
     LANES,
@@ -38,7 +39,6 @@ from spiffy_triton.reference.marginals import (
     validate_marginals_args,
     validate_rank_args,
 )
-
 from spiffy_triton.types import MarginalsOutput
 
 __all__ = [

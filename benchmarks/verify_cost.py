@@ -1,0 +1,228 @@
+"""Verify cost on LLaDA-8B-wide layers: one dual-cache forward with D drafts, and whole decodes.
+
+    python benchmarks/verify_cost.py            # GPU: 8B-wide layers; CPU: a tiny smoke config
+    python benchmarks/verify_cost.py --small    # the tiny smoke config everywhere
+
+The model is the project's `LLaDAModel` with LLaDA-8B's width (d_model 4096, 32 heads, MLP
+12288, vocab 126464) but 4 layers, random bf16 weights built on the device (no checkpoint).
+Study 1 times one forward of the root block plus D drafts (block 32) over a dual cache of a
+prompt of 256 or 1024 tokens followed by 64 masked tokens, for D in 0, 1, 3, 8, 16, with the
+attention through
+
+- ``triton``: `graph_attention` with backend="triton" (the kernel);
+- ``torch``: `graph_attention` with backend="torch" (the package's PyTorch reference);
+- ``sdpa_dense_mask``: `scaled_dot_product_attention` with the layout's dense boolean mask
+  (what a decoder without the kernel would write).
+
+``vs_d0`` is the forward's time over the same method's D = 0 forward (the goal: <= 1.3 at D = 8,
+prompt 1024). Study 2 decodes 64 tokens (2 blocks of 32, dual cache) after a 256-token prompt,
+vanilla and Spiffy (default graph of 8 nodes, all 8 verified), per attention method. The
+weights are random, so drafts are rarely accepted: this row measures what verifying costs, not
+what it saves (NFE on a trained model: benchmarks/nfe.py).
+
+On a GPU times are `triton.testing.do_bench` medians (forwards) and one synchronized wall-clock
+run after a warm-up run (decodes). Rows are written to JSON as they are measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
+from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
+from spiffy_triton.models import LLaDAConfig, LLaDAModel  # noqa: E402
+
+METHODS = ("triton", "torch", "sdpa_dense_mask")
+FULL = dict(
+    config=dict(d_model=4096, n_heads=32, n_layers=4, mlp_hidden_size=12288, vocab_size=126464),
+    dtype=torch.bfloat16,
+    prompts=(256, 1024),
+    drafts=(0, 1, 3, 8, 16),
+    block=32,
+    gen_length=64,
+    decode_prompt=256,
+)
+SMALL = dict(
+    config=dict(
+        d_model=64,
+        n_heads=4,
+        n_layers=2,
+        mlp_hidden_size=128,
+        vocab_size=512,
+        mask_token_id=511,
+        eos_token_id=0,
+    ),
+    dtype=torch.float32,
+    prompts=(24,),
+    drafts=(0, 3),
+    block=8,
+    gen_length=16,
+    decode_prompt=24,
+)
+COLUMNS = ("study", "prompt", "D", "method", "ms", "vs_d0", "nfe", "steps", "ms_per_token")
+
+
+class AttentionSwitchLLaDA(LLaDAModel):
+    """`LLaDAModel` whose layout attention runs through one of `METHODS` (set `.method`)."""
+
+    method = "triton"
+
+    def _attention(self, q, k, v, layout):
+        if layout is None or self.method != "sdpa_dense_mask":
+            self.backend = "torch" if self.method == "torch" else "triton"
+            return super()._attention(q, k, v, layout)
+        mask = _dense_mask(layout, q.device)
+        # rows that see no key would give NaN with SDPA; a verify layout has none
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.config.head_dim)
+        )
+
+
+_MASKS: dict = {}
+
+
+def _dense_mask(layout, device):
+    key = (id(layout), str(device))
+    if key not in _MASKS:
+        _MASKS[key] = (layout, layout.to_dense(device))  # keep the layout alive with its mask
+    return _MASKS[key][1]
+
+
+def build_model(sizes: dict, dtype: torch.dtype, device: str, seed: int = 0):
+    """The model built on the meta device, then materialized on `device` with random weights
+    (norms 1, embedding N(0, 1), matrices N(0, 1 / fan_in)) drawn there: no host copy."""
+    config = LLaDAConfig(**sizes)
+    with torch.device("meta"):
+        model = AttentionSwitchLLaDA(config, backend="triton")
+    model = model.to(dtype).to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                std = 1.0 if name.endswith("wte.weight") else p.shape[1] ** -0.5
+                p.normal_(0.0, std, generator=generator)
+    return model.eval()
+
+
+def random_ids(length: int, config: LLaDAConfig, device, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, config.mask_token_id, (1, length), generator=generator)
+    return ids.to(device)
+
+
+def forward_rows(model, setup: dict, device, results: Results, timer) -> None:
+    """Study 1: one dual-cache verify forward per (prompt, D, method)."""
+    config, block = model.config, setup["block"]
+    for prompt in setup["prompts"]:
+        total = prompt + setup["gen_length"]
+        ids = random_ids(total, config, device, seed=prompt)
+        ids[:, prompt:] = config.mask_token_id
+        with torch.no_grad():
+            _, cache = model.prefill(ids, block_start=prompt, block_end=prompt + block)
+        baseline = {}
+        for drafts in setup["drafts"]:
+            rows = random_ids(block * (1 + drafts), config, device, seed=drafts)
+            rows[:, :block] = ids[:, prompt : prompt + block]
+            positions = torch.arange(prompt, prompt + block, device=device).repeat(1 + drafts)
+            for method in METHODS:
+                model.method = method
+
+                def forward(rows=rows, positions=positions, cache=cache):
+                    with torch.no_grad():
+                        return model(rows, position_ids=positions, cache=cache)
+
+                ms = timer(forward)
+                if drafts == 0:
+                    baseline[method] = ms
+                d0 = baseline.get(method)
+                row = dict(study="forward", prompt=prompt, D=drafts, method=method, ms=ms)
+                row["vs_d0"] = ms / d0 if d0 else None
+                results.add(row)
+
+
+def decode_rows(model, setup: dict, device, results: Results, repeats: int) -> None:
+    """Study 2: whole decodes of `gen_length` tokens, vanilla vs Spiffy (8 drafts verified)."""
+    from spiffy_triton.decode import generate
+
+    prompt = random_ids(setup["decode_prompt"], model.config, device, seed=1)
+    for method in METHODS:
+        model.method = method
+        backend = "torch" if method == "torch" else "triton"
+        for name, extra in (("vanilla", {}), ("spiffy_D8", {"graph": 8, "max_drafts": None})):
+            times = []
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                out = generate(
+                    model,
+                    prompt,
+                    gen_length=setup["gen_length"],
+                    block_length=setup["block"],
+                    cache="dual",
+                    backend=backend,
+                    **extra,
+                )
+                _sync(device)
+                times.append((time.perf_counter() - start) * 1e3)
+            ms = min(times[1:] or times)  # the first run warms kernels and allocator up
+            results.add(
+                dict(
+                    study=f"decode_{name}",
+                    prompt=setup["decode_prompt"],
+                    D=8 if extra else 0,
+                    method=method,
+                    ms=ms,
+                    nfe=out.nfe,
+                    steps=out.steps,
+                    ms_per_token=ms / setup["gen_length"],
+                )
+            )
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="tiny smoke config (any device)")
+    parser.add_argument("--skip-decode", action="store_true", help="forward study only")
+    args = parser.parse_args(argv)
+    gpu = on_gpu() and not args.small
+    device = "cuda" if on_gpu() else "cpu"
+    setup = FULL if gpu else SMALL
+    model = build_model(setup["config"], setup["dtype"], device)
+    meta = dict(
+        config=setup["config"],
+        dtype=str(setup["dtype"]),
+        block=setup["block"],
+        gen_length=setup["gen_length"],
+        cache="dual",
+        timing="triton.testing.do_bench median (forwards); min of synchronized runs (decodes)"
+        if on_gpu()
+        else "CPU perf_counter (Triton interpreter: not a performance number)",
+        weights="random (no acceptance expected: measures the cost of verifying)",
+    )
+    results = Results("verify_cost", COLUMNS, meta=meta)
+    timer = median_ms if gpu else (lambda fn: median_ms(fn, warmup=0, reps=1))
+    forward_rows(model, setup, device, results, timer)
+    if not args.skip_decode:
+        decode_rows(model, setup, device, results, repeats=2 if gpu else 1)
+    results.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
