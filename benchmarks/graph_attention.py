@@ -3,6 +3,7 @@ from the same layout) and drafts as separate batch rows, on LLaDA-8B verificatio
 
     python benchmarks/graph_attention.py            # GPU: the full grid; CPU: smoke sizes
     python benchmarks/graph_attention.py --quick    # smoke sizes everywhere
+    python benchmarks/graph_attention.py --contexts 1024,4096 --drafts 0,4,8,16   # a sub-grid
 
 On a GPU every method is timed with `triton.testing.do_bench` (median) and reported as ms
 and TFLOP/s over the layout's visible (query, key) pairs (4 * d FLOPs per pair and head: the
@@ -26,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import spiffy_triton  # noqa: E402  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import median_ms, on_gpu, report  # noqa: E402
+from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
 from spiffy_triton import SegmentLayout  # noqa: E402
 from spiffy_triton.kernels.graph_attention import select_config  # noqa: E402
 from spiffy_triton.layout import CAUSAL, ENTRY_K_END, ENTRY_K_START, FULL  # noqa: E402
@@ -168,7 +169,7 @@ def run_case(prefix, block, suffix, drafts, cached, *, heads, d, dtype, device, 
                 else:
                     err = (out.float() - reference).abs().max().item()
                     note = (note + f" max|diff| vs triton {err:.2g}").strip()
-            ms = median_ms(fn)
+            ms = median_ms(fn, **({} if on_gpu() else {"warmup": 1, "reps": 2}))
         except Exception as error:
             rows.append(dict(method=name, note=f"failed: {type(error).__name__}: {error}"[:120]))
             continue
@@ -191,15 +192,21 @@ def run_case(prefix, block, suffix, drafts, cached, *, heads, d, dtype, device, 
     return rows
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke sizes")
+    parser.add_argument("--contexts", type=_ints, default=(256, 1024, 4096), help="GPU grid")
+    parser.add_argument("--drafts", type=_ints, default=(0, 4, 8, 16), help="GPU grid")
     args = parser.parse_args(argv)
     gpu = on_gpu() and not args.quick
     device = "cuda" if on_gpu() else "cpu"
     if gpu:
         heads, d, dtype, block = 32, 128, torch.bfloat16, 32
-        contexts, draft_counts = (256, 1024, 4096), (0, 4, 8, 16)
+        contexts, draft_counts = args.contexts, args.drafts
         flex_fn = torch.compile(_flex_attention())
     else:
         # the interpreter is slow: tiny heads and lengths, timings are not meaningful on CPU
@@ -208,24 +215,6 @@ def main(argv=None):
         flex_fn = _flex_attention()
         # eager FlexAttention on CPU warns that it is unfused: expected for a smoke run
         warnings.filterwarnings("ignore", message=".*flex_attention.*")
-    rows = []
-    for cached in (False, True):
-        for context in contexts:
-            # LLaDA layout: the prompt and finished blocks before the block, masked future after
-            prefix, suffix = context // 2, context - context // 2
-            for drafts in draft_counts:
-                rows += run_case(
-                    prefix,
-                    block,
-                    suffix,
-                    drafts,
-                    cached,
-                    heads=heads,
-                    d=d,
-                    dtype=dtype,
-                    device=device,
-                    flex_fn=flex_fn,
-                )
     meta = dict(
         heads=heads,
         head_dim=d,
@@ -237,7 +226,27 @@ def main(argv=None):
         tflops="4 * d * heads * visible pairs of the layout / time",
         kv_mb_modeled=__doc__.split("Everywhere, ")[1].split('\n"""')[0].strip(),
     )
-    report("graph_attention", rows, COLUMNS, meta=meta)
+    results = Results("graph_attention", COLUMNS, meta=meta)
+    for cached in (True, False):  # the dual-cache verify shapes first: what Spiffy runs
+        for context in contexts:
+            # LLaDA layout: the prompt and finished blocks before the block, masked future after
+            prefix, suffix = context // 2, context - context // 2
+            for drafts in draft_counts:
+                rows = run_case(
+                    prefix,
+                    block,
+                    suffix,
+                    drafts,
+                    cached,
+                    heads=heads,
+                    d=d,
+                    dtype=dtype,
+                    device=device,
+                    flex_fn=flex_fn,
+                )
+                for row in rows:
+                    results.add(row)
+    results.finish()
 
 
 def _flex_attention():

@@ -8,7 +8,9 @@ study of the kernel's fp32 Gumbel noise against LLaDA's float64 sampler.
 Timing (GPU): rows in {32, 288, 2048} x V in {126464, 152064}, bf16 logits, top_k = 8, at
 temperature 0 (argmax) and 1 (Gumbel sample); median ms by `triton.testing.do_bench` and
 achieved GB/s = bytes of the logits / time (the kernel reads them once, so this is its share
-of HBM bandwidth). The composition is softmax, log-softmax, logsumexp, max, top-k, gather,
+of HBM bandwidth), and ``of_copy_bw`` = that GB/s over the device's measured copy bandwidth
+(a 2 GiB device-to-device `copy_`, read + write bytes / time; the goal is >= 0.85 at rows 32 and
+288, V 126464). The composition is softmax, log-softmax, logsumexp, max, top-k, gather,
 entropy and a Gumbel sample from `torch.rand` in fp32 (unkeyed noise: it does less than the
 kernel, which derives Philox noise per (seed, step, position, vocab id)).
 
@@ -31,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import median_ms, on_gpu, report  # noqa: E402
+from benchmarks.timing import Results, median_ms, on_gpu, report  # noqa: E402
 
 ROWS = (32, 288, 2048)
 VOCABS = (126464, 152064)
@@ -49,6 +51,7 @@ COLUMNS = (
     "speedup",
     "mb_modeled",
     "splits",
+    "of_copy_bw",
 )
 
 
@@ -98,11 +101,18 @@ def kernel_bytes(rows: int, vocab: int, dtype, top_k: int, splits: int) -> int:
     return rows * vocab * dtype.itemsize + outputs + partials
 
 
-def run_benchmark(sizes, dtype) -> list[dict]:
+def copy_bandwidth_gb_s(device: str, num_bytes: int = 2 << 30) -> float:
+    """Device-to-device copy bandwidth: (read + write bytes) / median time of `copy_`."""
+    src = torch.empty(num_bytes // 2, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src))
+    return 2 * num_bytes / ms / 1e6
+
+
+def run_benchmark(sizes, dtype, results: Results, copy_gb_s: float | None = None) -> None:
     from spiffy_triton.kernels import marginals as kernel_module
 
     device = "cuda" if on_gpu() else "cpu"
-    rows_out = []
     for rows, vocab in sizes:
         gen = torch.Generator(device=device).manual_seed(0)
         logits = (torch.randn(rows, vocab, generator=gen, device=device) * 3).to(dtype)
@@ -122,18 +132,20 @@ def run_benchmark(sizes, dtype) -> list[dict]:
             kernel_ms = median_ms(kernel, **reps)
             composed_ms = median_ms(composed, **reps)
             common = {"rows": rows, "vocab": vocab, "T": temperature}
-            rows_out.append(
+            kernel_gb_s = logit_bytes / kernel_ms / 1e6
+            results.add(
                 {
                     **common,
                     "method": "triton",
                     "ms": kernel_ms,
-                    "gb_per_s": logit_bytes / kernel_ms / 1e6,
+                    "gb_per_s": kernel_gb_s,
                     "speedup": composed_ms / kernel_ms,
                     "mb_modeled": kernel_bytes(rows, vocab, dtype, TOP_K, splits) / 1e6,
                     "splits": splits,
+                    "of_copy_bw": kernel_gb_s / copy_gb_s if copy_gb_s else None,
                 }
             )
-            rows_out.append(
+            results.add(
                 {
                     **common,
                     "method": "torch",
@@ -144,7 +156,6 @@ def run_benchmark(sizes, dtype) -> list[dict]:
                     "splits": None,
                 }
             )
-    return rows_out
 
 
 def modeled_rows(dtype) -> list[dict]:
@@ -264,14 +275,19 @@ def main(argv=None) -> int:
         report("marginals_gumbel", gumbel_study(), meta={"what": "fp32 Gumbel vs float64"})
         return 0
     sizes = [(r, v) for r in ROWS for v in VOCABS] if on_gpu() and not args.quick else SMOKE
+    copy_gb_s = copy_bandwidth_gb_s("cuda") if on_gpu() and not args.quick else None
     meta = {
         "dtype": str(dtype),
         "top_k": TOP_K,
         "timing": "do_bench median" if on_gpu() else "CPU smoke (kernel in the interpreter)",
         "gb_per_s": "bytes of the logits / time",
+        "copy_gb_s": copy_gb_s,
+        "of_copy_bw": "gb_per_s / copy_gb_s (measured device copy: read + write bytes / time)",
         "mb_modeled": "kernel: logits once + outputs + partials; torch: sum of ATen op I/O",
     }
-    report("marginals", run_benchmark(sizes, dtype), COLUMNS, meta=meta)
+    results = Results("marginals", COLUMNS, meta=meta)
+    run_benchmark(sizes, dtype, results, copy_gb_s)
+    results.finish()
     report("marginals_bytes_modeled", modeled_rows(dtype), meta={"dtype": str(dtype)})
     return 0
 

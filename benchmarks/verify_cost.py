@@ -51,22 +51,22 @@ FULL = dict(
     gen_length=64,
     decode_prompt=256,
 )
-SMALL = dict(
+SMALL = dict(  # smoke sizes for the interpreter: one block of 8, one layer
     config=dict(
-        d_model=64,
-        n_heads=4,
-        n_layers=2,
-        mlp_hidden_size=128,
-        vocab_size=512,
-        mask_token_id=511,
+        d_model=32,
+        n_heads=2,
+        n_layers=1,
+        mlp_hidden_size=64,
+        vocab_size=128,
+        mask_token_id=127,
         eos_token_id=0,
     ),
     dtype=torch.float32,
-    prompts=(24,),
+    prompts=(16,),
     drafts=(0, 3),
     block=8,
-    gen_length=16,
-    decode_prompt=24,
+    gen_length=8,
+    decode_prompt=16,
 )
 COLUMNS = ("study", "prompt", "D", "method", "ms", "vs_d0", "nfe", "steps", "ms_per_token")
 

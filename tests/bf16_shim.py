@@ -7,6 +7,9 @@ operation that does arithmetic on the data then works on the bits, not on the nu
 reduce integers (negative numbers compare as large), ``exp`` sees a huge integer, and even
 an fp32 -> bf16 cast truncates instead of rounding to nearest even as the GPU does.
 
+It also computes ``tl.dot`` (every dtype) with a loop whose rounding does not depend on a
+row's place in the tile, as on a GPU (see `_dot`).
+
 This shim wraps the few places where the interpreter touches bf16 data (the builder's
 binary / unary / ternary / dot / fma / cast operations and the fast paths of reductions and
 scans): bf16 operands are widened to float32 (exact), the operation runs in float32, and a
@@ -106,12 +109,18 @@ def _fma(original, self, x, y, z):
 
 
 def _dot(original, self, a, b, d, input_precision, max_num_imprecise_acc):
-    if not (_is_bf16(a) or _is_bf16(b) or _is_bf16(d)):
-        return original(self, a, b, d, input_precision, max_num_imprecise_acc)
-    result = original(
-        self, _to_fp32(a), _to_fp32(b), _to_fp32(d), input_precision, max_num_imprecise_acc
+    if a.dtype.scalar.primitive_bitwidth == 8 or b.dtype.scalar.primitive_bitwidth == 8:
+        return original(self, a, b, d, input_precision, max_num_imprecise_acc)  # fp8: as is
+    a, b, acc = _to_fp32(a), _to_fp32(b), _to_fp32(d)
+    # The interpreter's np.matmul goes to the BLAS, whose micro-kernels round a row's dot
+    # products differently depending on where the row sits in the tile (OpenBLAS's Haswell
+    # kernels do; measured: 4e-7 in fp32). A GPU's MMA does not, and the kernel's bitwise
+    # packing invariance rests on that: einsum's own loop computes every row the same way.
+    dtype = acc.data.dtype
+    product = np.einsum(
+        "...ik,...kj->...ij", a.data.astype(dtype), b.data.astype(dtype), optimize=False
     )
-    return _round_result(result, _is_bf16(d))
+    return _round_result(_interp.TensorHandle(product + acc.data, acc.dtype.scalar), _is_bf16(d))
 
 
 def _cast_impl(original, self, src, dst_type):

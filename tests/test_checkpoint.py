@@ -4,11 +4,14 @@ LLaDA-8B name and shape map on the meta device, and clear errors for broken chec
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import spiffy_triton
 from spiffy_triton.models import (
     CharTokenizer,
     LLaDAConfig,
@@ -230,3 +233,29 @@ def test_bundled_name_missing_asset_is_a_clear_error(monkeypatch, tmp_path):
         load_model("tiny")
     with pytest.raises(ValueError, match="dtype must be a floating"):
         load_model("tiny", dtype=torch.int64)
+
+
+def test_torch_only_safetensors_reader_matches_the_package():
+    """The fallback reader (bare GPU boxes without the `safetensors` package) gives the same
+    names, dtypes, shapes and bits as `safetensors.safe_open` on the bundled checkpoint and on
+    a file of every supported dtype."""
+    import safetensors.torch
+    from safetensors import safe_open
+
+    from spiffy_triton.models.safetensors_reader import DTYPES, SafetensorsFile
+
+    bundled = str(Path(spiffy_triton.__file__).parent / "assets" / "tiny" / "model.safetensors")
+    with TemporaryDirectory() as tmp:
+        mixed = str(Path(tmp) / "mixed.safetensors")
+        tensors = {f"t_{d}": (torch.arange(6) % 2).to(d).reshape(2, 3) for d in DTYPES.values()}
+        tensors["empty"] = torch.zeros(0, 4)
+        safetensors.torch.save_file(tensors, mixed, metadata={"note": "probe"})
+        for path in (bundled, mixed):
+            with safe_open(path, framework="pt") as expected, SafetensorsFile(path) as actual:
+                assert sorted(actual.keys()) == sorted(expected.keys())
+                for name in expected.keys():
+                    a, e = actual.get_tensor(name), expected.get_tensor(name)
+                    assert a.dtype == e.dtype and a.shape == e.shape and torch.equal(a, e), name
+        Path(mixed).write_bytes(Path(mixed).read_bytes()[:6])
+        with pytest.raises(ValueError, match="not a safetensors file"):
+            SafetensorsFile(mixed)

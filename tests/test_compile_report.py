@@ -273,3 +273,52 @@ def test_half_precision_attention_configurations_declare_tensor_cores():
     half = [c for c in found if {"*fp16", "*bf16"} & set(c["signature"].values())]
     assert half, "graph_attention ships no fp16 / bf16 configuration"
     assert [c["name"] for c in half if not c["tensor_cores"]] == []
+
+
+# ---- the supported triton range (setup.py): the oldest version is proven too ----------------
+
+REPO = TESTS_DIR.parent
+OLDEST_REPORT = REPO / "benchmarks" / "results" / "compile_report_triton3.6.0.json"
+RANGE_PYTHON = os.environ.get("SPIFFY_TRITON_RANGE_PYTHON")
+
+
+def shipped_configs() -> set[tuple[str, str]]:
+    return {(m, c["name"]) for m, configs in cr.discover().items() for c in configs}
+
+
+def check_report_covers_the_shipped_configs(report: dict) -> None:
+    rows = report["rows"]
+    assert {(r["module"], r["config"]) for r in rows} == shipped_configs()
+    assert {r["target"] for r in rows} == {"sm_90", "sm_80"}
+    failed = [(r["config"], r["target"], r["status"]) for r in rows if r["status"] != "ok"]
+    assert not failed, failed
+
+
+def test_oldest_supported_triton_report_is_current():
+    """The committed triton 3.6 report (scripts/check_triton_range.sh) holds every shipped
+    configuration, all ok: adding or renaming a configuration means rerunning it."""
+    report = json.loads(OLDEST_REPORT.read_text())
+    assert report["meta"]["triton"] == "3.6.0"
+    assert "triton>=3.6," in (REPO / "setup.py").read_text()
+    check_report_covers_the_shipped_configs(report)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not RANGE_PYTHON,
+    reason="SPIFFY_TRITON_RANGE_PYTHON is not set (a python with another triton of the "
+    "supported range; scripts/check_triton_range.sh builds one)",
+)
+def test_compile_report_under_another_triton_of_the_range(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO)  # the checkout, not an install
+    out = tmp_path / "report.json"
+    command = [RANGE_PYTHON, "-m", "spiffy_triton.compile_report", "--out", str(out)]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    major, minor = (int(x) for x in report["meta"]["triton"].split(".")[:2])
+    assert (3, 6) <= (major, minor) < (3, 10), report["meta"]["triton"]
+    check_report_covers_the_shipped_configs(report)

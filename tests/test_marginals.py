@@ -12,7 +12,8 @@ import math
 
 import pytest
 import torch
-from utils import TOLERANCES, assert_close
+from parity_cases import cases_of
+from utils import TOLERANCES, assert_close, parity_params
 
 import spiffy_triton
 from spiffy_triton.reference import marginals as ref
@@ -23,13 +24,6 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def run(logits, backend, **kwargs):
     return spiffy_triton.marginals(logits, backend=backend, **kwargs)
-
-
-def float_tolerance(dtype):
-    # lse / entropy / probabilities are computed from the (exactly widened) inputs with fp32
-    # accumulation in the kernel and float64 in the reference: the fp32 tolerance applies for
-    # every input dtype.
-    return TOLERANCES[torch.float32]
 
 
 def tie_free_logits(rows, vocab, dtype, generator):
@@ -277,81 +271,17 @@ def test_rank_bad_inputs(backend):
 
 
 # ------------------------------------------------------------------------------------------
-# Kernel against reference
+# Kernel against reference (the shared cases of tests/parity_marginals.py, every device)
 # ------------------------------------------------------------------------------------------
 
 
-def make_logits(rows, vocab, dtype, generator, *, ties=False, suppressed=False, row_pad=0):
-    """Random logits, optionally with many exact ties and -inf entries, in rows of stride
-    vocab + row_pad (non-contiguous when row_pad > 0)."""
-    base = torch.randn(rows, vocab + row_pad, generator=generator, dtype=torch.float64) * 3
-    if ties:
-        base = torch.round(base)  # few distinct values: ties at every rank
-    if suppressed:
-        base[torch.rand(base.shape, generator=generator) < 0.3] = -math.inf
-    return base.to(dtype)[:, :vocab]
-
-
-def assert_same_marginals(actual, expected, dtype, *, exact_floats=False):
-    assert torch.equal(actual.token, expected.token), (actual.token, expected.token)
-    assert torch.equal(actual.topk_tokens, expected.topk_tokens)
-    atol, rtol = float_tolerance(dtype)
-    if exact_floats:
-        atol = rtol = 0.0
-    for name in ("prob", "topk_probs", "lse", "entropy"):
-        actual_value, expected_value = getattr(actual, name), getattr(expected, name)
-        assert_close(actual_value, expected_value, atol=atol, rtol=rtol, name=name)
-
-
-PARITY_SHAPES = [(1, 1), (3, 7), (5, 1023), (4, 1025), (2, 4099), (9, 300)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("temperature", (0.0, 0.7))
-def test_kernel_matches_reference(dtype, temperature):
-    gen = torch.Generator().manual_seed(2)
-    for case, (rows, vocab) in enumerate(PARITY_SHAPES):
-        logits = make_logits(
-            rows,
-            vocab,
-            dtype,
-            gen,
-            ties=case % 2 == 0,
-            suppressed=case % 3 == 1,
-            row_pad=(0, 5, 64)[case % 3],
-        )
-        top_k = (1, 8, 3, 5, 2, 8)[case]
-        positions = torch.randint(0, 10_000, (rows,), generator=gen) if case % 2 else None
-        kwargs = dict(
-            top_k=top_k, temperature=temperature, seed=123 + case, step=case, positions=positions
-        )
-        expected = run(logits, "torch", **kwargs)
-        actual = run(logits, "triton", **kwargs)
-        assert_same_marginals(actual, expected, dtype)
-
-
-def test_kernel_strided_vocabulary():
-    gen = torch.Generator().manual_seed(5)
-    logits = make_logits(3, 2 * 1500, torch.float32, gen, ties=True)[:, ::2]
-    assert logits.stride(1) == 2
-    for temperature in (0.0, 1.3):
-        kwargs = dict(top_k=4, temperature=temperature, seed=9)
-        assert_same_marginals(
-            run(logits, "triton", **kwargs), run(logits, "torch", **kwargs), torch.float32
-        )
-
-
-@pytest.mark.parametrize("temperature", (0.0, 0.5))
-def test_vocabulary_split_does_not_change_ids(temperature):
-    """Token / top-k ids are bitwise independent of how the vocabulary is split."""
-    from spiffy_triton.kernels import marginals as kernel_module
-
-    gen = torch.Generator().manual_seed(8)
-    logits = make_logits(3, 9000, torch.bfloat16, gen, ties=True, suppressed=True)
-    expected = run(logits, "torch", top_k=8, temperature=temperature, seed=1)
-    for config in ({"splits": 1}, {"splits": 2}, {"splits": 5, "block_v": 1024}):
-        actual = kernel_module._marginals(logits, 8, temperature, 1, 0, None, config=config)
-        assert_same_marginals(actual, expected, torch.bfloat16)
+@pytest.mark.parametrize("case, device", parity_params(cases_of("marginals")))
+def test_marginals_parity(case, device):
+    """Kernel vs reference on CPU (interpreter) and CUDA: small shapes with ties / -inf /
+    strided rows, vocabularies 126464 and 152064 with 1 to 2048 rows (CUDA; one row in the
+    interpreter), 262144, strided vocabulary, split invariance, the Philox stream, row packing,
+    special rows and rank_positions."""
+    case.run(device)
 
 
 def test_default_config_splits_few_rows():
@@ -360,37 +290,6 @@ def test_default_config_splits_few_rows():
     assert kernel_module._select_config(32, 126464)["splits"] > 1
     assert kernel_module._select_config(288, 126464)["splits"] == 1
     assert kernel_module._select_config(4, 1000)["splits"] == 1
-
-
-@pytest.mark.slow
-def test_kernel_largest_vocabulary():
-    gen = torch.Generator().manual_seed(6)
-    logits = make_logits(1, 262_144, torch.float16, gen, suppressed=True)
-    kwargs = dict(top_k=8, temperature=0.9, seed=2**40 + 3, step=17)  # top-k and sampling
-    assert_same_marginals(
-        run(logits, "triton", **kwargs), run(logits, "torch", **kwargs), torch.float16
-    )
-
-
-def test_kernel_philox_stream_is_bitwise_the_reference():
-    from spiffy_triton.kernels import marginals as kernel_module
-
-    positions = torch.tensor([0, 1, 31, 4095, 2**31 - 1, 2**32 + 9, -1])
-    for seed, step, vocab in ((0, 0, 1), (2**64 - 1, 2**32 - 1, 1030), (12345 + 2**37, 7, 3001)):
-        actual = kernel_module.philox_uint32(seed, step, positions, vocab)
-        expected = ref.philox_uint32(seed, step, positions, vocab)
-        assert torch.equal(actual, expected)
-
-
-def test_kernel_tokens_do_not_depend_on_row_packing():
-    gen = torch.Generator().manual_seed(4)
-    logits = make_logits(6, 3000, torch.float32, gen)
-    positions = torch.tensor([3, 4, 5, 3, 4, 5])
-    logits[3:] = logits[:3]
-    packed = run(logits, "triton", temperature=1.0, seed=5, step=2, positions=positions)
-    alone = run(logits[4:5], "triton", temperature=1.0, seed=5, step=2, positions=positions[4:5])
-    assert torch.equal(packed.token[:3], packed.token[3:])
-    assert packed.token[1] == alone.token[0]
 
 
 def test_kernel_gumbel_noise_matches_reference_to_a_few_ulps():

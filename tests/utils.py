@@ -160,3 +160,20 @@ def random_token_ids(length: int, seed: int = 0) -> torch.Tensor:
     """[1, length] ids below TINY_QWEN_MASK_ID (no mask tokens), seeded."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, TINY_QWEN_MASK_ID, (1, length), generator=generator)
+
+
+def parity_params(cases, devices=("cpu", "cuda")):
+    """pytest params (case, device) for the shared parity cases of tests/parity_cases.py: every
+    case on every device, skipped with the reason where the device cannot run it."""
+    import pytest
+    from parity_cases import skip_reason
+
+    params = []
+    for case in cases:
+        for device in devices:
+            marks = [pytest.mark.slow] if case.slow else []
+            reason = skip_reason(case, device)
+            if reason:
+                marks.append(pytest.mark.skip(reason=reason))
+            params.append(pytest.param(case, device, id=f"{case.name}-{device}", marks=marks))
+    return params

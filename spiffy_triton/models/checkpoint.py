@@ -81,7 +81,7 @@ def _weight_files(path: str) -> dict[str, list[str]]:
 
 def read_state_dict(path: str | os.PathLike, config: LLaDAConfig) -> dict[str, torch.Tensor]:
     """All tensors of the checkpoint at `path`, checked against `config`'s names and shapes."""
-    from safetensors import safe_open
+    from .safetensors_reader import open_safetensors
 
     path = os.fspath(path)
     shapes = expected_shapes(config)
@@ -90,7 +90,7 @@ def read_state_dict(path: str | os.PathLike, config: LLaDAConfig) -> dict[str, t
         file_path = os.path.join(path, file)
         if not os.path.isfile(file_path):
             raise FileNotFoundError(f"checkpoint {path}: missing weight shard {file}")
-        with safe_open(file_path, framework="pt") as f:
+        with open_safetensors(file_path) as f:
             names = set(f.keys())
             if listed is not None:
                 absent = sorted(set(listed) - names)

@@ -1,0 +1,98 @@
+"""scripts/gpu_check.sh: without CUDA one line and a non-zero exit; its small mode runs every
+step on CPU from a plain checkout (no install: a venv that holds torch and triton but not
+spiffy_triton); a step past its time limit is killed and its rows so far are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
+sys.path.insert(0, str(REPO))
+
+from benchmarks import gpu_check  # noqa: E402
+from benchmarks.timing import Results  # noqa: E402
+
+
+def run_script(*args: str, python: str = sys.executable, timeout: float = 900):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
+    env.update(PYTHON=python, CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_without_cuda_one_line_and_a_nonzero_exit(tmp_path):
+    result = run_script("--out", str(tmp_path))
+    assert result.returncode == 2
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and "needs a CUDA GPU" in lines[0], result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not any(tmp_path.iterdir()), "nothing is written without a GPU"
+
+
+def test_missing_python_is_one_line_too(tmp_path):
+    result = run_script(python=str(tmp_path / "no-python"))
+    assert result.returncode == 2
+    assert result.stdout.strip().splitlines() == [
+        f"gpu_check: no Python interpreter '{tmp_path / 'no-python'}' (set PYTHON=/path/to/python)"
+    ]
+
+
+def test_unknown_step_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--small", "--steps", "parity,typo"])
+    assert "unknown ['typo']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_small_mode_runs_every_step_from_a_plain_checkout(tmp_path):
+    from test_packaging import make_venv
+
+    python = make_venv(tmp_path / "venv")  # torch and triton, no spiffy_triton installed
+    probe = subprocess.run(
+        [str(python), "-c", "import spiffy_triton"], cwd=tmp_path, capture_output=True
+    )
+    assert probe.returncode != 0, "the bare venv must not see an installed spiffy_triton"
+    out = tmp_path / "results"
+    result = run_script("--small", "--out", str(out), python=str(python))
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8, files
+    summary = json.loads((out / "gpu_check.json").read_text())
+    assert [s["step"] for s in summary["steps"]] == list(gpu_check.STEPS)
+    assert all(s["status"] == "ok" for s in summary["steps"]), summary
+    parity = json.loads((out / "parity.json").read_text())["rows"]
+    assert parity and all(r["status"] == "passed" for r in parity), parity
+    assert {r["group"] for r in parity} == {"attention", "marginals", "end_to_end"}
+    verify = json.loads((out / "verify_cost.json").read_text())["rows"]
+    forwards = {(r["D"], r["method"]) for r in verify if r["study"] == "forward"}
+    assert forwards == {(d, m) for d in (0, 3) for m in ("triton", "torch", "sdpa_dense_mask")}
+    decodes = [r for r in verify if r["study"].startswith("decode")]
+    assert len(decodes) == 6 and all(r["steps"] == 8 for r in decodes)
+    for name in ("graph_attention.json", "marginals.json"):
+        assert json.loads((out / name).read_text())["rows"], name
+
+
+def test_a_step_past_its_limit_is_killed(tmp_path):
+    command = [sys.executable, "-c", "import time; print('first row', flush=True); time.sleep(60)"]
+    with open(tmp_path / "log", "w") as log:
+        row = gpu_check.run_step("sleeper", command, dict(os.environ), 2.0, log)
+    assert row["status"].startswith("timeout after 2 s") and row["seconds"] < 30
+    assert row["last_line"] == "first row"
+
+
+def test_results_are_written_after_every_row(tmp_path):
+    results = Results("probe", ("a",), meta={"m": 1}, out_dir=tmp_path)
+    for count in (1, 2):
+        results.add({"a": count})
+        written = json.loads((tmp_path / "probe.json").read_text())
+        assert [r["a"] for r in written["rows"]] == list(range(1, count + 1))
+    assert not list(tmp_path.glob("*.partial"))
