@@ -28,14 +28,14 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "gpu"
 TOTAL_BUDGET_S = 450  # under 8 minutes with start-up and the summary
 # name -> (script, its arguments on the GPU, its arguments with --small, share of the budget)
 STEPS = {
-    "parity": ("tests/parity_cases.py", ["--device", "cuda"], ["--small"], 0.30),
+    "parity": ("tests/parity_cases.py", ["--device", "cuda"], ["--small"], 0.36),
     "graph_attention": (
         "benchmarks/graph_attention.py",
         ["--contexts", "1024,4096", "--drafts", "0,4,8,16"],
         ["--quick"],
-        0.25,
+        0.22,
     ),
-    "marginals": ("benchmarks/marginals.py", [], ["--quick"], 0.15),
+    "marginals": ("benchmarks/marginals.py", [], ["--quick"], 0.12),
     "verify_cost": ("benchmarks/verify_cost.py", [], ["--small"], 0.30),
 }
 
@@ -124,13 +124,15 @@ def main(argv=None) -> int:
     deadline = time.perf_counter() + args.budget_s
     summary = {"mode": "small" if args.small else "full", "machine": machine(), "steps": []}
     with open(out / "gpu_check.log", "w") as log:
-        for name in steps:
-            script, full_args, small_args, share = STEPS[name]
+        for index, name in enumerate(steps):
+            script, full_args, small_args, _ = STEPS[name]
             command = [sys.executable, script, *(small_args if args.small else full_args)]
             if name == "parity":
                 command += ["--out", str(out / "parity.json")]
-            left = deadline - time.perf_counter()
-            row = run_step(name, command, env, min(share * args.budget_s, left), log)
+            # this step may use what earlier steps left over, not the later steps' shares
+            reserved = sum(STEPS[later][3] for later in steps[index + 1 :]) * args.budget_s
+            limit = deadline - time.perf_counter() - reserved
+            row = run_step(name, command, env, limit, log)
             summary["steps"].append(row)
             print(f"{name:16s} {row['status']:40s} {row['seconds']:7.1f} s  {row['last_line']}")
             (out / "gpu_check.json").write_text(json.dumps(summary, indent=1) + "\n")

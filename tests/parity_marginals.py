@@ -142,19 +142,22 @@ def row_packing_case(*, device: str) -> None:
     assert packed.token[1] == alone.token[0]
 
 
+def special_logits(device: str = "cpu") -> torch.Tensor:
+    """Rows with -inf, NaN and +inf entries (docs/MARGINALS.md gives each one's answer)."""
+    inf, nan = math.inf, math.nan
+    rows = [
+        [0.5, -inf, 2.0, -inf, 2.0, 1.0],  # suppressed tokens
+        [-inf] * 6,  # nothing allowed
+        [0.0, nan, 1.0, nan, 5.0, 0.0],  # NaN present
+        [0.0, inf, 1.0, inf, nan, 0.0],  # NaN beats +inf
+        [0.0, inf, 1.0, inf, -inf, 0.0],  # +inf present
+    ]
+    return torch.tensor(rows, device=device)
+
+
 def special_rows_case(*, device: str) -> None:
     """-inf, NaN and +inf rows: the kernel gives the reference's defined answers."""
-    inf, nan = math.inf, math.nan
-    logits = torch.tensor(
-        [
-            [0.5, -inf, 2.0, -inf, 2.0, 1.0],  # suppressed tokens
-            [-inf] * 6,  # nothing allowed
-            [0.0, nan, 1.0, nan, 5.0, 0.0],  # NaN present
-            [0.0, inf, 1.0, inf, nan, 0.0],  # NaN beats +inf
-            [0.0, inf, 1.0, inf, -inf, 0.0],  # +inf present
-        ],
-        device=device,
-    )
+    logits = special_logits(device)
     for temperature in (0.0, 0.8):
         kernel, reference = both_backends(logits, top_k=3, temperature=temperature, seed=4)
         assert torch.equal(kernel.token, reference.token)

@@ -96,3 +96,41 @@ def test_results_are_written_after_every_row(tmp_path):
         written = json.loads((tmp_path / "probe.json").read_text())
         assert [r["a"] for r in written["rows"]] == list(range(1, count + 1))
     assert not list(tmp_path.glob("*.partial"))
+
+
+BLOCKED = ("numpy", "pytest", "tqdm", "matplotlib", "safetensors", "hypothesis", "transformers")
+GPU_PATH_IMPORTS = f"""
+import sys
+for name in {BLOCKED!r}:
+    sys.modules[name] = None  # importing any of these now raises ImportError
+sys.path.insert(0, {str(REPO / "tests")!r})
+import parity_cases
+import benchmarks.gpu_check, benchmarks.graph_attention, benchmarks.marginals
+import benchmarks.verify_cost
+import spiffy_triton.kernels.graph_attention, spiffy_triton.kernels.marginals
+import torch
+from spiffy_triton.decode import generate
+from spiffy_triton.models import load_model
+
+model = load_model("tiny", dtype=torch.float32, backend="torch")  # no safetensors package
+ids = torch.tensor([model.tokenizer.encode("Q: 1+1=?\\nA: ")])
+print(generate(model, ids, gen_length=8, block_length=8, graph=3, cache="dual").nfe)
+"""
+
+
+def test_gpu_path_needs_no_optional_package(tmp_path):
+    """What gpu_check.sh imports on a GPU box (compiled kernels, no interpreter), and loading
+    and decoding the bundled model, work with numpy, pytest, tqdm, matplotlib and
+    safetensors all missing."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(REPO), TRITON_INTERPRET="0")
+    result = subprocess.run(
+        [sys.executable, "-c", GPU_PATH_IMPORTS],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 1 <= int(result.stdout.strip().splitlines()[-1]) <= 8

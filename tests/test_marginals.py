@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 from parity_cases import cases_of
+from parity_marginals import special_logits
 from utils import TOLERANCES, assert_close, parity_params
 
 import spiffy_triton
@@ -131,16 +132,8 @@ def test_gumbel_transform_range_and_moments():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_special_rows(backend):
-    inf, nan = math.inf, math.nan
-    logits = torch.tensor(
-        [
-            [0.5, -inf, 2.0, -inf, 2.0, 1.0],  # suppressed tokens
-            [-inf] * 6,  # nothing allowed
-            [0.0, nan, 1.0, nan, 5.0, 0.0],  # NaN present
-            [0.0, inf, 1.0, inf, nan, 0.0],  # NaN beats +inf
-            [0.0, inf, 1.0, inf, -inf, 0.0],  # +inf present
-        ]
-    )
+    inf = math.inf
+    logits = special_logits()
     for temperature in (0.0, 0.8):
         out = run(logits, backend, top_k=3, temperature=temperature, seed=4)
         assert out.token.tolist()[1:] == [0, 1, 4, 1]
