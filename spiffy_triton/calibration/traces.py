@@ -1,8 +1,8 @@
 """Offline calibration of draft graphs from vanilla decoding traces (DESIGN.md sections 2, 6).
 
-Trace collection. Vanilla decoding runs through `spiffy_triton.decode.generate` itself
+Trace collection. Vanilla decoding runs through `spiffy_triton.decoding.generate` itself
 (``graph=None``) with the model wrapped in a recorder, so the trace *is* vanilla's trajectory,
-made by the one transition rule ``R`` (`spiffy_triton.rules`), under every decode setting
+made by the one transition rule ``R`` (`spiffy_triton.decoding.rules`), under every decode setting
 (schedule, threshold, cache, temperature). For every step of every block, with root ``X_s``,
 the recorder keeps the true future states ``X_{s+1}, X_{s+2}, ...`` of the block as formulas
 relative to ``X_s``: each position newly unmasked since ``X_s`` becomes the pair
@@ -51,9 +51,9 @@ from pathlib import Path
 
 import torch
 
-from .drafting import DraftCandidate, probability_filler, rank_masked_positions
-from .graph import DraftGraph, Formula
-from .types import MarginalsOutput
+from ..decoding.drafting import DraftCandidate, probability_filler, rank_masked_positions
+from ..graph import DraftGraph, Formula
+from ..types import MarginalsOutput
 
 OBJECTIVES = ("steps", "degree1")
 DEFAULT_MAX_TOKEN_RANK = 4
@@ -153,7 +153,7 @@ class _RecordingModel:
         return getattr(self._model, name)
 
     def _marginals(self, logits: torch.Tensor, start: int) -> MarginalsOutput:
-        from .rules import block_marginals
+        from ..decoding.rules import block_marginals
 
         # Exactly how the decoder computes P_last (T = 1 probabilities, mask id excluded).
         return block_marginals(
@@ -296,8 +296,8 @@ def collect_traces(
     `decode_kwargs` are `generate`'s decode settings (steps, temperature, remasking, threshold,
     factor, cache, seed); they must be the ones the graph will be used with.
     """
-    from .decode import generate
-    from .reference.marginals import MAX_TOP_K
+    from ..decoding.loop import generate
+    from ..reference.marginals import MAX_TOP_K
 
     if isinstance(max_token_rank, bool) or not isinstance(max_token_rank, int):
         raise ValueError(f"max_token_rank must be an int in 1..{MAX_TOP_K}, got {max_token_rank!r}")
@@ -470,7 +470,7 @@ def _pad(chosen: list[int], formulas, counts, budget: int) -> list[Formula]:
         )
         nodes += [formulas[n] for n in rest[: budget - len(nodes)]]
     if len(nodes) < budget:
-        from .graph import MAX_DEFAULT_BUDGET
+        from ..graph import MAX_DEFAULT_BUDGET
 
         present = set(nodes)
         for formula in DraftGraph.default(MAX_DEFAULT_BUDGET).nodes:
@@ -564,7 +564,7 @@ def select_graph(
         def evaluate(nodes):
             return (sum(1 + _accepted(step.chain, nodes) for step in steps),)
 
-    from .graph import MAX_DEFAULT_BUDGET
+    from ..graph import MAX_DEFAULT_BUDGET
 
     default = list(DraftGraph.default(min(budget, MAX_DEFAULT_BUDGET)).nodes)
     default += [f for f in greedy if f not in set(default)][: budget - len(default)]
@@ -659,8 +659,8 @@ class PhasedDraftGraph(DraftGraph):
         return nearest[2]
 
     def filler(self, *, backend: str = "auto"):
-        """A `spiffy_triton.drafting.Filler` that fills the root's phase graph; node indices
-        are those of this (union) graph."""
+        """A `spiffy_triton.decoding.drafting.Filler` that fills the root's phase graph; node
+        indices are those of this (union) graph."""
 
         def fill(graph, root_state, p_last, mask_id) -> list[DraftCandidate]:
             num_masked = int((root_state == mask_id).sum())
