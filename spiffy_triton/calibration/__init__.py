@@ -7,23 +7,15 @@
 - `drawing`: pictures of a graph.
 """
 
+from .graph_io import calibrate, load_graph, save_graph, stored_counts
+from .phased import PHASED_FORMAT, PhasedDraftGraph
+from .selection import OBJECTIVES, node_counts, select_graph, select_phased_graph, simulate
 from .traces import (
     DEFAULT_MAX_TOKEN_RANK,
-    OBJECTIVES,
-    PHASED_FORMAT,
-    PhasedDraftGraph,
     TraceBlock,
     Traces,
     TraceStep,
-    calibrate,
     collect_traces,
-    load_graph,
-    node_counts,
-    save_graph,
-    select_graph,
-    select_phased_graph,
-    simulate,
-    stored_counts,
     trace_step,
 )
 
