@@ -23,7 +23,7 @@ from spiffy_triton.decoding.acceptance import (
     calibration_prior,
     prior_path_probability,
 )
-from spiffy_triton.decoding.budget import AutoDraftBudget, select_drafts
+from spiffy_triton.decoding.budget import AutoDraftBudget
 from spiffy_triton.decoding.cost_model import (
     VerifyCostModel,
     VerifyShape,
@@ -33,6 +33,7 @@ from spiffy_triton.decoding.cost_model import (
     verify_shape,
 )
 from spiffy_triton.decoding.drafting import DraftCandidate
+from spiffy_triton.decoding.selection import select_drafts
 from spiffy_triton.decoding.stats import PhaseClock
 from spiffy_triton.decoding.verify import Verifier
 from spiffy_triton.graph import DraftGraph, expected_advance

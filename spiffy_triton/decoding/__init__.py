@@ -1,8 +1,8 @@
 """Decoding (DESIGN.md sections 2, 7, 7b): the decode loop and what it is made of.
 
 Bottom to top: `rules` (the transition rule ``R``), `drafting` / `noise_fill` / `pruning`
-(filling graph formulas into the root), `cost_model` / `acceptance` / `budget` (the cost-aware
-draft budget of ``max_drafts="auto"``), `verify` (the one forward that evaluates a root and its
+(filling graph formulas into the root), `cost_model` / `acceptance` / `selection` / `budget` (the
+cost-aware draft budget of ``max_drafts="auto"``), `verify` (the one forward that evaluates a root and its
 drafts), `methods` (vanilla and Spiffy as `DecodeMethod`s), `loop` (`generate`).
 """
 

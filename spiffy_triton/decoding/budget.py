@@ -9,15 +9,7 @@ number of steps advanced per unit of predicted cost.
 The cost of a verify forward is `spiffy_triton.decoding.cost_model`'s, the benefit of a draft
 `spiffy_triton.decoding.acceptance`'s; this module is the policy.
 
-Selection (`select_drafts`). The walk reaches a draft only through its ancestors, so drafts
-are taken greedily by estimate, a node becoming eligible once one of its direct parents (largest
-filled strict subsets) is taken or when it has none; the expected advance of the first ``k``
-is ``1 + sum of their estimates``. The chosen ``k`` maximises ``advance(k) / cost(k)`` over
-``k = 0 .. len(candidates)``; ``k = 0`` (a plain step: one root forward, one step) is always a
-candidate, so in expectation auto is never worse than vanilla decoding. The decision is
-conservative: each estimate enters about one posterior standard deviation low
-(``AcceptanceEstimator.spread``), and drafts are taken only when they beat the plain step by
-more than the cost fit's relative standard error (`VerifyCostModel.standard_error`).
+Selection: `spiffy_triton.decoding.selection.select_drafts`.
 
 Host time. An iteration costs its forward (the cost model), plus, with drafts, the filling and
 selecting (timed as they run, `AutoDraftBudget.host_ms`), plus host time per step advanced
@@ -53,12 +45,12 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 
 from ..graph import DraftGraph
-from .acceptance import DEFAULT_PRIOR_STRENGTH, AcceptanceEstimator, graph_structure
+from .acceptance import DEFAULT_PRIOR_STRENGTH, AcceptanceEstimator
 from .cost_model import VerifyCostModel, VerifyShape, cached_cost_model, clear_memory_cache
 from .drafting import probability_filler
+from .selection import Selection, select_drafts
 
 MAX_BACKOFF = 8  # most plain steps in a row after choosing no drafts
 EXPLORE_EVERY = 2 * MAX_BACKOFF + 1  # fill one in this many steps at which drafts cannot pay
@@ -68,77 +60,6 @@ REFIT_EVERY = 16  # forwards between online refits
 RATIO_DECAY = 0.97
 RATIO_PRIOR_WEIGHT = 8.0
 HOST_EWMA = 0.2  # weight of the newest sample in the host-time running means
-
-
-# ------------------------------------------------------------------------------- selection
-
-
-@dataclass(frozen=True)
-class Selection:
-    chosen: tuple  # the candidates to verify, in node order
-    expected_advance: float  # expected steps this forward advances
-    predicted_ms: float  # predicted verify time
-    considered: int  # filled candidates it chose from
-
-
-def select_drafts(
-    graph: DraftGraph,
-    candidates: Sequence,
-    estimates: Sequence[float],
-    cost_ms: Callable[[int], float],
-    *,
-    max_drafts: int | None = None,
-    min_gain: float = 0.0,
-    per_step_ms: float = 0.0,
-) -> Selection:
-    """The candidates maximising expected steps advanced / predicted cost (module docstring).
-
-    `estimates[i]` is candidate ``i``'s walk-through probability, `cost_ms(k)` the predicted
-    time of a verify iteration with ``k`` drafts; `per_step_ms` the host time every step
-    advanced costs besides (so ``k`` drafts cost ``cost_ms(k) + advance * per_step_ms``);
-    `max_drafts` caps ``k``. Drafts are taken only if their advance per cost beats the plain
-    step's by the relative margin `min_gain`.
-    """
-    if not (min_gain >= 0 and math.isfinite(min_gain)):
-        raise ValueError(f"min_gain must be a finite number >= 0, got {min_gain!r}")
-    if len(estimates) != len(candidates):
-        raise ValueError(f"{len(estimates)} estimates for {len(candidates)} candidates")
-    by_node = {c.node: i for i, c in enumerate(candidates)}
-    if len(by_node) != len(candidates):
-        raise ValueError("two candidates for the same graph node")
-    present = set(by_node)
-    _, direct_parents = graph_structure(graph, frozenset(present))
-    parents = {n: set(direct_parents[n]) for n in present}
-    limit = len(candidates) if max_drafts is None else min(max_drafts, len(candidates))
-    order: list[int] = []
-    taken: set[int] = set()
-    while len(order) < limit:
-        eligible = [n for n in present - taken if not parents[n] or parents[n] & taken]
-        if not eligible:
-            break
-        # Highest estimate first; ties: fewer pairs, then node order.
-        pick = min(eligible, key=lambda n: (-estimates[by_node[n]], len(graph.nodes[n]), n))
-        taken.add(pick)
-        order.append(pick)
-    if not (per_step_ms >= 0 and math.isfinite(per_step_ms)):
-        raise ValueError(f"per_step_ms must be a finite number >= 0, got {per_step_ms!r}")
-    plain_cost = _positive(cost_ms(0), 0) + per_step_ms
-    best_k, best_ratio = 0, (1.0 + min_gain) / plain_cost
-    best_cost, advance, best_advance = plain_cost, 1.0, 1.0
-    for k, node in enumerate(order, start=1):
-        advance += estimates[by_node[node]]
-        cost = _positive(cost_ms(k), k) + advance * per_step_ms
-        # a tie goes to more drafts: a draft that costs nothing is worth verifying
-        if advance / cost >= best_ratio * (1 - 1e-12):
-            best_k, best_ratio, best_cost, best_advance = k, advance / cost, cost, advance
-    chosen = tuple(candidates[by_node[n]] for n in sorted(order[:best_k]))
-    return Selection(chosen, best_advance, best_cost, len(candidates))
-
-
-def _positive(cost: float, k: int) -> float:
-    if not (cost > 0 and math.isfinite(cost)):
-        raise ValueError(f"predicted cost of {k} drafts must be positive and finite, got {cost}")
-    return cost
 
 
 # ------------------------------------------------------------------------------ the budget
@@ -177,6 +98,78 @@ def _lower(estimate: float, spread: float) -> float:
     """``estimate**2 / (estimate + spread)``: about ``estimate - spread`` for a small spread,
     positive for a positive estimate, never above it."""
     return estimate * estimate / (estimate + spread) if estimate > 0 else 0.0
+
+
+class BackOff:
+    """When the budget skips filling (module docstring, Back-off): after a second empty
+    selection in a row, 1, then 2, 4, ... (at most ``MAX_BACKOFF``) plain steps; where no draft
+    set could pay, every step but one in ``EXPLORE_EVERY``."""
+
+    def __init__(self):
+        self.skipped = 0  # forwards taken as plain steps without filling (this run)
+        self._backoff = 0  # plain steps after the last empty selection
+        self._empty_run = 0  # empty selections in a row
+        self._skip = 0  # plain steps still to take
+        self._hopeless = 0  # steps at which no draft set could pay
+
+    def start_run(self) -> None:
+        self.skipped = self._skip = self._backoff = self._empty_run = 0
+
+    def selected(self, chosen: bool) -> None:
+        """A selection was made: with drafts (`chosen`) or none."""
+        if chosen:
+            self._empty_run = self._backoff = 0
+        else:
+            # One empty selection is often a hard spot in a block where drafts pay; a run of
+            # them says they do not: 0, 1, 2, 4, ... plain steps.
+            self._empty_run += 1
+            if self._empty_run > 1:
+                self._backoff = min(MAX_BACKOFF, max(1, 2 * self._backoff))
+        self._skip = self._backoff
+
+    def skip_now(self) -> bool:
+        """Whether this step is one of the back-off's plain steps (counted down)."""
+        if self._skip > 0:
+            self._skip -= 1
+            self.skipped += 1
+            return True
+        return False
+
+    def skip_hopeless(self) -> bool:
+        """At a step where no draft set could pay: skip, except one in ``EXPLORE_EVERY``."""
+        self._hopeless += 1
+        if self._hopeless % EXPLORE_EVERY:
+            self.skipped += 1
+            return True
+        return False
+
+
+class OnlineRefit:
+    """The run's own verify forwards (the last ``ONLINE_WINDOW``), anchored by the measured
+    model's predictions at a few shapes: every ``REFIT_EVERY`` forwards a refitted model."""
+
+    def __init__(self):
+        self.anchors: list[tuple[VerifyShape, float]] = []  # the measured model's predictions
+        self.window: collections.deque = collections.deque(maxlen=ONLINE_WINDOW)
+        self.since_fit = 0
+
+    def anchor(self, model: VerifyCostModel, shapes: Sequence[VerifyShape]) -> None:
+        """Anchor on `model`'s predictions at `shapes` (once: the first model measured)."""
+        if not self.anchors:
+            self.anchors = [(s, model.predict_ms(s)) for s in shapes]
+
+    def add(self, shape: VerifyShape, ms: float, model: VerifyCostModel) -> VerifyCostModel | None:
+        """Record one forward; the refitted model when one is due (else None)."""
+        self.window.append((shape, ms))
+        self.since_fit += 1
+        if self.since_fit < REFIT_EVERY:
+            return None
+        self.since_fit = 0
+        samples = self.anchors + list(self.window)
+        if len({s.query_rows for s, _ in samples}) < 2:
+            return None  # one shape cannot separate intercept from slope
+        source = model.source.split("+")[0] + "+online"
+        return VerifyCostModel.fit(samples, source=source)
 
 
 class AutoDraftBudget:
@@ -226,15 +219,10 @@ class AutoDraftBudget:
         self.chosen_counts: Counter = Counter()  # drafts verified per forward -> forwards
         self.expected_advance = 0.0
         self._pending = None  # (root, mask id, filled candidates) of the last selection
-        self._backoff = 0  # plain steps after the last empty selection
-        self._empty_run = 0  # empty selections in a row
-        self._skip = 0  # plain steps still to take
-        self.skipped = 0  # forwards taken as plain steps without filling
+        self.backoff = BackOff()
         self.host_ms: float | None = None  # running mean of filling + selecting time
         self.adapt = cost_model is None if adapt is None else bool(adapt)
-        self._anchor: list[tuple[VerifyShape, float]] = []  # the measured model's predictions
-        self._online: collections.deque = collections.deque(maxlen=ONLINE_WINDOW)
-        self._since_fit = 0
+        self._refit = OnlineRefit()
         # Extra steps iterations with drafts made over what the estimates expected, decayed.
         self.realized_advance = DecayedRatio()
         self.host_step_ms: float | None = None  # running mean of host time per step advanced
@@ -242,7 +230,6 @@ class AutoDraftBudget:
         self._forward: tuple[int, float] | None = None  # this iteration's (drafts, forward ms)
         self._fill_ms = 0.0  # host time of the last fill and selection
         self._shape_of: Callable[[int], VerifyShape] | None = None  # the last fill's shapes
-        self._hopeless = 0  # steps at which no draft set could pay
         self._may_pay: bool | None = None  # `drafts_may_pay`, until the next fill or refit
 
     def bind(
@@ -259,8 +246,7 @@ class AutoDraftBudget:
         counters of `summary` and the back-off start afresh."""
         self.chosen_counts = Counter()
         self.expected_advance = 0.0
-        self.skipped = 0
-        self._skip = self._backoff = self._empty_run = 0
+        self.backoff.start_run()
         self._pending = self._expected_extra = self._forward = self._may_pay = None
         # The realized ratio starts afresh each run, at 1: it only moves while drafts are
         # verified, so one carried over from a run that stopped drafting would never recover.
@@ -271,8 +257,8 @@ class AutoDraftBudget:
             )
         if self.cost_model is None:
             self.cost_model = cached_cost_model(key, measure, cache_dir=self.cache_dir)
-        if self.adapt and not self._anchor:
-            self._anchor = [(s, self.cost_model.predict_ms(s)) for s in anchor_shapes]
+        if self.adapt:
+            self._refit.anchor(self.cost_model, anchor_shapes)
 
     def record_forward(self, shape: VerifyShape, ms: float, drafts: int = 0) -> None:
         """One verify forward of the run, with `drafts` drafts, took `ms`. With `adapt`, every
@@ -282,17 +268,10 @@ class AutoDraftBudget:
         self._forward = (drafts, ms)
         if not self.adapt or not (ms > 0 and math.isfinite(ms)):
             return
-        self._online.append((shape, ms))
-        self._since_fit += 1
-        if self._since_fit < REFIT_EVERY:
-            return
-        self._since_fit = 0
-        samples = self._anchor + list(self._online)
-        if len({s.query_rows for s, _ in samples}) < 2:
-            return  # one shape cannot separate intercept from slope
-        source = self.cost_model.source.split("+")[0] + "+online"
-        self.cost_model = VerifyCostModel.fit(samples, source=source)
-        self._may_pay = None
+        refitted = self._refit.add(shape, ms, self.cost_model)
+        if refitted is not None:
+            self.cost_model = refitted
+            self._may_pay = None
 
     def select(
         self, graph: DraftGraph, candidates: Sequence, shape_of: Callable[[int], VerifyShape]
@@ -326,15 +305,7 @@ class AutoDraftBudget:
         # the realized ratio compares with the estimator's own expectation, not the corrected
         chosen = {c.node for c in selection.chosen}
         self._expected_extra = sum(e for c, e in zip(candidates, raw) if c.node in chosen)
-        if selection.chosen:
-            self._empty_run = self._backoff = 0
-        else:
-            # One empty selection is often a hard spot in a block where drafts pay; a run of
-            # them says they do not: 0, 1, 2, 4, ... plain steps.
-            self._empty_run += 1
-            if self._empty_run > 1:
-                self._backoff = min(MAX_BACKOFF, max(1, 2 * self._backoff))
-        self._skip = self._backoff
+        self.backoff.selected(bool(selection.chosen))
         return selection
 
     def _iteration_cost(self, shape_of: Callable[[int], VerifyShape]) -> Callable[[int], float]:
@@ -369,18 +340,16 @@ class AutoDraftBudget:
         ``P_last``); False during a back-off (module docstring), which it counts down, and
         when no draft set could pay even at the best rates learned so far (`drafts_may_pay`),
         except every ``EXPLORE_EVERY``-th such step: filling is how the rates are learned."""
-        if self._skip > 0:
-            self._skip -= 1
-            self.skipped += 1
+        if self.backoff.skip_now():
             return False
         if self._may_pay is None:  # decided again after each fill and refit
             self._may_pay = self.drafts_may_pay()
-        if not self._may_pay:
-            self._hopeless += 1
-            if self._hopeless % EXPLORE_EVERY:
-                self.skipped += 1
-                return False
-        return True
+        return self._may_pay or not self.backoff.skip_hopeless()
+
+    @property
+    def skipped(self) -> int:
+        """Forwards of this run taken as plain steps without filling."""
+        return self.backoff.skipped
 
     def drafts_may_pay(self) -> bool:
         """Whether some set of drafts could beat a plain step with every node at its upper
