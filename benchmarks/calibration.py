@@ -13,12 +13,12 @@ rule with tau = 0.9 ("thr0.9").
 2. NFE speedup (vanilla NFE of the same rule / Spiffy NFE) of the default graphs and the
    calibrated ones on held-out prompts of the same kind (arith) and of another (code). Spiffy
    NFE is the replay of Spiffy's walk on the held-out vanilla traces
-   (`spiffy_triton.calibrate.simulate`), exact in this mode; `real_check` decodes
+   (`spiffy_triton.calibration.simulate`), exact in this mode; `real_check` decodes
    `--real-check` prompts per kind with `generate` at the largest D and says whether the real
    NFE equals the replay and the tokens equal vanilla's.
 3. Pruning: the calibrated "steps" graph of D = 10 (first rule) with max_drafts in
    {8, 5, 3, 2, 1}, real `generate` runs on held-out arithmetic, with the package's
-   parent-capped scoring (`spiffy_triton.pruning`), with decode's built-in max_drafts
+   parent-capped scoring (`spiffy_triton.decoding.pruning`), with decode's built-in max_drafts
    (geometric mean of the node's own pairs), and, for comparison, the calibrated graph of
    max_drafts nodes verified whole ("static graph"): NFE, verified draft rows, tokens equal
    to vanilla.
@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import torch
 
 from benchmarks.timing import RESULTS_DIR, report
-from spiffy_triton.calibrate import (
+from spiffy_triton.calibration import (
     Traces,
     collect_traces,
     node_counts,
@@ -52,11 +52,11 @@ from spiffy_triton.calibrate import (
     select_phased_graph,
     simulate,
 )
-from spiffy_triton.decode import generate
+from spiffy_triton.calibration.drawing import draw_graph
+from spiffy_triton.decoding import generate
+from spiffy_triton.decoding.pruning import pruning_filler
 from spiffy_triton.graph import DraftGraph
-from spiffy_triton.graph_draw import draw_graph
 from spiffy_triton.models import CharTokenizer, LLaDAModel, load_model
-from spiffy_triton.pruning import pruning_filler
 from spiffy_triton.tinydata import calibration_prompts, heldout_prompts
 
 GRAPH_KINDS = ("default", "degree1", "steps", "steps-2phase")

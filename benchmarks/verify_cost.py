@@ -153,7 +153,7 @@ def forward_rows(model, setup: dict, device, results: Results, timer) -> None:
 
 def decode_rows(model, setup: dict, device, results: Results, repeats: int) -> None:
     """Study 2: whole decodes of `gen_length` tokens, vanilla vs Spiffy (8 drafts verified)."""
-    from spiffy_triton.decode import generate
+    from spiffy_triton.decoding import generate
 
     prompt = random_ids(setup["decode_prompt"], model.config, device, seed=1)
     for method in METHODS:

@@ -18,12 +18,12 @@ _EXPORTS = {
     "rank_positions": ".dispatch",
     "MarginalsOutput": ".types",
     "DraftGraph": ".graph",
-    "calibrate": ".calibrate",
+    "calibrate": ".calibration",
     "load_model": ".models",
-    "generate": ".decode",
-    "GenerateOutput": ".decode",
-    "AutoDraftBudget": ".cost_model",
-    "VerifyCostModel": ".cost_model",
+    "generate": ".decoding",
+    "GenerateOutput": ".decoding",
+    "AutoDraftBudget": ".decoding.budget",
+    "VerifyCostModel": ".decoding.cost_model",
 }
 
 __all__ = sorted(_EXPORTS)

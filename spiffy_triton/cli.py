@@ -218,7 +218,7 @@ def _load_model(name: str, backend: str):
 
 
 def cmd_calibrate(args) -> int:
-    from .calibrate import (
+    from .calibration import (
         collect_traces,
         node_counts,
         save_graph,
@@ -261,7 +261,7 @@ def cmd_calibrate(args) -> int:
         print(f"  node {k}: {' '.join(f'({p},{t})' for p, t in formula)}")
     print(f"wrote {args.out}")
     if args.draw is not None:
-        from .graph_draw import draw_graph
+        from .calibration.drawing import draw_graph
 
         counts = node_counts(traces, graph)
         draw_graph(graph, args.draw, counts=counts)
@@ -270,7 +270,7 @@ def cmd_calibrate(args) -> int:
 
 
 def _graph_argument(args):
-    from .calibrate import load_graph
+    from .calibration import load_graph
     from .graph import DraftGraph
 
     if args.graph is not None:
@@ -283,8 +283,8 @@ def _graph_argument(args):
 def cmd_generate(args) -> int:
     import torch
 
-    from .calibrate import PhasedDraftGraph
-    from .decode import generate
+    from .calibration import PhasedDraftGraph
+    from .decoding import generate
 
     if args.prompt_file is not None:
         try:
@@ -351,9 +351,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_graph_draw(args) -> int:
-    from .calibrate import PhasedDraftGraph, load_graph, stored_counts
+    from .calibration import PhasedDraftGraph, load_graph, stored_counts
+    from .calibration.drawing import draw_graph
     from .graph import DraftGraph
-    from .graph_draw import draw_graph
 
     counts = None
     try:

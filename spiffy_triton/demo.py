@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .decode import generate, is_exact
+from .decoding import generate, is_exact
 from .models import load_model
 from .tinydata import heldout_prompts
 

@@ -3,9 +3,9 @@
 A node is a *formula*: a set of pairs ``(i, j)`` meaning "the still-masked position of
 confidence rank ``i`` (under the most recent marginals ``P_last``), filled with its
 vocabulary-rank-``j`` token". Ranks are 1-based. Filling a formula into the current root
-state gives a draft state (`spiffy_triton.drafting`). Node ``A`` is a parent of node ``B`` when
-``B``'s pairs strictly contain ``A``'s, so a node may have several parents (a graph, not a
-tree); parents are always derived from the node set, never stored independently.
+state gives a draft state (`spiffy_triton.decoding.drafting`). Node ``A`` is a parent of node
+``B`` when ``B``'s pairs strictly contain ``A``'s, so a node may have several parents (a graph,
+not a tree); parents are always derived from the node set, never stored independently.
 
 Bottom of the module map: standard library only.
 
@@ -17,7 +17,7 @@ the next committed position is the ``k``-th lowest rank still masked with probab
 advances is ``sum over nodes of P(the decoder reaches the node through nodes of the graph)``;
 each default graph adds, one at a time, the candidate node that raises that expectation the
 most. Budgets are nested: ``default(d)`` is the first ``d`` nodes of ``default(16)``.
-Calibrated graphs (`spiffy_triton.calibrate`) replace the prior with recorded traces.
+Calibrated graphs (`spiffy_triton.calibration`) replace the prior with recorded traces.
 """
 
 from __future__ import annotations

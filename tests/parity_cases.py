@@ -96,7 +96,7 @@ def _e2e_prompt() -> torch.Tensor:
 def decode_case(graph: int | None, cache: str | None, temperature: float, *, device: str):
     """Vanilla (graph None) or Spiffy decoding with the Triton kernels on `device` gives the
     tokens and steps of the PyTorch backend on CPU."""
-    from spiffy_triton.decode import generate
+    from spiffy_triton.decoding import generate
 
     def decode(backend, on):
         return generate(

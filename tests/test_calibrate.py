@@ -13,7 +13,7 @@ import pytest
 import torch
 from utils import TINY_MASK_ID, save_char_llada, tiny_random_llada
 
-from spiffy_triton.calibrate import (
+from spiffy_triton.calibration import (
     PhasedDraftGraph,
     TraceStep,
     calibrate,
@@ -27,7 +27,7 @@ from spiffy_triton.calibrate import (
     stored_counts,
     trace_step,
 )
-from spiffy_triton.decode import generate
+from spiffy_triton.decoding import generate
 from spiffy_triton.graph import DraftGraph
 from spiffy_triton.types import MarginalsOutput
 

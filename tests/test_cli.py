@@ -12,7 +12,7 @@ import pytest
 from utils import save_char_llada
 
 from spiffy_triton import cli
-from spiffy_triton.calibrate import load_graph, stored_counts
+from spiffy_triton.calibration import load_graph, stored_counts
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,5 +1,6 @@
-"""Cost-aware draft budget (spiffy_triton/cost_model.py): verify shapes against the decoder's
-real forwards, the cost fit and its cache, acceptance estimates, the selection rule, and
+"""Cost-aware draft budget (spiffy_triton/decoding/: cost_model.py, acceptance.py, budget.py):
+verify shapes against the decoder's real forwards, the cost fit and its cache, acceptance
+estimates, the selection rule, and
 ``generate(max_drafts="auto")`` end to end (lossless, and the two extremes of the cost model).
 """
 
@@ -14,22 +15,27 @@ import pytest
 import torch
 from utils import TINY_MASK_ID, tiny_random_llada
 
-from spiffy_triton import cost_model as cm
-from spiffy_triton.cost_model import (
+from spiffy_triton.decoding import PHASES, generate
+from spiffy_triton.decoding import budget as cm
+from spiffy_triton.decoding import cost_model as cost_module
+from spiffy_triton.decoding.acceptance import (
     AcceptanceEstimator,
-    AutoDraftBudget,
+    calibration_prior,
+    prior_path_probability,
+)
+from spiffy_triton.decoding.budget import AutoDraftBudget
+from spiffy_triton.decoding.cost_model import (
     VerifyCostModel,
     VerifyShape,
     cached_cost_model,
-    calibration_prior,
     cost_model_key,
-    prior_path_probability,
     probe_verify_cost,
-    select_drafts,
     verify_shape,
 )
-from spiffy_triton.decode import PHASES, _Clock, _Verifier, generate
-from spiffy_triton.drafting import DraftCandidate
+from spiffy_triton.decoding.drafting import DraftCandidate
+from spiffy_triton.decoding.selection import select_drafts
+from spiffy_triton.decoding.stats import PhaseClock
+from spiffy_triton.decoding.verify import Verifier
 from spiffy_triton.graph import DraftGraph, expected_advance
 from spiffy_triton.models import LLaDAConfig, LLaDAModel
 
@@ -58,14 +64,14 @@ def prompt():
 
 @pytest.fixture(autouse=True)
 def fresh_cost_cache(monkeypatch):
-    monkeypatch.delenv(cm.CACHE_ENV, raising=False)
+    monkeypatch.delenv(cost_module.CACHE_ENV, raising=False)
     cm.clear_cost_cache()
     yield
     cm.clear_cost_cache()
 
 
 def verifier(model, cache, verify):
-    return _Verifier(model, cache, verify, _Clock(dict.fromkeys(PHASES, 0.0), model.device))
+    return Verifier(model, cache, verify, PhaseClock(dict.fromkeys(PHASES, 0.0), model.device))
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -190,12 +196,12 @@ def test_cost_models_are_cached_in_memory_and_on_disk(tmp_path):
 
     first = cached_cost_model("k", build, cache_dir=tmp_path)
     assert cached_cost_model("k", build, cache_dir=tmp_path) is first and len(builds) == 1
-    stored = json.loads((tmp_path / cm.CACHE_FILE).read_text())
+    stored = json.loads((tmp_path / cost_module.CACHE_FILE).read_text())
     assert stored["k"]["per_row_ms"] == 0.1
     cm.clear_cost_cache()  # a new process: read back from disk, not measured again
     assert cached_cost_model("k", build, cache_dir=tmp_path) == first and len(builds) == 1
     cm.clear_cost_cache()
-    (tmp_path / cm.CACHE_FILE).write_text("{not json")  # damaged: measured again
+    (tmp_path / cost_module.CACHE_FILE).write_text("{not json")  # damaged: measured again
     assert cached_cost_model("k", build, cache_dir=tmp_path) == first and len(builds) == 2
 
 
@@ -493,7 +499,7 @@ def test_online_refit_moves_a_wrong_probe_to_the_measured_costs():
     # a noisy probe: the plain forward 30% dear, each draft 40% cheap
     probe = VerifyCostModel(9.0, 0.05, 0.0, source="probe")
     budget = AutoDraftBudget()
-    cm._MEMORY_CACHE["key"] = probe
+    cost_module._MEMORY_CACHE["key"] = probe
     budget.bind(GRAPH, lambda: pytest.fail("cached"), "key", anchor_shapes=shapes)
     assert budget.adapt and budget.cost_model is probe
 
@@ -554,7 +560,7 @@ def test_back_off_starts_at_the_second_empty_selection():
 
 @pytest.mark.parametrize("cache", [None, "dual"])
 def test_p_last_read_off_the_walk_changes_nothing(model, prompt, cache, monkeypatch):
-    from spiffy_triton.rules import TransitionRule
+    from spiffy_triton.decoding.rules import TransitionRule
 
     runs = []
     for reuse in (True, False):

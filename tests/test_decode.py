@@ -10,8 +10,8 @@ import pytest
 import torch
 from utils import TINY_MASK_ID, tiny_random_llada
 
-from spiffy_triton.decode import GenerateOutput, default_verify, generate, is_exact
-from spiffy_triton.drafting import fill_drafts, geometric_mean_score, rank_masked_positions
+from spiffy_triton.decoding import GenerateOutput, default_verify, generate, is_exact
+from spiffy_triton.decoding.drafting import fill_drafts, geometric_mean_score, rank_masked_positions
 from spiffy_triton.graph import DraftGraph
 from spiffy_triton.types import MarginalsOutput
 
@@ -73,7 +73,7 @@ def test_fill_drafts_dedupes_and_prunes():
 
     def same_everywhere(graph, root, p_last, mask_id):
         # a filler that maps two nodes to one state: the second must be dropped
-        from spiffy_triton.drafting import DraftCandidate
+        from spiffy_triton.decoding.drafting import DraftCandidate
 
         return [DraftCandidate(k % 2, (1,), (12,), (0.9,)) for k in range(3)]
 
@@ -87,7 +87,7 @@ def test_fill_drafts_dedupes_and_prunes():
 
 
 def test_geometric_mean_score():
-    from spiffy_triton.drafting import DraftCandidate
+    from spiffy_triton.decoding.drafting import DraftCandidate
 
     assert geometric_mean_score(DraftCandidate(0, (0, 1), (1, 2), (0.25, 1.0))) == pytest.approx(
         0.5

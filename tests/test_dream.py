@@ -16,7 +16,8 @@ from utils import (
     transformers_qwen_kwargs,
 )
 
-from spiffy_triton.decode import generate
+from spiffy_triton.decoding import generate
+from spiffy_triton.decoding.rules import TransitionRule, num_transfer_tokens
 from spiffy_triton.models import (
     DreamModel,
     QwenConfig,
@@ -27,7 +28,6 @@ from spiffy_triton.models import (
     save_checkpoint,
 )
 from spiffy_triton.models.dream import BidirectionalVerifier
-from spiffy_triton.rules import TransitionRule, num_transfer_tokens
 
 MASK = TINY_QWEN_MASK_ID
 PROMPT = torch.tensor([[5, 17, 3, 40, 22, 9, 31]])

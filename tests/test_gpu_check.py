@@ -109,7 +109,7 @@ import benchmarks.gpu_check, benchmarks.graph_attention, benchmarks.marginals
 import benchmarks.verify_cost
 import spiffy_triton.kernels.graph_attention, spiffy_triton.kernels.marginals
 import torch
-from spiffy_triton.decode import generate
+from spiffy_triton.decoding import generate
 from spiffy_triton.models import load_model
 
 model = load_model("tiny", dtype=torch.float32, backend="torch")  # no safetensors package

@@ -20,7 +20,7 @@ from transformers import (
 from utils import TINY_QWEN_MASK_ID, TINY_QWEN_SIZES, assert_close
 from utils import random_token_ids as ids
 
-from spiffy_triton.decode import generate
+from spiffy_triton.decoding import generate
 from spiffy_triton.layout import CAUSAL, SegmentLayout
 from spiffy_triton.models import DreamModel, QwenConfig
 from spiffy_triton.models.hf_adapter import HFDiffusionModel

@@ -19,7 +19,7 @@ import functools
 import pytest
 import torch
 
-from spiffy_triton.decode import generate
+from spiffy_triton.decoding import generate
 from spiffy_triton.graph import DraftGraph
 from spiffy_triton.models import load_model
 from spiffy_triton.tinydata import heldout_prompts

@@ -11,14 +11,15 @@ import functools
 import pytest
 import torch
 
-from spiffy_triton.cost_model import AutoDraftBudget, VerifyCostModel
-from spiffy_triton.decode import generate
-from spiffy_triton.drafting import fill_drafts, probability_filler
+from spiffy_triton.decoding import generate
+from spiffy_triton.decoding.budget import AutoDraftBudget
+from spiffy_triton.decoding.cost_model import VerifyCostModel
+from spiffy_triton.decoding.drafting import fill_drafts, probability_filler
+from spiffy_triton.decoding.noise_fill import NoiseAwareFiller, gumbel_at
+from spiffy_triton.decoding.rules import TransitionRule, block_marginals, num_transfer_tokens
 from spiffy_triton.graph import DraftGraph
 from spiffy_triton.models import load_model
-from spiffy_triton.noise_fill import NoiseAwareFiller, gumbel_at
 from spiffy_triton.reference.marginals import gumbel_noise
-from spiffy_triton.rules import TransitionRule, block_marginals, num_transfer_tokens
 from spiffy_triton.tinydata import heldout_prompts
 
 MASK = 2

@@ -10,15 +10,15 @@ import pytest
 import torch
 from utils import tiny_random_llada
 
-from spiffy_triton.decode import generate
-from spiffy_triton.graph import DraftGraph
-from spiffy_triton.pruning import (
+from spiffy_triton.decoding import generate
+from spiffy_triton.decoding.pruning import (
     direct_parents,
     geometric_mean,
     node_scores,
     prune,
     pruning_filler,
 )
+from spiffy_triton.graph import DraftGraph
 
 
 @dataclass(frozen=True)

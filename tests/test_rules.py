@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from spiffy_triton import dispatch
-from spiffy_triton.rules import TransitionRule, num_transfer_tokens, remasking_uniform
+from spiffy_triton.decoding.rules import TransitionRule, num_transfer_tokens, remasking_uniform
 
 MASK = 2
 V = 11
@@ -230,7 +230,7 @@ def test_apply_errors():
 )
 @pytest.mark.parametrize("top_k", [1, 3, 8])
 def test_extra_top_k_never_changes_the_step_and_carries_p_last(kwargs, top_k):
-    from spiffy_triton.rules import block_marginals
+    from spiffy_triton.decoding.rules import block_marginals
 
     logits, state, positions = make_case(3, length=16, masked_fraction=1.0)
     rule = TransitionRule(mask_id=MASK, seed=2, backend="torch", **kwargs)

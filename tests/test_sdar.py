@@ -18,7 +18,8 @@ from utils import (
 )
 from utils import random_token_ids as ids
 
-from spiffy_triton.decode import generate
+from spiffy_triton.decoding import generate
+from spiffy_triton.decoding.rules import TransitionRule, num_transfer_tokens
 from spiffy_triton.layout import SegmentLayout
 from spiffy_triton.models import (
     DreamModel,
@@ -32,7 +33,6 @@ from spiffy_triton.models import (
 )
 from spiffy_triton.models.dream import BidirectionalVerifier
 from spiffy_triton.models.sdar import BlockCausalVerifier
-from spiffy_triton.rules import TransitionRule, num_transfer_tokens
 
 MASK = TINY_QWEN_MASK_ID
 PROMPT = torch.tensor([[5, 17, 3, 40, 22, 9, 31, 8]])  # 8 tokens: two blocks of 4

@@ -375,7 +375,7 @@ class DreamModel(QwenModel):
         return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
     def spiffy_verifier(self, cache: str | None, verify: str | None) -> BidirectionalVerifier:
-        """The decoder's hook (`spiffy_triton.decode.generate`): verification with the shift."""
+        """The decoder's hook (`spiffy_triton.decoding.generate`): verification with the shift."""
         return BidirectionalVerifier(self, cache, verify, shift=self.logits_shift)
 
 
@@ -460,7 +460,7 @@ def check_model_has_cache(model, cache: str | None) -> None:
 
 
 class BidirectionalVerifier:
-    """The decoder's verifier (``generate``'s hook, see `spiffy_triton.decode`) for a
+    """The decoder's verifier (``generate``'s hook, see `spiffy_triton.decoding`) for a
     bidirectional model whose block position ``i`` is read from row ``i - shift``.
 
     Verification works on the window ``[s - shift, e)``: the block and the ``shift`` rows that

@@ -1,7 +1,7 @@
 """Bring your own dLLM: Spiffy decoding of any `transformers` model that takes a 4-D
 attention mask and position ids (docs/MODELS.md).
 
-`HFDiffusionModel` wraps such a model in the interface `spiffy_triton.decode.generate` drives:
+`HFDiffusionModel` wraps such a model in the interface `spiffy_triton.decoding.generate` drives:
 ``model(ids, position_ids=, layout=)`` -> logits, ``model.config.mask_token_id``, and a
 verifier (`spiffy_verifier`) for its attention pattern:
 
@@ -171,7 +171,7 @@ class HFDiffusionModel(nn.Module):
         return out.logits
 
     def spiffy_verifier(self, cache: str | None, verify: str | None):
-        """The decoder's hook (`spiffy_triton.decode.generate`)."""
+        """The decoder's hook (`spiffy_triton.decoding.generate`)."""
         if self.attention == "block_causal":
             return BlockCausalVerifier(self, cache, verify)
         return BidirectionalVerifier(self, cache, verify, shift=self.logits_shift)

@@ -171,7 +171,7 @@ class SDARModel(QwenModel):
         return logits, KVCache("prefix", block_start, block_end, block_end, tuple(layers))
 
     def spiffy_verifier(self, cache: str | None, verify: str | None) -> BlockCausalVerifier:
-        """The decoder's hook (`spiffy_triton.decode.generate`)."""
+        """The decoder's hook (`spiffy_triton.decoding.generate`)."""
         return BlockCausalVerifier(self, cache, verify)
 
 

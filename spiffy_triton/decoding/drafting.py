@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import dispatch
-from .graph import DraftGraph, Formula
-from .types import MarginalsOutput
+from .. import dispatch
+from ..graph import DraftGraph, Formula
+from ..types import MarginalsOutput
 
 
 @dataclass(frozen=True)

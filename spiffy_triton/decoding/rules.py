@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import dispatch
-from .reference.marginals import philox_uint32
-from .types import MarginalsOutput
+from .. import dispatch
+from ..reference.marginals import philox_uint32
+from ..types import MarginalsOutput
 
 REMASKING = ("low_confidence", "random")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .graph import DraftGraph
-from .pruning import direct_parents
+from ..decoding.pruning import direct_parents
+from ..graph import DraftGraph
 
 
 def _rows(graph: DraftGraph) -> dict[int, list[int]]:

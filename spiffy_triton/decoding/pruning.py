@@ -11,7 +11,8 @@ strict subset; direct parents are the largest of those):
 The best ``max_drafts`` are taken in descending score (ties: fewer pairs, then node order),
 and a node is only taken once one of its filled parents is: the verified set stays connected
 to the root. Candidates are any objects with ``.node`` (graph index) and ``.probs`` (the
-``P_last`` probabilities of the node's tokens), e.g. `spiffy_triton.drafting.DraftCandidate`.
+``P_last`` probabilities of the node's tokens), e.g.
+`spiffy_triton.decoding.drafting.DraftCandidate`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .graph import DraftGraph
+from ..graph import DraftGraph
 
 
 def geometric_mean(probs: Sequence[float]) -> float:
@@ -88,8 +89,8 @@ def prune(graph: DraftGraph, candidates: Sequence, max_drafts: int | None) -> li
 
 
 def pruning_filler(max_drafts: int | None, *, backend: str = "auto"):
-    """A `spiffy_triton.drafting.Filler` that fills every node by ``P_last`` ranks, then keeps
-    the `prune` selection (use with `generate(..., filler=...)`)."""
+    """A `spiffy_triton.decoding.drafting.Filler` that fills every node by ``P_last`` ranks,
+    then keeps the `prune` selection (use with `generate(..., filler=...)`)."""
     if max_drafts is not None and (
         isinstance(max_drafts, bool) or not isinstance(max_drafts, int) or max_drafts < 1
     ):

@@ -8,9 +8,9 @@ predicts the decoder's own trajectory with ``P_last`` held fixed: at step ``s + 
 every masked position's top-``K`` tokens by ``log P_last / T + g(seed, s + d, position, token)``
 (the Gumbel-max the decoder will compute, up to a per-row constant), builds the marginals the
 rule would see (chosen token, its probability as confidence) and applies the decoder's own
-transition rule (`spiffy_triton.rules.TransitionRule.apply`: schedule, threshold, factor, random
-remasking alike) to get the predicted next state. Then a formula's ranks are read off that
-trajectory:
+transition rule (`spiffy_triton.decoding.rules.TransitionRule.apply`: schedule, threshold,
+factor, random remasking alike) to get the predicted next state. Then a formula's ranks are
+read off that trajectory:
 
 - position rank ``i``: the ``i``-th position the predicted trajectory commits (within one step,
   most confident first); positions it does not reach follow, by ``P_last`` confidence;
@@ -21,7 +21,7 @@ At ``T = 0`` there is no noise and the prediction commits positions in confidenc
 their most probable tokens: the same drafts as the plain filler (for the confidence rules).
 Filling only changes which drafts are verified, never the walk, so decoding stays lossless.
 
-`spiffy_triton.decode.generate(..., filler="noise")` uses it: before each fill the decoder calls
+`spiffy_triton.decoding.generate(..., filler="noise")` uses it: before each fill the decoder calls
 `NoiseAwareFiller.begin` with its rule, global step, block step and the block's positions, and
 computes ``P_last`` with ``top_k = NoiseAwareFiller.top_k`` candidate tokens per position.
 """
@@ -32,9 +32,8 @@ import math
 
 import torch
 
-from .drafting import DraftCandidate, _fill_formula, rank_masked_positions
-from .graph import DraftGraph
-from .reference.marginals import (
+from ..graph import DraftGraph
+from ..reference.marginals import (
     GUMBEL_STREAM,
     LANE_SPAN,
     LANES,
@@ -45,8 +44,9 @@ from .reference.marginals import (
     inverse_temperature,
     philox4x32_10,
 )
+from ..types import MarginalsOutput
+from .drafting import DraftCandidate, _fill_formula, rank_masked_positions
 from .rules import TEMPERED_CONFIDENCE, TransitionRule
-from .types import MarginalsOutput
 
 
 def gumbel_at(
@@ -79,7 +79,7 @@ def gumbel_at(
 
 
 class NoiseAwareFiller:
-    """A `spiffy_triton.drafting.Filler` that fills formulas along the decoder's predicted
+    """A `spiffy_triton.decoding.drafting.Filler` that fills formulas along the decoder's predicted
     sampling trajectory (module docstring). `top_k`: candidate tokens per position taken from
     ``P_last`` (the noise may pick any of them)."""
 

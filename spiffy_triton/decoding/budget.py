@@ -1,0 +1,463 @@
+"""Cost-aware draft budget: how many drafts one verify forward should carry (``max_drafts="auto"``).
+
+Fewer forward passes only pay when a verify pass with ``D`` drafts costs less than the steps it
+saves. On a compute-bound machine (a CPU) each draft row costs about as much as a root row; on a
+memory-bound GPU at 8B scale extra rows are nearly free. This module measures that trade-off on
+the machine at hand and picks, every Spiffy iteration, the draft set that maximises the expected
+number of steps advanced per unit of predicted cost.
+
+The cost of a verify forward is `spiffy_triton.decoding.cost_model`'s, the benefit of a draft
+`spiffy_triton.decoding.acceptance`'s; this module is the policy.
+
+Selection: `spiffy_triton.decoding.selection.select_drafts`.
+
+Host time. An iteration costs its forward (the cost model), plus, with drafts, the filling and
+selecting (timed as they run, `AutoDraftBudget.host_ms`), plus host time per step advanced
+(marginals, rule, layout, bookkeeping: vanilla pays it per step too), measured from every
+iteration's wall time (`AutoDraftBudget.end_iteration`). The estimates get a slow correction:
+the decayed ratio of the extra steps iterations with drafts made over what the estimates
+expected (`DecayedRatio`), which catches estimates off for the rule at hand.
+
+Online refit. A probe of a few shapes on a noisy machine is off by 10-20%; a measured cost
+model is refitted every ``REFIT_EVERY`` verify forwards on the run's own last
+``ONLINE_WINDOW`` forwards (`AutoDraftBudget.record_forward`, fed by the decoder), anchored by
+the probe's predictions.
+
+Back-off. Filling and scoring cost host time even when no draft is chosen. Before filling, the
+budget asks whether any draft set could beat a plain step with every node at the best rate
+learned for it (`AutoDraftBudget.drafts_may_pay`); if not, the step is a plain vanilla step,
+except one in ``EXPLORE_EVERY`` (filling is how the rates are learned). After a second empty
+selection in a row it also skips the next 1, then 2, 4, ... (at most ``MAX_BACKOFF``)
+iterations' filling (`AutoDraftBudget.wants_drafts`). A selection with drafts resets the
+back-off.
+
+Memory. ``max_drafts="auto"`` uses one budget per model and decoding setting for the process
+(`shared_budget`): rates, host times and the refitted cost model carry over between calls.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+
+from ..graph import DraftGraph
+from .acceptance import DEFAULT_PRIOR_STRENGTH, AcceptanceEstimator
+from .cost_model import VerifyCostModel, VerifyShape, cached_cost_model, clear_memory_cache
+from .drafting import probability_filler
+from .selection import Selection, select_drafts
+
+MAX_BACKOFF = 8  # most plain steps in a row after choosing no drafts
+EXPLORE_EVERY = 2 * MAX_BACKOFF + 1  # fill one in this many steps at which drafts cannot pay
+ONLINE_WINDOW = 48  # the run's most recent verify forwards an online refit uses
+REFIT_EVERY = 16  # forwards between online refits
+# Realized-over-predicted ratios (`DecayedRatio`): decay per observation, prior observations.
+RATIO_DECAY = 0.97
+RATIO_PRIOR_WEIGHT = 8.0
+HOST_EWMA = 0.2  # weight of the newest sample in the host-time running means
+
+
+# ------------------------------------------------------------------------------ the budget
+
+
+class DecayedRatio:
+    """``sum(realized) / sum(predicted)`` over observations decayed by `decay` each, with a
+    prior of `prior_weight` observations at ratio 1 (scaled by the first prediction), so a few
+    outliers cannot swing it. 1.0 before any observation."""
+
+    def __init__(self, decay: float = RATIO_DECAY, prior_weight: float = RATIO_PRIOR_WEIGHT):
+        if not (0 < decay <= 1) or not (prior_weight > 0 and math.isfinite(prior_weight)):
+            raise ValueError(
+                f"need 0 < decay <= 1 and prior_weight > 0, got {decay}, {prior_weight}"
+            )
+        self.decay = decay
+        self.prior_weight = prior_weight
+        self.realized = self.predicted = 0.0
+        self.count = 0
+
+    def add(self, realized: float, predicted: float) -> None:
+        if not (math.isfinite(realized) and predicted > 0 and math.isfinite(predicted)):
+            return
+        if self.count == 0:
+            self.realized = self.predicted = self.prior_weight * predicted
+        self.realized = self.decay * self.realized + max(0.0, realized)
+        self.predicted = self.decay * self.predicted + predicted
+        self.count += 1
+
+    @property
+    def ratio(self) -> float:
+        return self.realized / self.predicted if self.predicted > 0 else 1.0
+
+
+def _lower(estimate: float, spread: float) -> float:
+    """``estimate**2 / (estimate + spread)``: about ``estimate - spread`` for a small spread,
+    positive for a positive estimate, never above it."""
+    return estimate * estimate / (estimate + spread) if estimate > 0 else 0.0
+
+
+class BackOff:
+    """When the budget skips filling (module docstring, Back-off): after a second empty
+    selection in a row, 1, then 2, 4, ... (at most ``MAX_BACKOFF``) plain steps; where no draft
+    set could pay, every step but one in ``EXPLORE_EVERY``."""
+
+    def __init__(self):
+        self.skipped = 0  # forwards taken as plain steps without filling (this run)
+        self._backoff = 0  # plain steps after the last empty selection
+        self._empty_run = 0  # empty selections in a row
+        self._skip = 0  # plain steps still to take
+        self._hopeless = 0  # steps at which no draft set could pay
+
+    def start_run(self) -> None:
+        self.skipped = self._skip = self._backoff = self._empty_run = 0
+
+    def selected(self, chosen: bool) -> None:
+        """A selection was made: with drafts (`chosen`) or none."""
+        if chosen:
+            self._empty_run = self._backoff = 0
+        else:
+            # One empty selection is often a hard spot in a block where drafts pay; a run of
+            # them says they do not: 0, 1, 2, 4, ... plain steps.
+            self._empty_run += 1
+            if self._empty_run > 1:
+                self._backoff = min(MAX_BACKOFF, max(1, 2 * self._backoff))
+        self._skip = self._backoff
+
+    def skip_now(self) -> bool:
+        """Whether this step is one of the back-off's plain steps (counted down)."""
+        if self._skip > 0:
+            self._skip -= 1
+            self.skipped += 1
+            return True
+        return False
+
+    def skip_hopeless(self) -> bool:
+        """At a step where no draft set could pay: skip, except one in ``EXPLORE_EVERY``."""
+        self._hopeless += 1
+        if self._hopeless % EXPLORE_EVERY:
+            self.skipped += 1
+            return True
+        return False
+
+
+class OnlineRefit:
+    """The run's own verify forwards (the last ``ONLINE_WINDOW``), anchored by the measured
+    model's predictions at a few shapes: every ``REFIT_EVERY`` forwards a refitted model."""
+
+    def __init__(self):
+        self.anchors: list[tuple[VerifyShape, float]] = []  # the measured model's predictions
+        self.window: collections.deque = collections.deque(maxlen=ONLINE_WINDOW)
+        self.since_fit = 0
+
+    def anchor(self, model: VerifyCostModel, shapes: Sequence[VerifyShape]) -> None:
+        """Anchor on `model`'s predictions at `shapes` (once: the first model measured)."""
+        if not self.anchors:
+            self.anchors = [(s, model.predict_ms(s)) for s in shapes]
+
+    def add(self, shape: VerifyShape, ms: float, model: VerifyCostModel) -> VerifyCostModel | None:
+        """Record one forward; the refitted model when one is due (else None)."""
+        self.window.append((shape, ms))
+        self.since_fit += 1
+        if self.since_fit < REFIT_EVERY:
+            return None
+        self.since_fit = 0
+        samples = self.anchors + list(self.window)
+        if len({s.query_rows for s, _ in samples}) < 2:
+            return None  # one shape cannot separate intercept from slope
+        source = model.source.split("+")[0] + "+online"
+        return VerifyCostModel.fit(samples, source=source)
+
+
+class AutoDraftBudget:
+    """``max_drafts="auto"``: per iteration, the draft set with the most expected steps per
+    predicted millisecond (module docstring). Pass an instance as `generate(max_drafts=...)`
+    to give the cost model or the acceptance prior, to cap the drafts, or to keep a run apart;
+    ``"auto"`` uses the process's budget for the model and setting (`shared_budget`).
+
+    Args:
+        cost_model: a `VerifyCostModel` (or its dict); None measures one (`probe_verify_cost`,
+            cached per model, device, dtype and mode).
+        prior: per graph node prior walk-through rate (`calibration_prior`); None uses the
+            graph prior.
+        max_drafts: most drafts per forward (None: the graph's filled nodes).
+        cache_dir: where fitted cost models persist (None: ``SPIFFY_TRITON_COST_CACHE`` or
+            memory only).
+        adapt: refit the cost model on the run's own verify forwards (`record_forward`);
+            None: only when it was measured (a given `cost_model` is kept as given).
+    """
+
+    def __init__(
+        self,
+        cost_model: VerifyCostModel | dict | None = None,
+        *,
+        prior: Sequence[float] | None = None,
+        prior_strength: float = DEFAULT_PRIOR_STRENGTH,
+        max_drafts: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        adapt: bool | None = None,
+    ):
+        if isinstance(cost_model, dict):
+            cost_model = VerifyCostModel.from_dict(cost_model)
+        if cost_model is not None and not isinstance(cost_model, VerifyCostModel):
+            raise ValueError(
+                f"cost_model must be a VerifyCostModel, a dict or None, got {type(cost_model)}"
+            )
+        if max_drafts is not None and (
+            isinstance(max_drafts, bool) or not isinstance(max_drafts, int) or max_drafts < 0
+        ):
+            raise ValueError(f"max_drafts must be an int >= 0 or None, got {max_drafts!r}")
+        self.cost_model = cost_model
+        self.prior = None if prior is None else list(prior)
+        self.prior_strength = prior_strength
+        self.max_drafts = max_drafts
+        self.cache_dir = cache_dir
+        self.estimator: AcceptanceEstimator | None = None
+        self.chosen_counts: Counter = Counter()  # drafts verified per forward -> forwards
+        self.expected_advance = 0.0
+        self._pending = None  # (root, mask id, filled candidates) of the last selection
+        self.backoff = BackOff()
+        self.host_ms: float | None = None  # running mean of filling + selecting time
+        self.adapt = cost_model is None if adapt is None else bool(adapt)
+        self._refit = OnlineRefit()
+        # Extra steps iterations with drafts made over what the estimates expected, decayed.
+        self.realized_advance = DecayedRatio()
+        self.host_step_ms: float | None = None  # running mean of host time per step advanced
+        self._expected_extra: float | None = None  # this iteration's, if it filled (raw)
+        self._forward: tuple[int, float] | None = None  # this iteration's (drafts, forward ms)
+        self._fill_ms = 0.0  # host time of the last fill and selection
+        self._shape_of: Callable[[int], VerifyShape] | None = None  # the last fill's shapes
+        self._may_pay: bool | None = None  # `drafts_may_pay`, until the next fill or refit
+
+    def bind(
+        self,
+        graph: DraftGraph,
+        measure: Callable[[], VerifyCostModel],
+        key: str,
+        anchor_shapes: Sequence[VerifyShape] = (),
+    ) -> None:
+        """Prepare for a decode run with `graph`: the estimator (kept across runs of the same
+        graph) and the cost model (given, cached under `key`, or ``measure()``d). With `adapt`,
+        the cost model's predictions at `anchor_shapes` anchor its online refits. What it has
+        learned (rates, realized ratios, the refitted cost model) carries over; the per-run
+        counters of `summary` and the back-off start afresh."""
+        self.chosen_counts = Counter()
+        self.expected_advance = 0.0
+        self.backoff.start_run()
+        self._pending = self._expected_extra = self._forward = self._may_pay = None
+        # The realized ratio starts afresh each run, at 1: it only moves while drafts are
+        # verified, so one carried over from a run that stopped drafting would never recover.
+        self.realized_advance = DecayedRatio()
+        if self.estimator is None or self.estimator.graph != graph:
+            self.estimator = AcceptanceEstimator(
+                graph, self.prior, prior_strength=self.prior_strength
+            )
+        if self.cost_model is None:
+            self.cost_model = cached_cost_model(key, measure, cache_dir=self.cache_dir)
+        if self.adapt:
+            self._refit.anchor(self.cost_model, anchor_shapes)
+
+    def record_forward(self, shape: VerifyShape, ms: float, drafts: int = 0) -> None:
+        """One verify forward of the run, with `drafts` drafts, took `ms`. With `adapt`, every
+        ``REFIT_EVERY`` of them the cost model is refitted on the last ``ONLINE_WINDOW`` and the
+        anchors: a probe of a few shapes on a noisy machine can be off by 10-20%, the run's own
+        forwards keep measuring the shapes the decisions are about."""
+        self._forward = (drafts, ms)
+        if not self.adapt or not (ms > 0 and math.isfinite(ms)):
+            return
+        refitted = self._refit.add(shape, ms, self.cost_model)
+        if refitted is not None:
+            self.cost_model = refitted
+            self._may_pay = None
+
+    def select(
+        self, graph: DraftGraph, candidates: Sequence, shape_of: Callable[[int], VerifyShape]
+    ) -> Selection:
+        """The drafts to verify among filled `candidates`; ``shape_of(k)`` is the verify shape
+        with ``k`` drafts."""
+        if self.estimator is None or self.cost_model is None:
+            raise RuntimeError("AutoDraftBudget.bind must be called before select")
+        # What the run has realized so far corrects the estimates (`end_iteration`).
+        advance_bias = self.realized_advance.ratio
+        raw = self.estimator.estimates(candidates)
+        # Decide on a lower bound, about one posterior standard deviation below the estimate
+        # (``e * e / (e + sd)``: positive, so a free draft is still worth verifying): a rate
+        # learned from a few walks can be far off, and a draft that does not pay costs more
+        # than a skipped one loses.
+        estimates = [
+            _lower(min(1.0, advance_bias * e), sd) for e, sd in zip(raw, self.estimator.spread)
+        ]
+        selection = select_drafts(
+            graph,
+            candidates,
+            estimates,
+            self._iteration_cost(shape_of),
+            per_step_ms=self.host_step_ms or 0.0,
+            max_drafts=self.max_drafts,
+            # a gain within the cost model's standard error is no gain
+            min_gain=self.cost_model.standard_error,
+        )
+        self.chosen_counts[len(selection.chosen)] += 1
+        self.expected_advance += selection.expected_advance
+        # the realized ratio compares with the estimator's own expectation, not the corrected
+        chosen = {c.node for c in selection.chosen}
+        self._expected_extra = sum(e for c, e in zip(candidates, raw) if c.node in chosen)
+        self.backoff.selected(bool(selection.chosen))
+        return selection
+
+    def _iteration_cost(self, shape_of: Callable[[int], VerifyShape]) -> Callable[[int], float]:
+        """Predicted ms of an iteration with ``k`` drafts, less the per-step host time: the
+        forward, and for ``k >= 1`` the filling and selecting (measured, `host_ms`)."""
+        fill_ms = self.host_ms or 0.0
+        return lambda k: self.cost_model.predict_ms(shape_of(k)) + (fill_ms if k else 0.0)
+
+    def end_iteration(self, advanced: int, ms: float) -> None:
+        """The iteration (filling, forward, walk) whose forward `record_forward` timed advanced
+        `advanced` steps in `ms`. Its host time (all but the forward and the filling) per step
+        is the per-step cost `select` charges (marginals, rule, layout, bookkeeping: vanilla
+        pays it too, per step), and an iteration with drafts compares the steps it made with
+        what the estimates expected (`realized_advance`: a slow correction for estimates off
+        for this rule)."""
+        forward, expected = self._forward, self._expected_extra
+        self._forward = self._expected_extra = None
+        if forward is None or advanced < 1 or not (ms > 0 and math.isfinite(ms)):
+            return
+        drafts, model_ms = forward
+        host = max(0.0, ms - model_ms - (self._fill_ms if expected is not None else 0.0))
+        per_step = host / advanced
+        if self.host_step_ms is None:
+            self.host_step_ms = per_step
+        else:
+            self.host_step_ms += HOST_EWMA * (per_step - self.host_step_ms)
+        if drafts and expected:
+            self.realized_advance.add(advanced - 1.0, expected)
+
+    def wants_drafts(self) -> bool:
+        """Whether the next forward should be filled and selected (the decoder then computes
+        ``P_last``); False during a back-off (module docstring), which it counts down, and
+        when no draft set could pay even at the best rates learned so far (`drafts_may_pay`),
+        except every ``EXPLORE_EVERY``-th such step: filling is how the rates are learned."""
+        if self.backoff.skip_now():
+            return False
+        if self._may_pay is None:  # decided again after each fill and refit
+            self._may_pay = self.drafts_may_pay()
+        return self._may_pay or not self.backoff.skip_hopeless()
+
+    @property
+    def skipped(self) -> int:
+        """Forwards of this run taken as plain steps without filling."""
+        return self.backoff.skipped
+
+    def drafts_may_pay(self) -> bool:
+        """Whether some set of drafts could beat a plain step with every node at its upper
+        bound (`AcceptanceEstimator.upper_bounds`) and the last fill's shapes: a test before
+        filling, so that where drafts cannot pay auto costs nothing over vanilla."""
+        if self._shape_of is None or self.estimator is None or self.cost_model is None:
+            return True
+        bounds = sorted(self.estimator.upper_bounds(), reverse=True)
+        advance_bias = self.realized_advance.ratio
+        limit = len(bounds) if self.max_drafts is None else min(self.max_drafts, len(bounds))
+        cost = self._iteration_cost(self._shape_of)
+        step_ms = self.host_step_ms or 0.0
+        best = (1.0 + self.cost_model.standard_error) / (cost(0) + step_ms)
+        advance = 1.0
+        for k in range(1, limit + 1):
+            advance += min(1.0, advance_bias * bounds[k - 1])
+            if advance / (cost(k) + advance * step_ms) > best:
+                return True
+        return False
+
+    def filler(self, inner, shape_of: Callable[[int], VerifyShape], *, backend: str = "auto"):
+        """A `spiffy_triton.decoding.drafting.Filler` that fills every node with `inner`
+        (default: the plain probability filler), drops repeated states, and keeps this iteration's
+        `select`ion; `observe` then records how the walk went."""
+
+        self._shape_of = shape_of
+
+        def fill(graph, root_state, p_last, mask_id):
+            begin = time.perf_counter()
+            self._may_pay = None
+            if inner is None:
+                filled = probability_filler(graph, root_state, p_last, mask_id, backend=backend)
+            else:
+                filled = inner(graph, root_state, p_last, mask_id)
+            unique = {}
+            for c in filled:
+                unique.setdefault(tuple(zip(c.positions, c.tokens)), c)
+            candidates = list(unique.values())
+            selection = self.select(graph, candidates, shape_of)
+            self._pending = (root_state.tolist(), mask_id, candidates)
+            elapsed = (time.perf_counter() - begin) * 1e3
+            self._fill_ms = elapsed
+            if self.host_ms is None:
+                self.host_ms = elapsed
+            else:
+                self.host_ms += HOST_EWMA * (elapsed - self.host_ms)
+            return list(selection.chosen)
+
+        return fill
+
+    def observe(self, path: Sequence[Sequence[int]]) -> None:
+        """Record how the last selection's forward went: `path` holds the block states the walk
+        made, in order (token ids, the mask id where masked). Nothing is recorded when the
+        forward carried no selection (a block's prefill)."""
+        if self._pending is None:
+            return
+        root, mask_id, candidates = self._pending
+        self._pending = None
+        sets = [
+            frozenset((p, t) for p, (r, t) in enumerate(zip(root, state)) if r != t)
+            for state in path
+        ]
+        complete = bool(path) and mask_id not in path[-1]
+        self.estimator.observe(candidates, sets, complete=complete)
+
+    def summary(self) -> dict:
+        """Selections made (drafts chosen -> count), plain steps taken in back-off, and the
+        mean drafts and expected advance over both."""
+        forwards = sum(self.chosen_counts.values()) + self.skipped
+        drafts = sum(k * v for k, v in self.chosen_counts.items())
+        advance = self.expected_advance + self.skipped
+        return {
+            "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
+            "realized_over_expected_extra_steps": self.realized_advance.ratio,
+            "host_ms_per_step": self.host_step_ms,
+            "selections": {str(k): v for k, v in sorted(self.chosen_counts.items())},
+            "backoff_steps": self.skipped,
+            "host_ms_per_fill": self.host_ms,
+            "mean_drafts": drafts / forwards if forwards else 0.0,
+            "expected_advance_per_forward": advance / forwards if forwards else 0.0,
+        }
+
+
+# ------------------------------------------------------------------------- process memory
+
+_LOCK = threading.Lock()
+_SHARED_BUDGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shared_budget(model, setting: Hashable) -> AutoDraftBudget:
+    """The process's `AutoDraftBudget` for `model` under `setting` (what ``max_drafts="auto"``
+    uses; the decoder's setting is the cost key, the graph, the block length and the rule less
+    its seed). Acceptance rates and realized costs are properties of the model, the rule and
+    the machine, not of one call: a short call (a threshold rule decodes 64 tokens in about 20
+    forwards) would otherwise spend most of itself relearning them. Only which drafts get
+    verified depends on this history, never the tokens. Pass your own `AutoDraftBudget` to keep
+    a run apart (e.g. one per thread); `clear_cost_cache` forgets them all."""
+    with _LOCK:
+        per_model = _SHARED_BUDGETS.setdefault(model, {})
+        budget = per_model.get(setting)
+        if budget is None:
+            budget = per_model[setting] = AutoDraftBudget()
+        return budget
+
+
+def clear_cost_cache() -> None:
+    """Forget every cost model measured in this process and every shared auto budget
+    (`shared_budget`); the disk cache is left alone."""
+    clear_memory_cache()
+    with _LOCK:
+        _SHARED_BUDGETS.clear()
