@@ -59,6 +59,8 @@ from .rules import (
 )
 
 CACHE_MODES = (None, "prefix", "dual")
+# generate's methods: Spiffy (vanilla without a graph) and SimSD (`spiffy_triton.simsd`).
+METHODS = ("vanilla", "spiffy", "simsd", "simsd-exact")
 VERIFY_MODES = ("packed", "batch")
 PHASES = ("model", "drafting", "layout", "marginals", "walk")
 
@@ -174,6 +176,27 @@ def _resolve_graph(graph) -> DraftGraph | None:
         "graph must be None (vanilla), a DraftGraph, a path to a graph JSON file or an int "
         f"budget 1..16, got {type(graph).__name__}"
     )
+
+
+def _resolve_method(method, graph, draft) -> str:
+    """`generate`'s method, checked against `graph` and `draft`."""
+    if method is None:
+        method = "spiffy"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} or None, got {method!r}")
+    if method.startswith("simsd"):
+        if graph is not None:
+            raise ValueError(f"graph is Spiffy's draft graph; method={method!r} takes draft=")
+        if draft is None:
+            raise ValueError(
+                f"method={method!r} needs draft=: 'self' (the target at one step), a draft "
+                "model of the same vocabulary, or a spiffy_triton.simsd.DraftSource"
+            )
+    elif draft is not None:
+        raise ValueError(f"draft is SimSD's reference source; method={method!r} does not use it")
+    if method == "vanilla" and graph is not None:
+        raise ValueError("method='vanilla' takes no graph (method='spiffy' verifies drafts)")
+    return method
 
 
 def _resolve_budget(max_drafts, model, setting) -> AutoDraftBudget | None:
@@ -351,6 +374,8 @@ def generate(
     seed: int = 0,
     backend: str = "auto",
     filler: Filler | str | None = None,
+    method: str | None = None,
+    draft=None,
 ) -> GenerateOutput:
     """Decode `gen_length` tokens after `prompt_ids` ``[1, P]``; see the module docstring.
 
@@ -375,10 +400,22 @@ def generate(
             fixed when the model is loaded).
         filler: custom draft filler (`spiffy_triton.drafting.Filler`), or ``"noise"``: fill
             along the predicted sampling trajectory (`spiffy_triton.noise_fill`).
+        method: ``"spiffy"`` (the default: vanilla when `graph` is None), ``"vanilla"``,
+            ``"simsd"`` (SimSD's token-level acceptance of a draft's reference tokens; not
+            vanilla's output) or ``"simsd-exact"`` (vanilla's output, the references as
+            candidate states); SimSD needs a block-causal model (`spiffy_triton.simsd`).
+        draft: SimSD's reference tokens: ``"self"`` (the target, one step), a draft model of
+            the same vocabulary, or a `spiffy_triton.simsd.DraftSource`.
 
     Returns `GenerateOutput(tokens [1, P + gen_length], nfe, steps, stats)`.
     """
     prompt = _validate_prompt(model, prompt_ids)
+    method = _resolve_method(method, graph, draft)
+    if method == "simsd" and (threshold is not None or factor is not None):
+        raise ValueError(
+            "method='simsd' commits tokens left to right by token-level acceptance; "
+            "threshold / factor do not apply (method='simsd-exact' keeps vanilla's rule)"
+        )
     gen_length = _check_int("gen_length", gen_length)
     block_length = _check_int("block_length", block_length)
     if gen_length % block_length:
@@ -443,6 +480,20 @@ def generate(
         seed=seed,
         backend=backend,
     )
+    if method.startswith("simsd"):
+        from .simsd import simsd_generate
+
+        return simsd_generate(
+            model,
+            prompt,
+            method=method,
+            draft=draft,
+            rule=rule,
+            gen_length=gen_length,
+            block_length=block_length,
+            cache=cache,
+            backend=backend,
+        )
 
     draft_graph = _resolve_graph(graph)
     auto = None
