@@ -292,8 +292,10 @@ class SegmentLayout:
             if context < 0:
                 raise ValueError(f"context must be >= 0, got {int(context)}")
             chunks = (int(context),)
-        else:
-            chunks = _check_lengths(context, "context")
+        else:  # chunk lengths; all zero is an empty context
+            chunks = _check_lengths(tuple(context) + (1,), "context")[:-1]
+            if not chunks:
+                raise ValueError("context must hold at least one chunk, got an empty sequence")
         for name, value in (("committed", committed), ("block_len", block_len)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"{name} must be an integer, got {value!r}")
