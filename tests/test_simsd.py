@@ -296,3 +296,16 @@ def test_simsd_rejects_a_draft_with_another_tokenizer():
 def test_bad_method_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate(tiny(), PROMPT, **{**KW, **kwargs})
+
+
+def test_model_draft_cached_equals_uncached():
+    """The draft's own SDAR cache changes its cost, not its proposals."""
+    model = tiny()
+    cached, uncached = ModelDraft(steps=2), ModelDraft(steps=2, cache=None)
+    a = generate(model, PROMPT, method="simsd", draft=cached, **KW)
+    b = generate(model, PROMPT, method="simsd", draft=uncached, **KW)
+    assert torch.equal(a.tokens, b.tokens) and cached.forwards == uncached.forwards
+    with pytest.raises(ValueError, match="steps"):
+        ModelDraft(steps=0)
+    with pytest.raises(ValueError, match="cache"):
+        ModelDraft(cache="dual")

@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
+from ..models.sdar import BlockCausalVerifier
 from ..rules import TransitionRule, num_transfer_tokens
 
 # How many token ids `check_draft_model` decodes with both tokenizers to compare them.
@@ -85,13 +86,20 @@ class ModelDraft:
 
     LLaDA's schedule over the positions still masked (``num_transfer_tokens``), the most
     confident first; ``steps=1`` fills every masked position from one forward. `model` is
-    None for the target itself (bound at `start`). Uncached forwards: the block-causal model's
-    own layout (`spiffy_verifier`), a bidirectional model on the whole sequence.
+    None for the target itself (bound at `start`). A block-causal draft model keeps its own
+    SDAR KV cache (``cache="prefix"``: a block-start forward commits the finished blocks, later
+    proposals of the block run the block's rows only) or runs uncached (``cache=None``); a
+    bidirectional one runs on the whole sequence.
     """
 
-    def __init__(self, model=None, *, steps: int = 1, backend: str = "auto"):
+    def __init__(
+        self, model=None, *, steps: int = 1, cache: str | None = "prefix", backend: str = "auto"
+    ):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        if cache not in (None, "prefix"):
+            raise ValueError(f"cache must be None or 'prefix', got {cache!r}")
+        self.cache = cache
         self._given = model
         self.model = model
         self.steps = steps
@@ -109,12 +117,18 @@ class ModelDraft:
             check_draft_model(self._given, target)
         self.model = target if self._given is None else self._given
         hook = getattr(self.model, "spiffy_verifier", None)
-        self._verifier = hook(None, None) if hook is not None else None
+        self._verifier = None if hook is None else hook(None, None)
+        if isinstance(self._verifier, BlockCausalVerifier) and self.cache is not None:
+            self._verifier = hook(self.cache, None)
+        self._block = None  # start of the block the draft's cache was prefilled for
 
     def _logits(self, x: torch.Tensor, s: int, e: int) -> torch.Tensor:
         self.forwards += 1
         if self._verifier is None:  # LLaDA: the whole sequence, future blocks masked
             return self.model(x)[0, s:e]
+        if getattr(self._verifier, "cache", None) is not None and self._block != s:
+            self._block = s
+            return self._verifier.prefill(x, s, e)[0]
         return self._verifier(x, s, e, x.new_empty((0, e - s)))[0]
 
     @torch.no_grad()
