@@ -309,3 +309,24 @@ def test_model_draft_cached_equals_uncached():
         ModelDraft(steps=0)
     with pytest.raises(ValueError, match="cache"):
         ModelDraft(cache="dual")
+
+
+def test_benchmark_smoke(tmp_path):
+    """benchmarks/simsd.py --smoke: every row, the exact ones identical to vanilla."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import simsd as bench
+
+    bench.main(["--smoke", "--out", str(tmp_path)])
+    rows = {r["method"]: r for r in json.loads((tmp_path / "simsd_smoke.json").read_text())["rows"]}
+    assert set(rows) == {"vanilla", "spiffy D=4", "simsd (self)", "simsd (smoke)",
+                         "simsd-exact (self)"}  # fmt: skip
+    assert rows["vanilla"]["tokens_per_forward"] == 1.0  # one token per step, prefill included
+    for exact in ("spiffy D=4", "simsd-exact (self)"):
+        assert rows[exact]["tokens_identical"] == 1.0 and rows[exact]["prompts_identical"] == 1.0
+    assert rows["simsd (smoke)"]["draft_forwards"] > 0
+    with pytest.raises(SystemExit, match="not a bundled model"):
+        bench.main(["--model", str(tmp_path / "absent")])
