@@ -7,8 +7,10 @@ same KV cache setting for every row. Rows:
 - ``vanilla``: SDAR's confidence-ordered decoding (`generate`, ``remasking="low_confidence"``);
 - ``spiffy D=k``: Spiffy with the default graph of k nodes, every node verified (exact);
 - ``simsd (draft)``: SimSD's token-level acceptance, references from the target itself at one
-  step (``self``) or from another model of the same vocabulary (``--drafts``);
-- ``simsd-exact (self)``: the exact variant (reference-chain candidates walked by vanilla's rule).
+  step (``self``), from the target's previous forward (``previous``, no draft forward) or
+  from another model of the same vocabulary (``--drafts``, default the bundled ``tiny``);
+- ``simsd-exact (draft)``: the exact variant (reference-chain candidates walked by vanilla's
+  rule), references ``self`` or ``previous``.
 
 Columns: target forwards (NFE), generated tokens per target forward, draft forwards, block
 rows per target forward (the block, its drafts or references; not the context), CPU wall
@@ -105,8 +107,8 @@ def load_drafts(names: list[str], target, smoke: bool) -> tuple[dict, dict]:
 
     drafts, skipped = {}, {}
     for name in names:
-        if name == "self":
-            drafts[name] = "self"
+        if name in ("self", "previous"):
+            drafts[name] = name
             continue
         try:
             model = smoke_model(1, 1) if smoke else load_model(name, backend="torch")
@@ -125,7 +127,8 @@ def configurations(args, drafts: dict) -> dict[str, dict]:
         configs[f"spiffy D={d}"] = {"graph": d, "max_drafts": None}
     for name, draft in drafts.items():
         configs[f"simsd ({name})"] = {"method": "simsd", "draft": draft}
-    configs["simsd-exact (self)"] = {"method": "simsd-exact", "draft": "self"}
+    for name in ("self", "previous"):
+        configs[f"simsd-exact ({name})"] = {"method": "simsd-exact", "draft": name}
     return configs
 
 
@@ -213,13 +216,18 @@ def parse_args(argv=None):
     parser.add_argument("--block-length", type=int, default=None, help="default: the model's")
     parser.add_argument("--cache", choices=("prefix", "none"), default="prefix")
     parser.add_argument("--graphs", default="4", help="Spiffy default-graph sizes, e.g. 4,8")
-    parser.add_argument("--drafts", default="self,tiny", help="SimSD draft sources")
+    parser.add_argument(
+        "--drafts",
+        default="self,previous,tiny",
+        help="SimSD draft sources: self, previous, bundled model names or checkpoint dirs",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="results directory")
     args = parser.parse_args(argv)
     if args.smoke:
         args.per_kind, args.gen_length = min(args.per_kind, 1), min(args.gen_length, 8)
-        args.drafts = ",".join(d if d == "self" else "smoke" for d in args.drafts.split(","))
+        keep = ("self", "previous")
+        args.drafts = ",".join(d if d in keep else "smoke" for d in args.drafts.split(","))
     args.cache = None if args.cache == "none" else args.cache
     args.graphs = [int(d) for d in args.graphs.split(",") if d.strip()]
     args.drafts = [d for d in args.drafts.split(",") if d.strip()]

@@ -202,12 +202,13 @@ EXACT_RULES = [
 ]
 
 
+@pytest.mark.parametrize("draft", ["self", "previous"])
 @pytest.mark.parametrize("cache", [None, "prefix"])
 @pytest.mark.parametrize("rule", EXACT_RULES)
-def test_exact_variant_equals_vanilla(cache, rule):
+def test_exact_variant_equals_vanilla(cache, rule, draft):
     model = tiny()
     vanilla = generate(model, PROMPT, cache=cache, **KW, **rule)
-    exact = generate(model, PROMPT, cache=cache, method="simsd-exact", draft="self", **KW, **rule)
+    exact = generate(model, PROMPT, cache=cache, method="simsd-exact", draft=draft, **KW, **rule)
     assert torch.equal(exact.tokens, vanilla.tokens) and exact.steps == vanilla.steps
     assert exact.stats.exact and exact.nfe <= vanilla.nfe
 
@@ -298,6 +299,22 @@ def test_bad_method_arguments(kwargs, message):
         generate(tiny(), PROMPT, **{**KW, **kwargs})
 
 
+@pytest.mark.parametrize("cache", [None, "prefix"])
+def test_previous_forward_draft_needs_no_draft_forward(cache):
+    """References from the target's previous forward of the block: with the SDAR cache the
+    block-start forward's tokens are what the target at one step (`draft="self"`) proposes."""
+    model = tiny()
+    kwargs = dict(method="simsd", cache=cache, **KW)
+    previous = generate(model, PROMPT, draft="previous", **kwargs)
+    assert previous.stats.draft_forwards == 0 and previous.steps == 8
+    assert previous.stats.draft == "previous forward"
+    if cache == "prefix":
+        self_draft = generate(model, PROMPT, draft="self", **kwargs)
+        assert torch.equal(previous.tokens, self_draft.tokens)
+    else:  # no tokens of the block seen yet: the first forward of each block commits one
+        assert previous.stats.steps_per_forward[1] >= 2
+
+
 def test_model_draft_cached_equals_uncached():
     """The draft's own SDAR cache changes its cost, not its proposals."""
     model = tiny()
@@ -322,10 +339,11 @@ def test_benchmark_smoke(tmp_path):
 
     bench.main(["--smoke", "--out", str(tmp_path)])
     rows = {r["method"]: r for r in json.loads((tmp_path / "simsd_smoke.json").read_text())["rows"]}
-    assert set(rows) == {"vanilla", "spiffy D=4", "simsd (self)", "simsd (smoke)",
-                         "simsd-exact (self)"}  # fmt: skip
+    simsd = {f"simsd ({d})" for d in ("self", "previous", "smoke")}
+    exact = {f"simsd-exact ({d})" for d in ("self", "previous")}
+    assert set(rows) == {"vanilla", "spiffy D=4"} | simsd | exact
     assert rows["vanilla"]["tokens_per_forward"] == 1.0  # one token per step, prefill included
-    for exact in ("spiffy D=4", "simsd-exact (self)"):
+    for exact in ("spiffy D=4", "simsd-exact (self)", "simsd-exact (previous)"):
         assert rows[exact]["tokens_identical"] == 1.0 and rows[exact]["prompts_identical"] == 1.0
     assert rows["simsd (smoke)"]["draft_forwards"] > 0
     with pytest.raises(SystemExit, match="not a bundled model"):

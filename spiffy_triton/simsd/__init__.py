@@ -11,13 +11,21 @@ the model's Spiffy verifier and walked with vanilla's rule (`walk`).
 """
 
 from .accept import accept_references, reference_chain, walk
-from .draft import DraftSource, ModelDraft, Proposal, check_draft_model, resolve_draft
+from .draft import (
+    DraftSource,
+    ModelDraft,
+    PreviousForwardDraft,
+    Proposal,
+    check_draft_model,
+    resolve_draft,
+)
 from .loop import SIMSD_METHODS, SimSDStats, check_block_causal, simsd_generate
 
 __all__ = [
     "SIMSD_METHODS",
     "DraftSource",
     "ModelDraft",
+    "PreviousForwardDraft",
     "Proposal",
     "SimSDStats",
     "accept_references",

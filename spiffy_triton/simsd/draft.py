@@ -160,17 +160,57 @@ class ModelDraft:
         return Proposal(block.clone(), confidence)
 
 
+class PreviousForwardDraft:
+    """The target's own tokens from its previous forward of the block: no draft forward.
+
+    The SimSD loop reports every forward's target tokens (`observe`); the block-start forward
+    of the SDAR cache gives one token per position (the target at one step, for free), a SimSD
+    forward the masked positions' tokens (those after a disagreement saw a wrong reference, so
+    they are weaker guesses). Where nothing was observed yet (the first forward of a block
+    without cache) the reference is the mask id, which the target never commits: that forward
+    commits its first token only.
+    """
+
+    name = "previous forward"
+
+    def __init__(self):
+        self.forwards = 0
+        self._seen: dict[int, tuple[int, float]] = {}
+
+    def start(self, target, prompt_length: int) -> None:
+        self._mask_id = target.config.mask_token_id
+        self._seen = {}
+
+    def observe(self, positions: torch.Tensor, tokens: torch.Tensor, confidence) -> None:
+        """The target's tokens (and their probabilities) at absolute `positions`."""
+        values = zip(tokens.tolist(), confidence.to(torch.float64).tolist())
+        self._seen.update(zip(positions.tolist(), values))
+
+    def propose(self, x: torch.Tensor, s: int, e: int) -> Proposal:
+        block = x[0, s:e].clone()
+        seen = [self._seen.get(p, (self._mask_id, 0.0)) for p in range(s, e)]
+        masked = block == self._mask_id
+        guesses = torch.tensor([t for t, _ in seen], dtype=block.dtype, device=block.device)
+        block[masked] = guesses[masked]
+        return Proposal(block, torch.tensor([c for _, c in seen], dtype=torch.float64))
+
+
 def resolve_draft(draft, target, *, backend: str = "auto") -> DraftSource:
-    """The draft source of ``generate(..., draft=)``: ``"self"`` (the target, one step), a
-    model (one step of it), or a `DraftSource`. Raises a ValueError naming `draft`."""
+    """The draft source of ``generate(..., draft=)``: ``"self"`` (the target, one step),
+    ``"previous"`` (`PreviousForwardDraft`), a model (one step of it), or a `DraftSource`.
+    Raises a ValueError naming `draft`."""
     if draft is None:
         raise ValueError(
             "draft is required with method='simsd': 'self' (the target at one step), a draft "
             "model of the same vocabulary, or a DraftSource"
         )
     if isinstance(draft, str):
+        if draft == "previous":
+            return PreviousForwardDraft()
         if draft != "self":
-            raise ValueError(f"draft must be 'self', a model or a DraftSource, got {draft!r}")
+            raise ValueError(
+                f"draft must be 'self', 'previous', a model or a DraftSource, got {draft!r}"
+            )
         return ModelDraft(None, backend=backend)
     if isinstance(draft, DraftSource):
         return draft

@@ -140,22 +140,26 @@ class _Run:
 
     def target_tokens(self, logits: torch.Tensor, first_position: int) -> torch.Tensor:
         """The target's token per row: argmax, or the Gumbel-max sample keyed by
-        ``(seed, position)`` (step 0: each position is committed once)."""
+        ``(seed, position)`` (step 0: each position is committed once). A draft source with
+        ``observe`` sees them (`PreviousForwardDraft`)."""
         positions = torch.arange(
             first_position, first_position + logits.shape[0], device=logits.device
         )
         start = time.perf_counter()
-        token = self.rule.marginals(logits, step=0, positions=positions).token
+        marginals = self.rule.marginals(logits, step=0, positions=positions)
+        token = marginals.token.to(torch.int64)
+        if hasattr(self.source, "observe"):
+            self.source.observe(positions, token, marginals.prob)
         self.stats.time_s["marginals"] += time.perf_counter() - start
-        return token.to(torch.int64)
+        return token
 
 
 def _simsd_block(run: _Run, s: int, e: int) -> None:
     """Token-level SimSD on one block (module docstring, steps 1-3)."""
     length, committed = e - s, 0
     if run.cache is not None:
-        logits = run.prefill(s, e)
-        committed = run.commit(s, 0, run.target_tokens(logits[:1], s))
+        tokens = run.target_tokens(run.prefill(s, e), s)
+        committed = run.commit(s, 0, tokens[:1])
     while committed < length:
         proposal = run.propose(s, e)
         references = proposal.tokens[committed : length - 1].to(run.x.device)
@@ -184,6 +188,8 @@ def _exact_block(run: _Run, s: int, e: int, step: int) -> int:
             run.stats.query_rows += (e if run.cache is None else e - s) + candidates.numel()
             root, logits, _ = run.timed("model", run.verifier, run.x, s, e, candidates)
         first = False
+        if hasattr(run.source, "observe"):  # the root's tokens: the next references
+            run.target_tokens(root, s)
         run.stats.drafts_verified += candidates.shape[0]
         start = time.perf_counter()
         new, advanced = walk(
