@@ -281,12 +281,13 @@ class SegmentLayout:
         The block's state has its first `committed` positions filled and the other
         ``m = block_len - committed`` masked. ``m - 1`` reference rows follow the block, holding
         the draft's tokens for the masked positions but the last, at those positions' ids.
-        Rows: ``[context, C (committed), M0 (first masked), M1 (other masked), refs]``; with
-        ``cached=True`` the context is keys only. Context: an int (one segment seen in full) or
-        block-causal chunk lengths (uncached). Block rows see the context and the whole block
-        (vanilla's view of the state); masked position ``p`` also sees the references at
-        positions ``< p`` (M1 x refs is CAUSAL: M1 starts one position after the refs do);
-        a reference sees the context, C and the references up to its own position.
+        Query rows: ``[context, C (committed), M0 (first masked), M1 (other masked), refs]``,
+        keys ``[context, C, M, refs]``; with ``cached=True`` the context is keys only. Context:
+        an int (one segment seen in full) or block-causal chunk lengths (uncached). Block rows
+        see the context and the whole block (vanilla's view of the state); masked position
+        ``p`` also sees the references at positions ``< p`` (M1 x refs is CAUSAL: M1 starts
+        one position after the refs do); a reference sees the context, C and the references up
+        to its own position.
         """
         if isinstance(context, numbers.Integral) and not isinstance(context, bool):
             if context < 0:
@@ -308,18 +309,19 @@ class SegmentLayout:
             raise TypeError(f"cached must be a bool, got {cached!r}")
         if cached:
             chunks = (sum(chunks),)
-        n, m = len(chunks), block_len - committed
-        block = (int(committed), 1, m - 1)
-        k_lengths = chunks + block + (m - 1,)
+        n, m, c = len(chunks), block_len - committed, int(committed)
+        # Query segments split the masked rows after the first; key segments need not.
+        q_block = (c, 1, m - 1, m - 1)
+        k_lengths = chunks + (c, m, m - 1)
         ctx = [FULL] * n
-        state_row = ctx + [FULL, FULL, FULL, NONE]
-        masked_row = ctx + [FULL, FULL, FULL, CAUSAL]
-        reference_row = ctx + [FULL, NONE, NONE, CAUSAL]
+        state_row = ctx + [FULL, FULL, NONE]
+        masked_row = ctx + [FULL, FULL, CAUSAL]
+        reference_row = ctx + [FULL, NONE, CAUSAL]
         block_rows = [state_row, state_row, masked_row, reference_row]
         if cached:
-            return cls(block + (m - 1,), k_lengths, block_rows)
-        context_rows = [[FULL if j <= i else NONE for j in range(n)] + [NONE] * 4 for i in range(n)]
-        return cls(k_lengths, k_lengths, context_rows + block_rows)
+            return cls(q_block, k_lengths, block_rows)
+        context_rows = [[FULL if j <= i else NONE for j in range(n)] + [NONE] * 3 for i in range(n)]
+        return cls(chunks + q_block, k_lengths, context_rows + block_rows)
 
     @classmethod
     def full(cls, num_q_rows: int, num_k_rows: int | None = None) -> SegmentLayout:

@@ -68,8 +68,25 @@ def test_layout_matches_dense_oracle(chunks, committed, block_len, cached):
     layout = SegmentLayout.simsd(context, committed, block_len, cached=cached)
     expected = simsd_dense_oracle(chunks, committed, block_len, cached)
     assert torch.equal(layout.to_dense(), expected)
-    # O(segments): a handful per context chunk, not one per row
-    assert layout.num_q_segments <= len(chunks) + 4
+    # O(segments): one per context chunk and four (queries) / three (keys) for the block
+    assert layout.num_q_segments == (0 if cached else len(chunks)) + 4
+    assert layout.num_k_segments == (1 if cached else len(chunks)) + 3
+
+
+@pytest.mark.parametrize(
+    "chunks, committed, block_len, cached", [((23, 16), 0, 16, False), ((40,), 5, 16, True)]
+)
+def test_triton_kernel_runs_the_layout_unchanged(chunks, committed, block_len, cached):
+    """The Triton kernel (interpreter on CPU) against its reference on SimSD layouts."""
+    from test_graph_attention import check_parity, make_inputs
+
+    context = sum(chunks) if cached else chunks
+    layout = SegmentLayout.simsd(context, committed, block_len, cached=cached)
+    gen = torch.Generator().manual_seed(block_len + committed)
+    q, k, v = make_inputs(
+        layout, batch=1, q_heads=4, kv_heads=2, head_dim=16, dtype=torch.float32, generator=gen
+    )
+    check_parity(q, k, v, layout, name=f"simsd c={committed} cached={cached}")
 
 
 def test_layout_errors():
