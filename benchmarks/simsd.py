@@ -132,6 +132,20 @@ def configurations(args, drafts: dict) -> dict[str, dict]:
     return configs
 
 
+def weights_sha256(name: str) -> str | None:
+    """sha256 of the checkpoint's weights (bundled name or directory), to tell runs apart."""
+    import hashlib
+    import os
+
+    from spiffy_triton.models import BUNDLED_MODELS
+
+    path = os.path.join(BUNDLED_MODELS.get(name, name), "model.safetensors")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def prompts(per_kind: int):
     held = tinydata.heldout_prompts(per_kind)
     return [example for kind in tinydata.KINDS for example in held[kind]]
@@ -192,6 +206,7 @@ def run(args) -> list[dict]:
         )
     meta = {
         "model": "random tiny SDAR (smoke)" if args.smoke else args.model,
+        "weights_sha256": None if args.smoke else weights_sha256(args.model),
         "prompts": n,
         "per_kind": args.per_kind,
         "gen_length": args.gen_length,
