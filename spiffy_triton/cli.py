@@ -153,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--draft",
         default=None,
-        help="SimSD's reference source: 'self' (the default: the target at one step), a "
-        "bundled model name or a checkpoint directory of the same vocabulary",
+        help="SimSD's reference source: 'self' (the default: the target at one step), "
+        "'previous' (the target's tokens from its previous forward), a bundled model name or "
+        "a checkpoint directory of the same vocabulary",
     )
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_decode_options(gen)
@@ -354,8 +355,8 @@ def _draft_argument(args):
         if args.draft is not None:
             raise CLIError("--draft needs --method simsd or simsd-exact")
         return None
-    if args.draft in (None, "self"):
-        return "self"
+    if args.draft in (None, "self", "previous"):
+        return args.draft or "self"
     return _load_model(args.draft, args.backend, "--draft")
 
 

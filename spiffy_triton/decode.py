@@ -189,8 +189,8 @@ def _resolve_method(method, graph, draft) -> str:
             raise ValueError(f"graph is Spiffy's draft graph; method={method!r} takes draft=")
         if draft is None:
             raise ValueError(
-                f"method={method!r} needs draft=: 'self' (the target at one step), a draft "
-                "model of the same vocabulary, or a spiffy_triton.simsd.DraftSource"
+                f"method={method!r} needs draft=: 'self' (the target at one step), 'previous', "
+                "a draft model of the same vocabulary, or a spiffy_triton.simsd.DraftSource"
             )
     elif draft is not None:
         raise ValueError(f"draft is SimSD's reference source; method={method!r} does not use it")
@@ -404,8 +404,9 @@ def generate(
             ``"simsd"`` (SimSD's token-level acceptance of a draft's reference tokens; not
             vanilla's output) or ``"simsd-exact"`` (vanilla's output, the references as
             candidate states); SimSD needs a block-causal model (`spiffy_triton.simsd`).
-        draft: SimSD's reference tokens: ``"self"`` (the target, one step), a draft model of
-            the same vocabulary, or a `spiffy_triton.simsd.DraftSource`.
+        draft: SimSD's reference tokens: ``"self"`` (the target, one step), ``"previous"``
+            (the target's tokens from its previous forward of the block), a draft model of the
+            same vocabulary, or a `spiffy_triton.simsd.DraftSource`.
 
     Returns `GenerateOutput(tokens [1, P + gen_length], nfe, steps, stats)`.
     """

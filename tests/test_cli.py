@@ -304,6 +304,9 @@ def test_generate_method_simsd(capsys, sdar_dir, monkeypatch):
         outputs[method] = json.loads(out)
     assert outputs["simsd"]["method"] == "simsd" and outputs["simsd"]["draft"] == "self, 1 step"
     assert outputs["simsd-exact"]["completion"] == outputs["vanilla"]["completion"]
+    status, out, _ = run(capsys, "generate", "--prompt", "Q", "--method", "simsd", "--draft",
+                         "previous", "--json", *common)  # fmt: skip
+    assert status == 0 and json.loads(out)["draft"] == "previous forward"
     status, _, err = run(capsys, "generate", "--prompt", "Q", "--draft", "self", *common)
     assert status == 2 and "--draft needs --method simsd" in err
     status, _, err = run(capsys, "generate", "--prompt", "Q", "--method", "simsd", "--draft",
