@@ -275,18 +275,14 @@ def test_console_entry_point_in_setup_py():
 @pytest.fixture(scope="module")
 def sdar_dir(tmp_path_factory):
     """A random-weight SDAR checkpoint over the bundled character tokenizer."""
-    from spiffy_triton.models import CharTokenizer, QwenConfig, SDARModel, save_checkpoint
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.simsd import smoke_model
+    from spiffy_triton.models import save_checkpoint
 
-    tokenizer = CharTokenizer()
-    config = QwenConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, intermediate_size=48, vocab_size=tokenizer.vocab_size, rope_theta=1e4,
-        mask_token_id=tokenizer.mask_token_id, block_size=4, tie_word_embeddings=True,
-        model_type="sdar", max_position_embeddings=128,
-    )  # fmt: skip
+    model = smoke_model(seed=5, layers=1)
     path = tmp_path_factory.mktemp("sdar")
-    save_checkpoint(SDARModel(config, backend="torch").init_weights(5), path)
-    tokenizer.save(path / "tokenizer.json")
+    save_checkpoint(model, path)
+    model.tokenizer.save(path / "tokenizer.json")
     return path
 
 
