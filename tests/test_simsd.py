@@ -365,3 +365,21 @@ def test_benchmark_smoke(tmp_path):
     assert rows["simsd (smoke)"]["draft_forwards"] > 0
     with pytest.raises(SystemExit, match="not a bundled model"):
         bench.main(["--model", str(tmp_path / "absent")])
+
+
+def test_on_the_bundled_trained_sdar_model():
+    """On the trained block-causal model: the exact variant is vanilla, SimSD commits several
+    tokens per forward. (The model lands with the change that trains it.)"""
+    from spiffy_triton.models import load_model
+
+    try:
+        model = load_model("tiny-sdar", backend="torch")
+    except FileNotFoundError as error:
+        pytest.skip(f"tiny-sdar is not bundled in this checkout: {error}")
+    ids = torch.tensor([model.tokenizer.encode("Q: 33+19+13=?\nA: ")])
+    kwargs = dict(gen_length=32, block_length=model.config.block_size, cache="prefix")
+    vanilla = generate(model, ids, backend="torch", **kwargs)
+    exact = generate(model, ids, method="simsd-exact", draft="self", backend="torch", **kwargs)
+    simsd = generate(model, ids, method="simsd", draft="previous", backend="torch", **kwargs)
+    assert torch.equal(exact.tokens, vanilla.tokens) and exact.nfe < vanilla.nfe
+    assert simsd.nfe < vanilla.nfe and simsd.steps == 32
