@@ -143,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="drafts verified per forward: 'auto' (cost-aware, the default), 'all' (every "
         "filled node), or N (dynamic pruning to the best N)",
     )
+    gen.add_argument(
+        "--method",
+        choices=("vanilla", "spiffy", "simsd", "simsd-exact"),
+        default=None,
+        help="decoding method (default: spiffy with --graph/--budget, else vanilla); simsd "
+        "and simsd-exact need a block-causal (SDAR) model",
+    )
+    gen.add_argument(
+        "--draft",
+        default=None,
+        help="SimSD's reference source: 'self' (the default: the target at one step), "
+        "'previous' (the target's tokens from its previous forward), a bundled model name or "
+        "a checkpoint directory of the same vocabulary",
+    )
     gen.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_decode_options(gen)
 
@@ -208,13 +222,13 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def _load_model(name: str, backend: str):
+def _load_model(name: str, backend: str, option: str = "--model"):
     from .models import load_model
 
     try:
         return load_model(name, backend=backend)
     except FileNotFoundError as err:
-        raise CLIError(f"--model: {err}") from None
+        raise CLIError(f"{option}: {err}") from None
 
 
 def cmd_calibrate(args) -> int:
@@ -315,6 +329,8 @@ def cmd_generate(args) -> int:
         graph=graph,
         max_drafts=max_drafts,
         filler=filler,
+        method=args.method,
+        draft=_draft_argument(args),
         **_decode_kwargs(args),
     )
     text = model.tokenizer.decode(out.tokens[0, prompt_ids.shape[1] :].tolist())
@@ -323,12 +339,25 @@ def cmd_generate(args) -> int:
     else:
         print(prompt + text)
         mode = "vanilla" if graph is None else f"spiffy ({out.stats.graph})"
+        if args.method in ("simsd", "simsd-exact"):
+            mode = f"{args.method} (draft: {out.stats.draft})"
         print(
             f"[{mode}] NFE {out.nfe}, steps {out.steps}, steps/NFE "
             f"{out.stats.steps_per_nfe:.3f}, {out.stats.total_time_s:.2f} s",
             file=sys.stderr,
         )
     return 0
+
+
+def _draft_argument(args):
+    """`generate`'s draft= from --draft: None unless SimSD; 'self' or a loaded model."""
+    if args.method not in ("simsd", "simsd-exact"):
+        if args.draft is not None:
+            raise CLIError("--draft needs --method simsd or simsd-exact")
+        return None
+    if args.draft in (None, "self", "previous"):
+        return args.draft or "self"
+    return _load_model(args.draft, args.backend, "--draft")
 
 
 def repository_root() -> Path | None:

@@ -275,6 +275,55 @@ class SegmentLayout:
         return cls(lengths, lengths, visibility)
 
     @classmethod
+    def simsd(cls, context, committed: int, block_len: int, cached: bool = False) -> SegmentLayout:
+        """SimSD's verification layout for a block-causal model (docs/DECODING.md, SimSD).
+
+        The block's state has its first `committed` positions filled and the other
+        ``m = block_len - committed`` masked. ``m - 1`` reference rows follow the block, holding
+        the draft's tokens for the masked positions but the last, at those positions' ids.
+        Query rows: ``[context, C (committed), M0 (first masked), M1 (other masked), refs]``,
+        keys ``[context, C, M, refs]``; with ``cached=True`` the context is keys only. Context:
+        an int (one segment seen in full) or block-causal chunk lengths (uncached). Block rows
+        see the context and the whole block (vanilla's view of the state); masked position
+        ``p`` also sees the references at positions ``< p`` (M1 x refs is CAUSAL: M1 starts
+        one position after the refs do); a reference sees the context, C and the references up
+        to its own position.
+        """
+        if isinstance(context, numbers.Integral) and not isinstance(context, bool):
+            if context < 0:
+                raise ValueError(f"context must be >= 0, got {int(context)}")
+            chunks = (int(context),)
+        else:  # chunk lengths; all zero is an empty context
+            chunks = _check_lengths(tuple(context) + (1,), "context")[:-1]
+            if not chunks:
+                raise ValueError("context must hold at least one chunk, got an empty sequence")
+        for name, value in (("committed", committed), ("block_len", block_len)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+        if block_len < 1 or not 0 <= committed < block_len:
+            raise ValueError(
+                f"need block_len >= 1 and 0 <= committed < block_len (a masked position to "
+                f"verify), got committed={committed}, block_len={block_len}"
+            )
+        if not isinstance(cached, bool):
+            raise TypeError(f"cached must be a bool, got {cached!r}")
+        if cached:
+            chunks = (sum(chunks),)
+        n, m, c = len(chunks), block_len - committed, int(committed)
+        # Query segments split the masked rows after the first; key segments need not.
+        q_block = (c, 1, m - 1, m - 1)
+        k_lengths = chunks + (c, m, m - 1)
+        ctx = [FULL] * n
+        state_row = ctx + [FULL, FULL, NONE]
+        masked_row = ctx + [FULL, FULL, CAUSAL]
+        reference_row = ctx + [FULL, NONE, CAUSAL]
+        block_rows = [state_row, state_row, masked_row, reference_row]
+        if cached:
+            return cls(q_block, k_lengths, block_rows)
+        context_rows = [[FULL if j <= i else NONE for j in range(n)] + [NONE] * 3 for i in range(n)]
+        return cls(chunks + q_block, k_lengths, context_rows + block_rows)
+
+    @classmethod
     def full(cls, num_q_rows: int, num_k_rows: int | None = None) -> SegmentLayout:
         """Every query row sees every key (plain bidirectional attention)."""
         num_k_rows = num_q_rows if num_k_rows is None else num_k_rows

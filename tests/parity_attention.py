@@ -203,6 +203,24 @@ def block_causal_case(blocks: tuple[int, ...], *, device: str) -> None:
         check_parity(q, k, v, layout, name=f"block_causal {blocks} {dtype}")
 
 
+def simsd_case(context, committed: int, block_len: int, cached: bool, *, device: str) -> None:
+    """SimSD's verify layout (`SegmentLayout.simsd`) runs the kernel unchanged."""
+    layout = SegmentLayout.simsd(context, committed, block_len, cached=cached)
+    gen = torch.Generator().manual_seed(block_len + committed)
+    for dtype in DTYPES:
+        q, k, v = make_inputs(
+            layout,
+            batch=1,
+            q_heads=4,
+            kv_heads=2,
+            head_dim=16,
+            dtype=dtype,
+            generator=gen,
+            device=device,
+        )
+        check_parity(q, k, v, layout, name=f"simsd c={committed} cached={cached} {dtype}")
+
+
 def masked_rows_case(backend: str, *, device: str) -> None:
     """Rows whose layout lets them see no key: zeros and lse = -inf."""
     layout = SegmentLayout([3, 5, 2], [4, 6], [[1, 0], [0, 0], [2, 1]])

@@ -146,6 +146,10 @@ def _attention_cases() -> list[Case]:
     for blocks in ((4, 4, 4, 4), (32, 32, 32), (5, 17, 3, 40), (1,), (70, 0, 9)):
         name = "block_causal-" + "_".join(map(str, blocks))
         cases.append(Case("attention", name, A.block_causal_case, (blocks,)))
+    for context, committed, block_len, cached in (((23, 16), 0, 16, False), (40, 5, 16, True)):
+        name = f"simsd-c{committed}-L{block_len}-{'cached' if cached else 'uncached'}"
+        args = (context, committed, block_len, cached)
+        cases.append(Case("attention", name, A.simsd_case, args))
     for backend in ("torch", "triton"):
         cases.append(Case("attention", f"masked_rows-{backend}", A.masked_rows_case, (backend,)))
         cases.append(Case("attention", f"unseen_keys-{backend}", A.unseen_keys_case, (backend,)))

@@ -270,3 +270,44 @@ def test_generate_draws_nothing_without_a_model(capsys, tmp_path):
 def test_console_entry_point_in_setup_py():
     setup_py = (Path(cli.__file__).resolve().parent.parent / "setup.py").read_text()
     assert "spiffy-triton=spiffy_triton.cli:main" in setup_py
+
+
+@pytest.fixture(scope="module")
+def sdar_dir(tmp_path_factory):
+    """A random-weight SDAR checkpoint over the bundled character tokenizer."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.simsd import smoke_model
+    from spiffy_triton.models import save_checkpoint
+
+    model = smoke_model(seed=5, layers=1)
+    path = tmp_path_factory.mktemp("sdar")
+    save_checkpoint(model, path)
+    model.tokenizer.save(path / "tokenizer.json")
+    return path
+
+
+def test_generate_method_simsd(capsys, sdar_dir, monkeypatch):
+    from spiffy_triton.models import CharTokenizer, dream
+
+    # The SDAR loader reads Hugging Face tokenizers; this checkpoint has the character one.
+    monkeypatch.setattr(dream, "load_hf_tokenizer", CharTokenizer.load)
+    common = ["--model", sdar_dir, "--gen-length", 8, "--block-length", 4, "--backend", "torch"]
+    outputs = {}
+    for method in ("vanilla", "simsd", "simsd-exact"):
+        status, out, _ = run(capsys, "generate", "--prompt", "Q: 1+2=?", "--method", method,
+                             "--json", *common)  # fmt: skip
+        assert status == 0
+        outputs[method] = json.loads(out)
+    assert outputs["simsd"]["method"] == "simsd" and outputs["simsd"]["draft"] == "self, 1 step"
+    assert outputs["simsd-exact"]["completion"] == outputs["vanilla"]["completion"]
+    status, out, _ = run(capsys, "generate", "--prompt", "Q", "--method", "simsd", "--draft",
+                         "previous", "--json", *common)  # fmt: skip
+    assert status == 0 and json.loads(out)["draft"] == "previous forward"
+    status, _, err = run(capsys, "generate", "--prompt", "Q", "--draft", "self", *common)
+    assert status == 2 and "--draft needs --method simsd" in err
+    status, _, err = run(capsys, "generate", "--prompt", "Q", "--method", "simsd", "--draft",
+                         sdar_dir / "nope", *common)  # fmt: skip
+    assert status == 2 and "--draft:" in err
+    status, _, err = run(capsys, "generate", "--prompt", "Q", "--method", "simsd", "--model",
+                         "tiny", "--gen-length", 8, "--block-length", 4)  # fmt: skip
+    assert status == 2 and "method='simsd'" in err

@@ -83,6 +83,7 @@ def test_parity_cases_cover_the_contract():
     assert sum(n.startswith("random-") for n in names) == NUM_RANDOM_CASES
     assert {"head_dim-64-bfloat16", "head_dim-128-float16", "head_dim-128-float32"} <= set(names)
     assert sum(n.startswith("packing-triton") for n in names) == 6
+    assert sum(n.startswith("simsd-") for n in names) == 2  # SimSD verify layouts
 
 
 # ---- bad input ------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ import torch
 from .budget import AutoDraftBudget
 from .drafting import Drafts, Filler
 from .methods import Block, DecodeMethod, Forward, Walk, empty_drafts, make_method
-from .settings import DecodeSettings, resolve_settings
+from .settings import DecodeSettings, resolve_method, resolve_settings
+from .simsd import SIMSD_METHODS, simsd_generate
 from .stats import PHASES, DecodeStats, GenerateOutput, PhaseClock
 from .verify import Verifier, default_verify, is_exact
 
@@ -160,6 +161,8 @@ def generate(
     seed: int = 0,
     backend: str = "auto",
     filler: Filler | str | None = None,
+    method: str | None = None,
+    draft=None,
 ) -> GenerateOutput:
     """Decode `gen_length` tokens after `prompt_ids` ``[1, P]``; see the module docstring.
 
@@ -184,9 +187,17 @@ def generate(
             fixed when the model is loaded).
         filler: custom draft filler (`spiffy_triton.decoding.drafting.Filler`), or ``"noise"``: fill
             along the predicted sampling trajectory (`spiffy_triton.decoding.noise_fill`).
+        method: ``"spiffy"`` (the default: vanilla when `graph` is None), ``"vanilla"``,
+            ``"simsd"`` (SimSD's token-level acceptance of a draft's reference tokens; not
+            vanilla's output) or ``"simsd-exact"`` (vanilla's output, the references as
+            candidate states); SimSD needs a block-causal model (`decoding.simsd`).
+        draft: SimSD's reference tokens: ``"self"`` (the target, one step), ``"previous"``
+            (the target's tokens from its previous forward of the block), a draft model of the
+            same vocabulary, or a `spiffy_triton.decoding.simsd.DraftSource`.
 
     Returns `GenerateOutput(tokens [1, P + gen_length], nfe, steps, stats)`.
     """
+    method = resolve_method(method, graph, draft, threshold, factor)
     settings = resolve_settings(
         model,
         prompt_ids,
@@ -205,6 +216,19 @@ def generate(
         backend=backend,
         filler=filler,
     )
+    if method in SIMSD_METHODS:
+        # SimSD commits by its own acceptance rule over its own verify layout (decoding.simsd).
+        return simsd_generate(
+            model,
+            settings.prompt,
+            method=method,
+            draft=draft,
+            rule=settings.rule,
+            gen_length=settings.gen_length,
+            block_length=settings.block_length,
+            cache=settings.cache,
+            backend=settings.backend,
+        )
     run = DecodeRun(model, settings, make_method(settings))
     run.method.bind(run)
     hint = None  # next block's logits from the last root forward, if the mode computed them

@@ -55,6 +55,36 @@ class DecodeSettings:
         return range(self.prompt_length, self.total_length, self.block_length)
 
 
+# generate's methods: Spiffy (vanilla without a graph) and SimSD (`decoding.simsd`).
+METHODS = ("vanilla", "spiffy", "simsd", "simsd-exact")
+
+
+def resolve_method(method, graph, draft, threshold=None, factor=None) -> str:
+    """`generate`'s method, checked against `graph`, `draft` and the rule's arguments."""
+    if method is None:
+        method = "spiffy"
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} or None, got {method!r}")
+    if method.startswith("simsd"):
+        if graph is not None:
+            raise ValueError(f"graph is Spiffy's draft graph; method={method!r} takes draft=")
+        if draft is None:
+            raise ValueError(
+                f"method={method!r} needs draft=: 'self' (the target at one step), 'previous', "
+                "a draft model of the same vocabulary, or a decoding.simsd.DraftSource"
+            )
+    elif draft is not None:
+        raise ValueError(f"draft is SimSD's reference source; method={method!r} does not use it")
+    if method == "vanilla" and graph is not None:
+        raise ValueError("method='vanilla' takes no graph (method='spiffy' verifies drafts)")
+    if method == "simsd" and (threshold is not None or factor is not None):
+        raise ValueError(
+            "method='simsd' commits tokens left to right by token-level acceptance; "
+            "threshold / factor do not apply (method='simsd-exact' keeps vanilla's rule)"
+        )
+    return method
+
+
 def check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")

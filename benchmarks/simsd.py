@@ -1,0 +1,257 @@
+"""SimSD beside Spiffy on a block-causal (SDAR-style) model: vanilla SDAR, Spiffy, SimSD.
+
+MEASURED on the held-out prompts of the bundled data (arithmetic, word problems, code; the
+`heldout_prompts` of the training data module), greedy, one token per step for vanilla, the
+same KV cache setting for every row. Rows:
+
+- ``vanilla``: SDAR's confidence-ordered decoding (`generate`, ``remasking="low_confidence"``);
+- ``spiffy D=k``: Spiffy with the default graph of k nodes, every node verified (exact);
+- ``simsd (draft)``: SimSD's token-level acceptance, references from the target itself at one
+  step (``self``), from the target's previous forward (``previous``, no draft forward) or
+  from another model of the same vocabulary (``--drafts``, default the bundled ``tiny``);
+- ``simsd-exact (draft)``: the exact variant (reference-chain candidates walked by vanilla's
+  rule), references ``self`` or ``previous``.
+
+Columns: target forwards (NFE), generated tokens per target forward, draft forwards, block
+rows per target forward (the block, its drafts or references; not the context), CPU wall
+clock (every configuration decodes a prompt back to back), prompts and tokens identical to
+vanilla's, and held-out answer accuracy (the number after ``####`` equals the reference;
+arithmetic and word problems, as the model card's evaluation).
+
+    python benchmarks/simsd.py [--model tiny-sdar | DIR] [--per-kind 4] [--gen-length 96]
+                               [--block-length N] [--cache prefix|none] [--drafts self,tiny]
+    python benchmarks/simsd.py --smoke     # random tiny SDAR model, seconds (CI)
+
+Writes benchmarks/results/simsd.json (``--smoke``: simsd_smoke.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from benchmarks.timing import report
+from spiffy_triton import generate, load_model
+
+try:  # the data module's home after the training code moved (issue 16)
+    from spiffy_triton.training import tinydata
+except ImportError:
+    from spiffy_triton import tinydata
+
+COLUMNS = (
+    "method",
+    "nfe",
+    "tokens_per_forward",
+    "nfe_speedup",
+    "draft_forwards",
+    "block_rows_per_forward",
+    "wall_s",
+    "wall_speedup",
+    "prompts_identical",
+    "tokens_identical",
+    "accuracy",
+)
+
+
+def smoke_model(seed: int = 0, layers: int = 2):
+    """A random-weight SDAR model over the bundled character tokenizer (block 4)."""
+    from spiffy_triton.models import CharTokenizer, QwenConfig, SDARModel
+
+    tokenizer = CharTokenizer()
+    config = QwenConfig(
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=48,
+        vocab_size=tokenizer.vocab_size,
+        rope_theta=1e4,
+        mask_token_id=tokenizer.mask_token_id,
+        block_size=4,
+        tie_word_embeddings=True,
+        model_type="sdar",
+        max_position_embeddings=256,
+    )
+    model = SDARModel(config, backend="torch").init_weights(seed).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+def load_target(name: str):
+    try:
+        model = load_model(name, dtype=torch.float32, backend="torch")
+    except FileNotFoundError as error:
+        from spiffy_triton.models import BUNDLED_MODELS
+
+        raise SystemExit(
+            f"--model {name!r}: not a bundled model of this checkout (bundled: "
+            f"{sorted(BUNDLED_MODELS)}) nor a checkpoint directory ({error}). The trained "
+            "tiny-sdar model lands with its own change; until then pass --model DIR or --smoke"
+        ) from None
+    if model.tokenizer is None:
+        raise SystemExit(f"--model {name!r}: no tokenizer stored with the checkpoint")
+    return model
+
+
+def load_drafts(names: list[str], target, smoke: bool) -> tuple[dict, dict]:
+    """Draft sources by name ('self' or a model name / directory); skipped ones with why."""
+    from spiffy_triton.decoding.simsd import check_draft_model
+
+    drafts, skipped = {}, {}
+    for name in names:
+        if name in ("self", "previous"):
+            drafts[name] = name
+            continue
+        try:
+            model = smoke_model(1, 1) if smoke else load_model(name, backend="torch")
+            check_draft_model(model, target)
+        except (FileNotFoundError, ValueError) as error:
+            skipped[name] = str(error)
+            print(f"draft {name!r} skipped: {error}")
+            continue
+        drafts[name] = model
+    return drafts, skipped
+
+
+def configurations(args, drafts: dict) -> dict[str, dict]:
+    configs = {"vanilla": {}}
+    for d in args.graphs:
+        configs[f"spiffy D={d}"] = {"graph": d, "max_drafts": None}
+    for name, draft in drafts.items():
+        configs[f"simsd ({name})"] = {"method": "simsd", "draft": draft}
+    for name in ("self", "previous"):
+        configs[f"simsd-exact ({name})"] = {"method": "simsd-exact", "draft": name}
+    return configs
+
+
+def weights_sha256(name: str) -> str | None:
+    """sha256 of the checkpoint's weights (bundled name or directory), to tell runs apart."""
+    import hashlib
+    import os
+
+    from spiffy_triton.models import BUNDLED_MODELS
+
+    path = os.path.join(BUNDLED_MODELS.get(name, name), "model.safetensors")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def prompts(per_kind: int):
+    held = tinydata.heldout_prompts(per_kind)
+    return [example for kind in tinydata.KINDS for example in held[kind]]
+
+
+def run(args) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    target = smoke_model() if args.smoke else load_target(args.model)
+    block = args.block_length or target.config.block_size or 4
+    drafts, skipped = load_drafts(args.drafts, target, args.smoke)
+    configs = configurations(args, drafts)
+    examples = prompts(args.per_kind)
+    tok = target.tokenizer
+    totals = {name: dict(nfe=0, draft=0, rows=0, wall=0.0, same=0, tokens=0, correct=0, scored=0)
+              for name in configs}  # fmt: skip
+    common = dict(gen_length=args.gen_length, block_length=block, cache=args.cache, backend="torch")
+    for example in examples:
+        ids = torch.tensor([tok.encode(example.prompt)])
+        reference = None
+        for name, kwargs in configs.items():
+            start = time.perf_counter()
+            out = generate(target, ids, **common, **kwargs)
+            wall = time.perf_counter() - start
+            generated = out.tokens[0, ids.shape[1] :]
+            reference = generated if reference is None else reference  # vanilla runs first
+            t = totals[name]
+            t["nfe"] += out.nfe
+            t["wall"] += wall
+            t["draft"] += getattr(out.stats, "draft_forwards", 0)
+            # rows of the block, its drafts or its references (not the context's)
+            extra = out.stats.drafts_verified * block
+            t["rows"] += out.nfe * block + extra + getattr(out.stats, "references_verified", 0)
+            t["same"] += bool(torch.equal(generated, reference))
+            t["tokens"] += int((generated == reference).sum())
+            if example.value is not None:
+                t["scored"] += 1
+                t["correct"] += (
+                    tinydata.extract_answer(tok.decode(generated.tolist())) == example.value
+                )
+    rows = []
+    base = totals["vanilla"]
+    n, gen_tokens = len(examples), len(examples) * args.gen_length
+    for name, t in totals.items():
+        rows.append(
+            {
+                "method": name,
+                "nfe": t["nfe"],
+                "tokens_per_forward": gen_tokens / t["nfe"],
+                "nfe_speedup": base["nfe"] / t["nfe"],
+                "draft_forwards": t["draft"],
+                "block_rows_per_forward": t["rows"] / t["nfe"],
+                "wall_s": t["wall"],
+                "wall_speedup": base["wall"] / t["wall"],
+                "prompts_identical": t["same"] / n,
+                "tokens_identical": t["tokens"] / gen_tokens,
+                "accuracy": t["correct"] / t["scored"] if t["scored"] else None,
+            }
+        )
+    meta = {
+        "model": "random tiny SDAR (smoke)" if args.smoke else args.model,
+        "weights_sha256": None if args.smoke else weights_sha256(args.model),
+        "prompts": n,
+        "per_kind": args.per_kind,
+        "gen_length": args.gen_length,
+        "block_length": block,
+        "cache": args.cache,
+        "threads": args.threads,
+        "accuracy_prompts": base["scored"],
+        "drafts_skipped": skipped,
+        "rule": "greedy; vanilla one token per step, low_confidence",
+    }
+    name = "simsd_smoke" if args.smoke else "simsd"
+    report(name, rows, COLUMNS, meta=meta, out_dir=args.out)
+    return rows
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-sdar", help="bundled name or SDAR checkpoint dir")
+    parser.add_argument("--smoke", action="store_true", help="random tiny model, 2 prompts")
+    parser.add_argument("--per-kind", type=int, default=4, help="held-out prompts per kind")
+    parser.add_argument("--gen-length", type=int, default=96)
+    parser.add_argument("--block-length", type=int, default=None, help="default: the model's")
+    parser.add_argument("--cache", choices=("prefix", "none"), default="prefix")
+    parser.add_argument("--graphs", default="4", help="Spiffy default-graph sizes, e.g. 4,8")
+    parser.add_argument(
+        "--drafts",
+        default="self,previous,tiny",
+        help="SimSD draft sources: self, previous, bundled model names or checkpoint dirs",
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="results directory")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.per_kind, args.gen_length = min(args.per_kind, 1), min(args.gen_length, 8)
+        keep = ("self", "previous")
+        args.drafts = ",".join(d if d in keep else "smoke" for d in args.drafts.split(","))
+    args.cache = None if args.cache == "none" else args.cache
+    args.graphs = [int(d) for d in args.graphs.split(",") if d.strip()]
+    args.drafts = [d for d in args.drafts.split(",") if d.strip()]
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
