@@ -19,7 +19,7 @@ from spiffy_triton.graph import DraftGraph
 from spiffy_triton.models import load_model
 from spiffy_triton.noise_fill import NoiseAwareFiller, gumbel_at
 from spiffy_triton.rules import TransitionRule, block_marginals, num_transfer_tokens
-from spiffy_triton.tinydata import heldout_prompts
+from spiffy_triton.training.tinydata import heldout_prompts
 
 MASK = 2
 
