@@ -181,11 +181,12 @@ def plot(step_rows, node_rows, path: Path) -> None:
     left.legend(fontsize=7, loc="lower left")
     labels = sorted({r["graph"] for r in node_rows})
     width = 0.8 / len(labels)
-    for j, label in enumerate(labels):
+    for j, (label, color) in enumerate(zip(labels, ("tab:blue", "tab:orange", "tab:green"))):
         rows = [r for r in node_rows if r["graph"] == label]
         xs = [r["node"] + j * width for r in rows]
-        right.bar(xs, [r["on_true_path"] for r in rows], width, alpha=0.35)
-        right.bar(xs, [r["accepted"] for r in rows], width, label=f"{label}: accepted")
+        on_path = [r["on_true_path"] for r in rows]
+        right.bar(xs, on_path, width, color=color, alpha=0.3)
+        right.bar(xs, [r["accepted"] for r in rows], width, color=color, label=label)
     right.set_xlabel("node (light: on the true path, dark: accepted)")
     right.set_ylabel("share of ranked roots")
     right.set_title("per node")
@@ -202,13 +203,14 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration", type=int, default=20, help="calibration prompts per kind")
     parser.add_argument("--gen-length", type=int, default=96)
     parser.add_argument("--drafts", type=int, default=8, help="D of the per-step analysis")
+    parser.add_argument("--model", default="tiny", help="bundled name or checkpoint directory")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     budgets = (8, 10)
     if args.quick:
         args.per_kind, args.calibration, args.gen_length, budgets = 1, 2, 32, (8,)
     torch.set_num_threads(1)
-    model = load_model("tiny", dtype=torch.float32, backend="torch")
+    model = load_model(args.model, dtype=torch.float32, backend="torch")
     settings = {"gen_length": args.gen_length, "block_length": 32, "backend": "torch"}
     held_set, cal_set = heldout_prompts(args.per_kind), calibration_prompts(args.calibration)
     held = collect_traces(model, [e.prompt for k in KINDS for e in held_set[k]], **settings)
@@ -220,6 +222,7 @@ def main(argv=None) -> int:
     )
     rows = variant_rows(cal, held, budgets)
     meta = {
+        "model": args.model,
         "decode": {**settings, "cache": None, "verify": "batch (exact)", "steps": "1/step"},
         "kinds": KINDS,
         "heldout_per_kind": args.per_kind,

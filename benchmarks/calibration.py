@@ -7,9 +7,9 @@ rows: exact), block 32, 64 generated tokens, under three transition rules: one t
 rule with tau = 0.9 ("thr0.9").
 
 1. Calibration, per rule: vanilla traces of `--calibration-prompts` arith and as many word
-   prompts of the calibration split; for D in {3, 5, 8, 10}, graphs by the paper's degree-1 accumulation
-   ("degree1"), by expected steps per forward ("steps"), and "steps" per phase (2 ranges of
-   the masked count, "steps-2phase"). calib_s = trace collection + selection.
+   prompts of the calibration split; for D in {3, 5, 8, 10}, graphs by the paper's degree-1
+   accumulation ("degree1"), by expected steps per forward ("steps"), and "steps" per phase
+   (2 ranges of the masked count, "steps-2phase"). calib_s = trace collection + selection.
 2. NFE speedup (vanilla NFE of the same rule / Spiffy NFE) of the default graphs and the
    calibrated ones on held-out prompts of each of those kinds (arith, word). Spiffy
    NFE is the replay of Spiffy's walk on the held-out vanilla traces
