@@ -6,12 +6,12 @@ rows: exact), block 32, 64 generated tokens, under three transition rules: one t
 ("1/step", LLaDA's default schedule), two tokens per step ("2/step"), and Fast-dLLM's threshold
 rule with tau = 0.9 ("thr0.9").
 
-1. Calibration, per rule: vanilla traces of `--calibration-prompts` arithmetic prompts of the
-   calibration split; for D in {3, 5, 8, 10}, graphs by the paper's degree-1 accumulation
-   ("degree1"), by expected steps per forward ("steps"), and "steps" per phase (2 ranges of
-   the masked count, "steps-2phase"). calib_s = trace collection + selection.
+1. Calibration, per rule: vanilla traces of `--calibration-prompts` arith and as many word
+   prompts of the calibration split; for D in {3, 5, 8, 10}, graphs by the paper's degree-1
+   accumulation ("degree1"), by expected steps per forward ("steps"), and "steps" per phase
+   (2 ranges of the masked count, "steps-2phase"). calib_s = trace collection + selection.
 2. NFE speedup (vanilla NFE of the same rule / Spiffy NFE) of the default graphs and the
-   calibrated ones on held-out prompts of the same kind (arith) and of another (code). Spiffy
+   calibrated ones on held-out prompts of each of those kinds (arith, word). Spiffy
    NFE is the replay of Spiffy's walk on the held-out vanilla traces
    (`spiffy_triton.calibration.simulate`), exact in this mode; `real_check` decodes
    `--real-check` prompts per kind with `generate` at the largest D and says whether the real
@@ -57,9 +57,11 @@ from spiffy_triton.decoding import generate
 from spiffy_triton.decoding.pruning import pruning_filler
 from spiffy_triton.graph import DraftGraph
 from spiffy_triton.models import CharTokenizer, LLaDAModel, load_model
-from spiffy_triton.tinydata import calibration_prompts, heldout_prompts
+from spiffy_triton.training.tinydata import calibration_prompts, heldout_prompts
 
 GRAPH_KINDS = ("default", "degree1", "steps", "steps-2phase")
+# The kinds the bundled model answers right: calibration and held-out prompts of both.
+EVAL_KINDS = ("arith", "word")
 
 
 def load_bench_model(path: str | None = None):
@@ -70,7 +72,7 @@ def load_bench_model(path: str | None = None):
     try:
         return load_model("tiny", dtype=torch.float32, backend="torch"), "tiny (bundled, trained)"
     except FileNotFoundError:
-        from spiffy_triton.train_tiny import tiny_config
+        from spiffy_triton.training.train_tiny import tiny_config
 
         tokenizer = CharTokenizer()
         model = LLaDAModel(tiny_config(tokenizer), backend="torch", tokenizer=tokenizer)
@@ -272,9 +274,10 @@ def main(argv=None) -> int:
     model, model_name = load_bench_model(args.model)
     base = {"gen_length": args.gen_length, "block_length": args.block_length, "backend": "torch"}
 
-    calib = [e.prompt for e in calibration_prompts(args.calibration_prompts)["arith"]]
+    calib_set = calibration_prompts(args.calibration_prompts)
+    calib = [e.prompt for kind in EVAL_KINDS for e in calib_set[kind]]
     held = heldout_prompts(args.heldout)
-    eval_sets = {kind: [e.prompt for e in held[kind]] for kind in ("arith", "code")}
+    eval_sets = {kind: [e.prompt for e in held[kind]] for kind in EVAL_KINDS}
 
     rows, summaries, first_graphs, first_traces = [], {}, None, None
     for rule in rules:
@@ -293,6 +296,7 @@ def main(argv=None) -> int:
         "decode": {**base, "cache": None, "verify": "batch (exact)", "temperature": 0},
         "rules": {r: rule_settings(r, args.gen_length) for r in rules},
         "calibration_prompts": len(calib),
+        "kinds": EVAL_KINDS,
         "heldout_per_kind": args.heldout,
         "real_check_prompts_per_kind": args.real_check,
         "trace_summary": summaries,

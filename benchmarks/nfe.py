@@ -1,12 +1,15 @@
 """Forward passes (NFE) of Spiffy against vanilla decoding on the bundled trained model.
 
 MEASURED, hardware-independent (NFE is the paper's own metric). Held-out prompts of every
-kind (`spiffy_triton.tinydata.heldout_prompts`), one token per step, block 32, 96 generated
-tokens (prompt + answer of the bundled model's training data fit in 160 positions). Per cache
-mode (None: drafts verified as batch rows, exact; "dual": packed, exact):
+kind (`spiffy_triton.training.tinydata.heldout_prompts`; by default the kinds the model
+answers right, arith and word), one token per step, block 32, 96 generated tokens (prompt +
+answer of the bundled model's training data fit in 160 positions). Per cache mode (None:
+drafts verified as batch rows, exact; "dual": packed, exact):
 
-1. Spiffy with the default graphs of D in {3, 5, 8, 10}: NFE speedup over 1-token vanilla
-   (total vanilla NFE / total Spiffy NFE over all prompts);
+1. Spiffy with the default graphs of D in {3, 5, 8, 10}, and with graphs of the same D
+   calibrated on `--calibration` prompts per kind of the calibration split (vanilla traces
+   of the same cache and rule): NFE speedup over 1-token vanilla (total vanilla NFE / total
+   Spiffy NFE over all prompts);
 2. Fast-dLLM threshold rules tau in {0.9, 0.8, 0.7}: NFE reduction of the threshold rule alone,
    and of threshold + Spiffy (D = 8), both against 1-token vanilla;
 3. without cache, the packed layout (near-lossless: context rows see the root, not the draft):
@@ -15,7 +18,8 @@ mode (None: drafts verified as batch rows, exact; "dual": packed, exact):
 Every Spiffy run is compared token for token with the vanilla run of the same rule; the
 `mismatches` column counts prompts whose output differs (0 expected in the exact modes).
 
-    python benchmarks/nfe.py [--quick] [--per-kind 4] [--caches none,dual] [--dtype float32]
+    python benchmarks/nfe.py [--quick] [--per-kind 4] [--caches none,dual] [--kinds arith,word]
+                              [--calibration 10] [--dtype float32]
 
 Writes benchmarks/results/nfe.json.
 """
@@ -36,7 +40,8 @@ import torch
 
 from benchmarks.timing import report
 from spiffy_triton import generate, load_model
-from spiffy_triton.tinydata import heldout_prompts
+from spiffy_triton.calibration import collect_traces, select_graph
+from spiffy_triton.training.tinydata import KINDS, calibration_prompts, heldout_prompts
 
 # LLaDA-8B figures of the paper (arXiv 2509.18085), for the side-by-side column.
 PAPER = {
@@ -96,11 +101,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--taus", default="0.9,0.8,0.7")
     parser.add_argument("--threshold-drafts", type=int, default=8)
     parser.add_argument("--caches", default="none,dual")
+    parser.add_argument("--kinds", default="arith,word", help="held-out kinds (tinydata.KINDS)")
+    parser.add_argument(
+        "--calibration", type=int, default=10, help="calibration prompts per kind (0: none)"
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.per_kind, args.gen_length = 1, 64
+        args.per_kind, args.gen_length, args.calibration = 1, 64, 1
+    kinds = parse_list(args.kinds, str)
+    for kind in kinds:
+        if kind not in KINDS:
+            parser.error(f"--kinds: {kind!r} is not one of {KINDS}")
     drafts = parse_list(args.drafts, int)
     taus = parse_list(args.taus, float)
     caches = [None if c == "none" else c for c in parse_list(args.caches, str)]
@@ -110,7 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompts = [
         (kind, torch.tensor([tok.encode(e.prompt)]))
         for kind, examples in heldout_prompts(args.per_kind).items()
+        if kind in kinds
         for e in examples
+    ]
+    calibration = [
+        e.prompt for k, v in calibration_prompts(args.calibration).items() if k in kinds for e in v
     ]
     shape = {"gen_length": args.gen_length, "block_length": args.block_length}
     start = time.perf_counter()
@@ -127,6 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             outs = [run(model, p, cache=cache, graph=d, **shape) for _, p in prompts]
             rows.append(row("spiffy", outs, vanilla, verify=verify, drafts=d, tau=None))
             print(f"[nfe] cache={cache_name} D={d}: {rows[-1]['nfe_speedup']:.2f}x", flush=True)
+        if calibration:
+            # Graphs calibrated on vanilla traces of the calibration split, same settings.
+            traces = collect_traces(model, calibration, cache=cache, backend="torch", **shape)
+            for d in drafts:
+                graph = select_graph(traces, d)
+                outs = [run(model, p, cache=cache, graph=graph, **shape) for _, p in prompts]
+                rows.append(row("calibrated", outs, vanilla, verify=verify, drafts=d, tau=None))
+                print(
+                    f"[nfe] cache={cache_name} calibrated D={d}: {rows[-1]['nfe_speedup']:.2f}x",
+                    flush=True,
+                )
         for tau in taus:
             thr = [run(model, p, cache=cache, threshold=tau, **shape) for _, p in prompts]
             rows.append(row("threshold", thr, thr, verify="-", drafts=0, tau=tau))
@@ -175,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kinds": sorted({k for k, _ in prompts}),
         "rule": "LLaDA low-confidence, 1 token per step, temperature 0; threshold rows: "
         "Fast-dLLM threshold",
-        "graphs": "DraftGraph.default(D) (no calibration)",
+        "graphs": "spiffy: DraftGraph.default(D); calibrated: select_graph (objective 'steps') "
+        "on vanilla traces of the calibration split (same kinds, same cache and rule)",
+        "calibration_prompts": len(calibration),
         "nfe_speedup": "total 1-token vanilla NFE / total NFE of the row, same prompts and cache",
         "seconds": time.perf_counter() - start,
         **shape,

@@ -35,7 +35,7 @@ import torch
 from benchmarks.timing import RESULTS_DIR, format_table, write_results
 from spiffy_triton import DraftGraph, generate, load_model
 from spiffy_triton.decoding import PHASES
-from spiffy_triton.tinydata import heldout_prompts
+from spiffy_triton.training.tinydata import heldout_prompts
 
 SPIFFY_PHASES = tuple(p for p in PHASES if p != "model")
 

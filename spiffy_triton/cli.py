@@ -246,7 +246,7 @@ def cmd_calibrate(args) -> int:
     if args.prompts is not None:
         prompts = read_prompts(args.prompts)[: args.num_prompts]
     else:
-        from .tinydata import calibration_prompts
+        from .training.tinydata import calibration_prompts
 
         prompts = [e.prompt for e in calibration_prompts(args.num_prompts)[args.builtin]]
     model = _load_model(args.model, args.backend)

@@ -87,7 +87,7 @@ def _bundled(backend: str, device: str):
 
 @functools.cache
 def _e2e_prompt() -> torch.Tensor:
-    from spiffy_triton.tinydata import heldout_prompts
+    from spiffy_triton.training.tinydata import heldout_prompts
 
     tokenizer = _bundled("torch", "cpu").tokenizer
     return torch.tensor([tokenizer.encode(heldout_prompts(1)["arith"][0].prompt)])

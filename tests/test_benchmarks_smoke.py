@@ -106,7 +106,7 @@ def test_run_all_rejects_unknown_study_names():
 def toy_checkpoint(tmp_path_factory):
     """A random-weight model of the bundled model's tokenizer, tiny enough for a smoke run."""
     from spiffy_triton.models import CharTokenizer, LLaDAModel, save_checkpoint
-    from spiffy_triton.train_tiny import tiny_config
+    from spiffy_triton.training.train_tiny import tiny_config
 
     tokenizer = CharTokenizer()
     config = dataclasses.replace(

@@ -22,7 +22,7 @@ import torch
 from spiffy_triton.decoding import generate
 from spiffy_triton.graph import DraftGraph
 from spiffy_triton.models import load_model
-from spiffy_triton.tinydata import heldout_prompts
+from spiffy_triton.training.tinydata import heldout_prompts
 
 GEN_LENGTH = 32
 BLOCK_LENGTH = 16

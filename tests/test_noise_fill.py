@@ -20,7 +20,7 @@ from spiffy_triton.decoding.rules import TransitionRule, block_marginals, num_tr
 from spiffy_triton.graph import DraftGraph
 from spiffy_triton.models import load_model
 from spiffy_triton.reference.marginals import gumbel_noise
-from spiffy_triton.tinydata import heldout_prompts
+from spiffy_triton.training.tinydata import heldout_prompts
 
 MASK = 2
 

@@ -15,8 +15,11 @@ from .llada import LLaDAModel
 from .sdar import SDARModel, load_sdar, sdar_1_7b_config
 from .tokenizer import CharTokenizer
 
+_ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")
+# The bundled trained models: LLaDA-style (bidirectional) and SDAR-style (block-causal).
 BUNDLED_MODELS = {
-    "tiny": os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "tiny"),
+    "tiny": os.path.join(_ASSETS, "tiny"),
+    "tiny-sdar": os.path.join(_ASSETS, "tiny-sdar"),
 }
 
 __all__ = [
@@ -81,8 +84,9 @@ def load_model(
     backend: str = "auto",
     device: str | torch.device = "cpu",
 ) -> LLaDAModel:
-    """The bundled trained model by name (``"tiny"``), or a LLaDA, Dream or SDAR checkpoint
-    directory (picked by config.json's ``model_type``, `model_architecture`).
+    """A bundled trained model by name (``"tiny"``, ``"tiny-sdar"``), or a LLaDA, Dream or
+    SDAR checkpoint directory (picked by config.json's ``model_type``,
+    `model_architecture`).
 
     The model is in eval mode, on `device`, in `dtype`, and runs its attention kernels
     through `backend` ("auto", "triton" or "torch"). ``model.tokenizer`` is the tokenizer
@@ -96,7 +100,8 @@ def load_model(
         if not os.path.isfile(os.path.join(path, "model.safetensors")):
             raise FileNotFoundError(
                 f"the bundled model {name!r} is missing from {path}; train it with "
-                "`python -m spiffy_triton.train_tiny` (or restore the file from git)"
+                "`python -m spiffy_triton.training.train_tiny` (`--arch sdar` for tiny-sdar; or "
+                "restore the file from git)"
             )
     else:
         path = name

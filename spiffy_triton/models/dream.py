@@ -433,9 +433,22 @@ class HFTokenizer:
 
 
 def load_hf_tokenizer(file: str):
-    """The tokenizer in `file` (None when there is none). Needs the `tokenizers` package."""
+    """The tokenizer in `file` (None when there is none): the project's character tokenizer
+    when the file says ``"type": "char"`` (the bundled models), else a Hugging Face tokenizer
+    (needs the `tokenizers` package)."""
     if not os.path.isfile(file):
         return None
+    import json
+
+    from .tokenizer import CharTokenizer
+
+    with open(file, encoding="utf-8") as f:
+        try:
+            is_char = json.load(f).get("type") == "char"
+        except (json.JSONDecodeError, AttributeError):
+            is_char = False
+    if is_char:
+        return CharTokenizer.load(file)
     try:
         from tokenizers import Tokenizer
     except ImportError as error:

@@ -2,9 +2,10 @@
 
 Three kinds of example, each a (prompt, answer) pair of plain text:
 
-- ``"arith"``: an expression with two or three operations, answered step by step in the
-  order of evaluation, ending with ``#### <value>``;
-- ``"word"``: a short word problem with the same kind of worked answer;
+- ``"arith"``: a two-term sum of numbers up to 30 or a three-term sum of digits, answered
+  step by step left to right (``7+5+9=?`` -> ``7+5=12; 12+9=21. #### 21``);
+- ``"word"``: a short word problem (four templates: sums and differences of numbers up to
+  20) with the same kind of worked answer;
 - ``"code"``: a one-line description of a Python function as a comment; the answer is the
   function.
 
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 
 KINDS = ("arith", "word", "code")
 SPLITS = ("train", "calibration", "heldout")
-# Mix of kinds in training (and the default for `examples`): mostly arithmetic.
-TRAIN_MIX = {"arith": 0.4, "word": 0.3, "code": 0.3}
+# Mix of kinds in training (and the default for `examples`): arithmetic and word problems.
+TRAIN_MIX = {"arith": 0.5, "word": 0.45, "code": 0.05}
 # Seeds of the per-split random streams, far apart so that streams never coincide.
 _SPLIT_SEED = {"train": 1_000_003, "calibration": 2_000_003, "heldout": 3_000_017}
 _ANSWER_RE = re.compile(r"####\s*(-?\d+)")
@@ -64,78 +65,56 @@ def split_of(prompt: str) -> str:
 
 # ---------------------------------------------------------------------------- arithmetic
 
-
-def _apply(a: int, op: str, b: int) -> int:
-    return a + b if op == "+" else a - b if op == "-" else a * b
-
-
-def _operand(rng: random.Random, op_after: str | None, op_before: str | None) -> int:
-    # Factors of a product stay small so that every intermediate stays at most 3 digits.
-    if "*" in (op_after, op_before):
-        return rng.randint(2, 12)
-    return rng.randint(1, 99)
+# Operand ranges, small enough for a few-million-parameter model to learn the carries.
+SUM2_RANGE = (1, 30)  # two-term sums: two 1-2 digit numbers
+SUM3_RANGE = (1, 9)  # three-term sums of digits
+WORD_RANGE = (1, 20)  # word problems
 
 
-def _evaluate_steps(numbers: list[int], ops: list[str]) -> tuple[list[str], int]:
-    """Worked steps: products first (left to right), then sums and differences."""
-    numbers, ops = list(numbers), list(ops)
-    steps = []
-    for wanted in ("*", "+-"):
-        i = 0
-        while i < len(ops):
-            if ops[i] in wanted:
-                value = _apply(numbers[i], ops[i], numbers[i + 1])
-                steps.append(f"{numbers[i]}{ops[i]}{numbers[i + 1]}={value}")
-                numbers[i : i + 2] = [value]
-                del ops[i]
-            else:
-                i += 1
-    return steps, numbers[0]
+def _worked(numbers: list[int], ops: list[str]) -> str:
+    """The worked answer, left to right: ``33+19=52; 52+13=65. #### 65``."""
+    steps, value = [], numbers[0]
+    for op, number in zip(ops, numbers[1:]):
+        result = value + number if op == "+" else value - number
+        steps.append(f"{value}{op}{number}={result}")
+        value = result
+    return "; ".join(steps) + f". #### {value}"
 
 
 def _arith(rng: random.Random) -> Example:
-    while True:
-        n_ops = rng.choice((2, 2, 3))
-        ops = [rng.choice("++--*") for _ in range(n_ops)]
-        numbers = [
-            _operand(rng, ops[i] if i < n_ops else None, ops[i - 1] if i > 0 else None)
-            for i in range(n_ops + 1)
-        ]
-        steps, value = _evaluate_steps(numbers, ops)
-        # Non-negative intermediates only: the model never has to learn negative numbers.
-        if all(int(s.split("=")[1]) >= 0 for s in steps):
-            break
-    expression = "".join(f"{n}{op}" for n, op in zip(numbers, ops)) + str(numbers[-1])
-    return Example("arith", f"Q: {expression}=?\nA: ", "; ".join(steps) + f". #### {value}")
+    """A two-term sum of 1-2 digit numbers (60%) or a three-term sum of smaller ones."""
+    terms, (low, high) = (2, SUM2_RANGE) if rng.random() < 0.6 else (3, SUM3_RANGE)
+    numbers = [rng.randint(low, high) for _ in range(terms)]
+    expression = "+".join(str(n) for n in numbers)
+    return Example("arith", f"Q: {expression}=?\nA: ", _worked(numbers, ["+"] * (terms - 1)))
 
 
 _NAMES = ("Ann", "Bob", "Cal", "Dee", "Eve", "Finn", "Gus", "Ivy", "Joe", "Kim", "Leo", "Mia")
 _ITEMS = ("apples", "pens", "cards", "books", "eggs", "coins", "shells", "rocks", "stamps")
-_BOXES = ("bags", "boxes", "packs", "jars", "rows")
 
 
 def _word(rng: random.Random) -> Example:
-    name, item, box = rng.choice(_NAMES), rng.choice(_ITEMS), rng.choice(_BOXES)
+    """One of four templates: a sum, a difference, or a sum then a difference."""
+    name, other = rng.sample(_NAMES, 2)
+    item = rng.choice(_ITEMS)
+    low, high = WORD_RANGE
+    a, b = rng.randint(low, high), rng.randint(low, high)
     template = rng.randrange(4)
     if template == 0:
-        a, n, m = rng.randint(1, 60), rng.randint(2, 9), rng.randint(2, 12)
-        prompt = f"{name} has {a} {item} and buys {n} {box} of {m}. How many {item} now?"
-        steps, value = _evaluate_steps([a, n, m], ["+", "*"])
+        prompt = f"{name} has {a} {item}, gets {b} more. How many now?"
+        numbers, ops = [a, b], ["+"]
     elif template == 1:
-        a = rng.randint(20, 99)
-        b, c = rng.randint(1, a), rng.randint(1, 40)
-        prompt = f"{name} had {a} {item}, gave away {b}, then found {c}. How many now?"
-        steps, value = _evaluate_steps([a, b, c], ["-", "+"])
+        a, b = max(a, b), min(a, b)
+        prompt = f"{name} had {a} {item}, gave {b} away. How many left?"
+        numbers, ops = [a, b], ["-"]
     elif template == 2:
-        n, m, a = rng.randint(2, 9), rng.randint(2, 12), rng.randint(1, 50)
-        prompt = f"{name} fills {n} {box} with {m} {item} each and has {a} more. Total?"
-        steps, value = _evaluate_steps([n, m, a], ["*", "+"])
+        prompt = f"{name} has {a} {item}, {other} has {b}. How many in all?"
+        numbers, ops = [a, b], ["+"]
     else:
-        n, m = rng.randint(2, 9), rng.randint(2, 12)
-        b = rng.randint(1, n * m)
-        prompt = f"{name} has {n} {box} of {m} {item} and loses {b}. How many are left?"
-        steps, value = _evaluate_steps([n, m, b], ["*", "-"])
-    return Example("word", f"Q: {prompt}\nA: ", "; ".join(steps) + f". #### {value}")
+        c = rng.randint(1, a + b)
+        prompt = f"{name} had {a} {item}, found {b}, lost {c}. How many now?"
+        numbers, ops = [a, b, c], ["+", "-"]
+    return Example("word", f"Q: {prompt}\nA: ", _worked(numbers, ops))
 
 
 # ---------------------------------------------------------------------------- Python code
