@@ -38,13 +38,14 @@ class DraftCandidate:
 
 @dataclass(frozen=True)
 class Drafts:
-    """Draft states to verify: ``states [D, L]`` (on the root's device) and their nodes."""
+    """Draft states to verify: ``states [D, L]`` (on the root's device) and their graph nodes
+    (empty for drafts of no graph)."""
 
     states: torch.Tensor
     nodes: tuple[int, ...]
 
     def __len__(self) -> int:
-        return len(self.nodes)
+        return self.states.shape[0]
 
 
 Filler = Callable[[DraftGraph, torch.Tensor, MarginalsOutput, int], list[DraftCandidate]]

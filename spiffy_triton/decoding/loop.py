@@ -1,4 +1,4 @@
-"""`generate`: vanilla and Spiffy decoding of a LLaDA-style model (DESIGN.md sections 2, 7, 7b).
+"""`generate`: vanilla, Spiffy and SimSD decoding of a dLLM (DESIGN.md sections 2, 7, 7b).
 
 The generation is cut into blocks of ``block_length`` positions decoded left to right. Inside
 a block, every step applies the transition rule ``R`` (`spiffy_triton.decoding.rules`) to the
@@ -20,9 +20,9 @@ The loop is a pipeline of stages over a `DecodeRun` (the call's mutable state):
         begin_block -> [prefill | make_drafts -> verify] -> (walk -> commit -> make_drafts
         -> verify)* until the block is full -> finish
 
-A method (`spiffy_triton.decoding.methods`: vanilla, Spiffy) decides how drafts are made, how
-they are verified and how the logits are walked; the loop owns the sequence, the statistics
-and the order of the stages.
+A method (`spiffy_triton.decoding.methods`: vanilla, Spiffy; `decoding.simsd`: SimSD and its
+exact variant) decides how drafts are made, how they are verified and how the logits are
+walked; the loop owns the sequence, the statistics and the order of the stages.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import torch
 
 from .budget import AutoDraftBudget
 from .drafting import Drafts, Filler
-from .methods import Block, DecodeMethod, Forward, Walk, empty_drafts, make_method
+from .methods import Block, DecodeMethod, Forward, SpiffyMethod, Walk
 from .settings import DecodeSettings, resolve_method, resolve_settings
-from .simsd import SIMSD_METHODS, simsd_generate
+from .simsd import SIMSD_METHODS, SimSDExactMethod, SimSDMethod
 from .stats import PHASES, DecodeStats, GenerateOutput, PhaseClock
 from .verify import Verifier, default_verify, is_exact
 
@@ -51,13 +51,7 @@ class DecodeRun:
         self.settings = settings
         self.method = method
         self.device = model.device
-        self.stats = DecodeStats(
-            gen_length=settings.gen_length,
-            cache=settings.cache,
-            verify=settings.verify,
-            exact=settings.exact,
-            graph=method.label,
-        )
+        self.stats = method.new_stats()
         self.stats.node_verified = [0] * method.num_nodes
         self.stats.node_accepted = [0] * method.num_nodes
         self.start_time = time.perf_counter()
@@ -90,14 +84,6 @@ class DecodeRun:
         return Block(start, end, torch.arange(start, end, device=self.device))
 
 
-def prefill(run: DecodeRun, block: Block) -> Forward:
-    """Block start of a cached mode: one full forward that fills the cache; its root logits
-    make the block's first step, without drafts."""
-    started = time.perf_counter()
-    root_logits, _ = run.verifier.prefill(run.x, block.start, block.end)
-    return Forward(empty_drafts(run.x, block.length), root_logits, None, None, started)
-
-
 def fill_and_verify(run: DecodeRun, block: Block) -> Forward:
     """The method's drafts for the current root, evaluated with the root in one forward."""
     started = time.perf_counter()
@@ -117,12 +103,21 @@ def commit(run: DecodeRun, block: Block, walk: Walk) -> None:
     run.stats.steps_per_forward[walk.advanced] += 1
 
 
+def make_method(settings: DecodeSettings, model, method: str, draft) -> DecodeMethod:
+    """The call's method: SimSD (token-level or exact) by name, else vanilla without a graph
+    and Spiffy with one."""
+    if method in SIMSD_METHODS:
+        cls = SimSDMethod if method == "simsd" else SimSDExactMethod
+        return cls(settings, model, draft)
+    return DecodeMethod(settings) if settings.graph is None else SpiffyMethod(settings)
+
+
 def decode_block(run: DecodeRun, block: Block, hint: torch.Tensor | None) -> torch.Tensor | None:
     """Decode one block to the end; returns the last forward's rows of the next block."""
     method = run.method
     method.begin_block(run, block, hint)
     if run.settings.cache is not None:
-        forward = prefill(run, block)
+        forward = method.prefill(run, block)
     else:
         forward = fill_and_verify(run, block)
     while True:
@@ -216,20 +211,7 @@ def generate(
         backend=backend,
         filler=filler,
     )
-    if method in SIMSD_METHODS:
-        # SimSD commits by its own acceptance rule over its own verify layout (decoding.simsd).
-        return simsd_generate(
-            model,
-            settings.prompt,
-            method=method,
-            draft=draft,
-            rule=settings.rule,
-            gen_length=settings.gen_length,
-            block_length=settings.block_length,
-            cache=settings.cache,
-            backend=settings.backend,
-        )
-    run = DecodeRun(model, settings, make_method(settings))
+    run = DecodeRun(model, settings, make_method(settings, model, method, draft))
     run.method.bind(run)
     hint = None  # next block's logits from the last root forward, if the mode computed them
     for start in settings.block_starts:

@@ -9,7 +9,8 @@ statistics and the commit of each walk. `DecodeMethod` itself is vanilla decodin
 every forward advances one step). `SpiffyMethod` fills a draft graph's formulas into the root
 under ``P_last``, verifies them in the root's forward and walks through every draft the true
 state reaches. Both walk with the one transition rule (`walk_states`), which is what keeps
-Spiffy lossless. docs/ARCHITECTURE.md ("Adding a method") says how a third method plugs in.
+Spiffy lossless. SimSD and its exact variant are methods too (`decoding.simsd.methods`);
+docs/ARCHITECTURE.md ("Adding a method") says how another method plugs in.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .drafting import Drafts, fill_drafts
 from .noise_fill import NoiseAwareFiller
 from .rules import block_marginals
 from .settings import DecodeSettings
+from .stats import DecodeStats
 
 
 @dataclass
@@ -106,15 +108,17 @@ def walk_states(run, block: Block, forward: Forward, top_k: int) -> Walk:
         clock.lap("walk")
         if match is None:
             return walk
-        stats.node_accepted[drafts.nodes[match]] += 1
+        if drafts.nodes:  # drafts of a graph: count the node walked through
+            stats.node_accepted[drafts.nodes[match]] += 1
         walk.logits = forward.draft_logits[match]
 
 
 class DecodeMethod:
     """Vanilla decoding, and the interface every method implements (module docstring).
 
-    Stages, called by the loop in this order: `bind` once per call; per block `begin_block`;
-    per forward `make_drafts`, `verify`, `walk`, `after_walk`; `finish` at the end.
+    Stages, called by the loop in this order: `bind` once per call; per block `begin_block`
+    (and `prefill` in a cached mode); per forward `make_drafts`, `verify`, `walk`,
+    `after_walk`; `finish` at the end. `new_stats` makes the run's statistics.
     """
 
     name = "vanilla"
@@ -132,11 +136,25 @@ class DecodeMethod:
         """`DecodeStats.graph`: what drafts the run verified (None: none)."""
         return None
 
+    def new_stats(self) -> DecodeStats:
+        """The statistics the run fills in (a method may add its own fields)."""
+        s = self.settings
+        return DecodeStats(
+            gen_length=s.gen_length, cache=s.cache, verify=s.verify, exact=s.exact, graph=self.label
+        )
+
     def bind(self, run) -> None:
         """Before the first forward (e.g. measure what drafts cost)."""
 
     def begin_block(self, run, block: Block, hint: torch.Tensor | None) -> None:
         """At a block start; `hint` is the last forward's logits of this block's rows, if any."""
+
+    def prefill(self, run, block: Block) -> Forward:
+        """Block start of a cached mode: one full forward that fills the cache; its root
+        logits make the block's first step, without drafts."""
+        started = time.perf_counter()
+        root_logits, _ = run.verifier.prefill(run.x, block.start, block.end)
+        return Forward(empty_drafts(run.x, block.length), root_logits, None, None, started)
 
     def make_drafts(self, run, block: Block) -> Drafts:
         """The draft states ``[D, L]`` to verify beside the root in the next forward."""
@@ -310,8 +328,3 @@ def probe_contexts(prompt_len: int, total_len: int, block_length: int, max_len: 
         return [(prompt_len, total_len), (prompt_len + longer - total_len, longer)]
     shorter = prompt_len // 2
     return [(prompt_len, total_len), (shorter, total_len - prompt_len + shorter)]
-
-
-def make_method(settings: DecodeSettings) -> DecodeMethod:
-    """The method of a call's settings: vanilla without a graph, Spiffy with one."""
-    return DecodeMethod(settings) if settings.graph is None else SpiffyMethod(settings)

@@ -10,8 +10,9 @@ a forward commits between 1 and ``L - c`` tokens.
 Exact variant: the reference tokens only *guess* vanilla's future states. `reference_chain`
 fills them into the current state in the order the draft is most confident of, as many per
 state as vanilla's schedule commits per step; each candidate is verified as its own copy of the
-block (exact for a block-causal model) and `walk` applies vanilla's rule, accepting a candidate
-only when it is the state vanilla's rule commits. The output is vanilla's, token for token.
+block (exact for a block-causal model) and vanilla's rule walks them (`walk_states`), reaching
+a candidate only when it is the state vanilla's rule commits. The output is vanilla's, token for
+token.
 """
 
 from __future__ import annotations
@@ -68,37 +69,3 @@ def reference_chain(
     if not states:
         return state.new_empty((0, state.shape[0]))
     return torch.stack(states)
-
-
-def walk(
-    rule: TransitionRule,
-    state: torch.Tensor,
-    root_logits: torch.Tensor,
-    candidates: torch.Tensor,
-    candidate_logits: torch.Tensor,
-    *,
-    step: int,
-    block_step: int,
-    positions: torch.Tensor,
-) -> tuple[torch.Tensor, int]:
-    """Vanilla's rule on the root's logits, then on each verified candidate the state reaches;
-    stops at the first state not verified or when the block is full. Returns the new state
-    and the steps advanced."""
-    lookup = {tuple(row): k for k, row in enumerate(candidates.tolist())}
-    logits, advanced = root_logits, 0
-    while True:
-        state, _ = rule(
-            logits,
-            state,
-            step=step + advanced,
-            block_step=block_step + advanced,
-            positions=positions,
-        )
-        advanced += 1
-        key = tuple(state.tolist())
-        if rule.mask_id not in key:
-            return state, advanced
-        match = lookup.get(key)
-        if match is None:
-            return state, advanced
-        logits = candidate_logits[match]
