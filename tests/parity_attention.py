@@ -186,39 +186,41 @@ def verify_shape_case(context: int, num_drafts: int, *, device: str) -> None:
     check_parity(q, k, v, layout, name=f"verify C={context} D={num_drafts}")
 
 
-def block_causal_case(blocks: tuple[int, ...], *, device: str) -> None:
-    gen = torch.Generator().manual_seed(len(blocks))
-    layout = SegmentLayout.block_causal(list(blocks))
+def _parity_in_every_dtype(layout, seed: int, name: str, *, device: str, **shape) -> None:
+    """`check_parity` on `layout` once per dtype, inputs drawn from one seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
     for dtype in DTYPES:
-        q, k, v = make_inputs(
-            layout,
-            batch=2,
-            q_heads=4,
-            kv_heads=1,
-            head_dim=32,
-            dtype=dtype,
-            generator=gen,
-            device=device,
-        )
-        check_parity(q, k, v, layout, name=f"block_causal {blocks} {dtype}")
+        q, k, v = make_inputs(layout, dtype=dtype, generator=gen, device=device, **shape)
+        check_parity(q, k, v, layout, name=f"{name} {dtype}")
+
+
+def block_causal_case(blocks: tuple[int, ...], *, device: str) -> None:
+    layout = SegmentLayout.block_causal(list(blocks))
+    _parity_in_every_dtype(
+        layout,
+        len(blocks),
+        f"block_causal {blocks}",
+        device=device,
+        batch=2,
+        q_heads=4,
+        kv_heads=1,
+        head_dim=32,
+    )
 
 
 def simsd_case(context, committed: int, block_len: int, cached: bool, *, device: str) -> None:
     """SimSD's verify layout (`SegmentLayout.simsd`) runs the kernel unchanged."""
     layout = SegmentLayout.simsd(context, committed, block_len, cached=cached)
-    gen = torch.Generator().manual_seed(block_len + committed)
-    for dtype in DTYPES:
-        q, k, v = make_inputs(
-            layout,
-            batch=1,
-            q_heads=4,
-            kv_heads=2,
-            head_dim=16,
-            dtype=dtype,
-            generator=gen,
-            device=device,
-        )
-        check_parity(q, k, v, layout, name=f"simsd c={committed} cached={cached} {dtype}")
+    _parity_in_every_dtype(
+        layout,
+        block_len + committed,
+        f"simsd c={committed} cached={cached}",
+        device=device,
+        batch=1,
+        q_heads=4,
+        kv_heads=2,
+        head_dim=16,
+    )
 
 
 def masked_rows_case(backend: str, *, device: str) -> None:
