@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import train_tiny
+from . import tinydata, train_tiny
 
 CURVE_FILE = "training_curve.png"
 
@@ -89,8 +89,10 @@ def training_section(train_log: dict) -> str:
     sequences = sum(st["steps"] * st["batch_size"] for st in stages)
     total_minutes = sum(st["train_seconds"] for st in stages) / 60
     return f"""AdamW betas (0.9, 0.98), weight decay 0.01 (matrices), linear warm-up then cosine to
-10% of the peak lr, gradient clipping 1.0. Stages (`RECIPES` in `train_tiny.py`; a later stage, if
-any, starts from the previous stage's weights with a fresh optimizer and schedule):
+10% of the peak lr, gradient clipping 1.0. Answer digits weigh {train_tiny.DIGIT_WEIGHT:g}x in the
+loss (`DIGIT_WEIGHT`: they carry the sums; the other answer tokens are copies, format and EOS).
+Stages (`RECIPES` in `train_tiny.py`; a later stage, if any, starts from the previous stage's
+weights with a fresh optimizer and schedule):
 
 | stage | starts from | steps | batch | peak lr | warm-up | seed | threads | minutes |
 |---:|---|---:|---:|---:|---:|---:|---:|---:|
@@ -106,23 +108,33 @@ In all {total_steps} steps ({sequences:,} sequences), {total_minutes:.1f} minute
 {loss_rows}"""
 
 
-DATA_SECTION = """## Data (`spiffy_triton/training/tinydata.py`, generated, nothing downloaded)
+def _data_section() -> str:
+    mix = tinydata.TRAIN_MIX
+    (a2, b2), (a3, b3), (aw, bw) = tinydata.SUM2_RANGE, tinydata.SUM3_RANGE, tinydata.WORD_RANGE
+    return f"""## Data (`spiffy_triton/training/tinydata.py`, generated, nothing downloaded)
 
-Tasks chosen for what a model of a couple of million parameters learns in well under an hour
-on a CPU: sums of small numbers, with a short worked answer that does one addition or
-subtraction per step (left to right) and ends with `#### <value>`.
+Tasks chosen for what a model of a couple of million parameters learns in under an hour on a
+CPU: sums of small numbers, with a short worked answer that does one addition or subtraction
+per step (left to right) and ends with `#### <value>`. The operands are digits on purpose:
+every task then draws on one small table of sums and differences, which this model learns
+in the budget. With larger operands it did not learn the sums in time (operands up to 30:
+0% held-out after 1200 steps of 64; up to 20: no held-out sum right from one forward after
+1000 steps).
 
-- `arith`: a two-term sum of numbers 1-30 (60%), `Q: 23+19=?\\nA: ` -> `23+19=42. #### 42`,
-  or a three-term sum of digits 1-9, `Q: 7+5+9=?\\nA: ` -> `7+5=12; 12+9=21. #### 21`;
-- `word`: four templates of short word problems with numbers 1-20 (a sum, a difference, a sum
-  of two people's items, a sum then a difference), e.g.
-  `Q: Ann has 13 pens, gets 5 more. How many now?\\nA: ` -> `13+5=18. #### 18`;
-- `code`: `# f: sum of xs\\n` -> a short Python function (eight templates), 5% of training; not
-  a task this model is meant to get right (exact match below).
+- `arith`: a two-term sum of digits {a2}-{b2} (60%), `Q: 8+7=?\\nA: ` -> `8+7=15. #### 15`,
+  or a three-term sum of digits {a3}-{b3}, `Q: 7+5+9=?\\nA: ` -> `7+5=12; 12+9=21. #### 21`;
+- `word`: four templates of short word problems with numbers {aw}-{bw} (a sum, a difference, a
+  sum of two people's items, a sum then a difference), e.g.
+  `Q: Ann has 3 pens, gets 5 more. How many now?\\nA: ` -> `3+5=8. #### 8`;
+- `code`: `# f: sum of xs\\n` -> a short Python function (eight templates), {mix["code"]:.0%} of
+  training; not a task this model is meant to get right (exact match below).
 
-Training mix 50% arith / 45% word / 5% code. Splits are disjoint by a CRC32 hash of the
-prompt (10% held-out, 10% calibration, 80% train), so no held-out prompt is ever trained on.
-`tinydata.heldout_prompts(n)` returns the held-out prompts per kind used below."""
+Training mix {mix["arith"]:.0%} arith / {mix["word"]:.0%} word / {mix["code"]:.0%} code. Splits
+are disjoint by a CRC32 hash of the prompt (10% held-out, 10% calibration, 80% train), so no
+held-out prompt is ever trained on. `tinydata.heldout_prompts(n)` returns the held-out prompts
+per kind used below. Two-term digit sums have only 81 prompts, 8 of them held out: that row of
+the table is all of them (its sums also occur inside training examples of the other tasks)."""
+
 
 TOKENIZER_SECTION = """## Tokenizer
 
@@ -207,7 +219,7 @@ rope_theta {config["rope_theta"]:g}, max_sequence_length {config["max_sequence_l
 
 {TOKENIZER_SECTION}
 
-{DATA_SECTION}
+{_data_section()}
 
 ## Training
 
@@ -279,7 +291,7 @@ block-causal attention: hidden_size {config["hidden_size"]}, {config["num_hidden
 
 {TOKENIZER_SECTION}
 
-{DATA_SECTION}
+{_data_section()}
 
 ## Training
 

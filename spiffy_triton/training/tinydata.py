@@ -2,10 +2,10 @@
 
 Three kinds of example, each a (prompt, answer) pair of plain text:
 
-- ``"arith"``: a two-term sum of numbers up to 30 or a three-term sum of digits, answered
-  step by step left to right (``7+5+9=?`` -> ``7+5=12; 12+9=21. #### 21``);
-- ``"word"``: a short word problem (four templates: sums and differences of numbers up to
-  20) with the same kind of worked answer;
+- ``"arith"``: a two-term or a three-term sum of digits, answered step by step left to right
+  (``7+5+9=?`` -> ``7+5=12; 12+9=21. #### 21``);
+- ``"word"``: a short word problem (four templates: sums and differences of digits) with the
+  same kind of worked answer;
 - ``"code"``: a one-line description of a Python function as a comment; the answer is the
   function.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 KINDS = ("arith", "word", "code")
 SPLITS = ("train", "calibration", "heldout")
 # Mix of kinds in training (and the default for `examples`): arithmetic and word problems.
-TRAIN_MIX = {"arith": 0.5, "word": 0.45, "code": 0.05}
+TRAIN_MIX = {"arith": 0.55, "word": 0.42, "code": 0.03}
 # Seeds of the per-split random streams, far apart so that streams never coincide.
 _SPLIT_SEED = {"train": 1_000_003, "calibration": 2_000_003, "heldout": 3_000_017}
 _ANSWER_RE = re.compile(r"####\s*(-?\d+)")
@@ -65,10 +65,12 @@ def split_of(prompt: str) -> str:
 
 # ---------------------------------------------------------------------------- arithmetic
 
-# Operand ranges, small enough for a few-million-parameter model to learn the carries.
-SUM2_RANGE = (1, 30)  # two-term sums: two 1-2 digit numbers
-SUM3_RANGE = (1, 9)  # three-term sums of digits
-WORD_RANGE = (1, 20)  # word problems
+# Operand ranges: digits, so that a 1.7M-parameter model learns every fact within an hour of
+# CPU training (every task draws on one table: sums up to 27 and differences from at most 18).
+# Operands up to 30 or 20 were too many facts for that budget (0% held-out after 20 minutes).
+SUM2_RANGE = (1, 9)  # two-term sums
+SUM3_RANGE = (1, 9)  # three-term sums
+WORD_RANGE = (1, 9)  # word problems
 
 
 def _worked(numbers: list[int], ops: list[str]) -> str:
