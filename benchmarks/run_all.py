@@ -78,6 +78,18 @@ STUDIES = (
     Study(
         "calibration", "calibrated vs default draft graphs", BENCH_DIR / "calibration.py", 1800.0
     ),
+    Study(
+        "acceptance",
+        "where acceptance is lost, per step in block and per node; graph variants",
+        BENCH_DIR / "acceptance.py",
+        1800.0,
+    ),
+    Study(
+        "simsd",
+        "SimSD and SimSD-exact beside Spiffy on the block-causal tiny-sdar",
+        BENCH_DIR / "simsd.py",
+        1800.0,
+    ),
     Study("wallclock", "CPU tokens/s, vanilla vs Spiffy, phase split", BENCH_DIR / "wallclock.py"),
     Study(
         "cost_aware",

@@ -21,6 +21,7 @@ arithmetic and word problems, as the model card's evaluation).
     python benchmarks/simsd.py [--model tiny-sdar | DIR] [--per-kind 4] [--gen-length 96]
                                [--block-length N] [--cache prefix|none] [--drafts self,tiny]
     python benchmarks/simsd.py --smoke     # random tiny SDAR model, seconds (CI)
+    python benchmarks/simsd.py --quick     # the bundled model, 1 prompt per kind, 32 tokens
 
 Writes benchmarks/results/simsd.json (``--smoke``: simsd_smoke.json).
 """
@@ -213,6 +214,7 @@ def run(args) -> list[dict]:
         "block_length": block,
         "cache": args.cache,
         "threads": args.threads,
+        "quick": args.quick,
         "accuracy_prompts": base["scored"],
         "drafts_skipped": skipped,
         "rule": "greedy; vanilla one token per step, low_confidence",
@@ -226,6 +228,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-sdar", help="bundled name or SDAR checkpoint dir")
     parser.add_argument("--smoke", action="store_true", help="random tiny model, 2 prompts")
+    parser.add_argument("--quick", action="store_true", help="1 prompt per kind, 32 tokens")
     parser.add_argument("--per-kind", type=int, default=4, help="held-out prompts per kind")
     parser.add_argument("--gen-length", type=int, default=96)
     parser.add_argument("--block-length", type=int, default=None, help="default: the model's")
@@ -237,8 +240,10 @@ def parse_args(argv=None):
         help="SimSD draft sources: self, previous, bundled model names or checkpoint dirs",
     )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="results directory")
+    parser.add_argument("--out", "--out-dir", type=Path, default=None, help="results directory")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.per_kind, args.gen_length = 1, min(args.gen_length, 32)
     if args.smoke:
         args.per_kind, args.gen_length = min(args.per_kind, 1), min(args.gen_length, 8)
         keep = ("self", "previous")

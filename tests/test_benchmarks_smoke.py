@@ -183,6 +183,30 @@ def test_cost_aware_quick(tmp_path, toy_checkpoint):
     assert all(r["same_tokens_as_vanilla"] for r in noise)
 
 
+def test_acceptance_quick(tmp_path, toy_checkpoint):
+    from benchmarks import acceptance
+
+    assert (
+        acceptance.main(["--model", str(toy_checkpoint), "--quick", "--out-dir", str(tmp_path)])
+        == 0
+    )
+    payload = json.loads((tmp_path / "acceptance.json").read_text())
+    rows = {r["graph"]: r for r in payload["rows"]}
+    assert set(rows) == {
+        "default", "calibrated, top-1 tokens", "calibrated, top-4 tokens",
+        "calibrated, 2 phases", "calibrated, 4 phases", "selected on held-out (bound)",
+    }  # fmt: skip
+    assert rows["default"]["vs_default"] == 1.0
+    for row in rows.values():  # a replayed walk never takes more forwards than vanilla
+        assert 0 < row["nfe"] <= row["vanilla_nfe"]
+        assert row["nfe_speedup"] == pytest.approx(row["vanilla_nfe"] / row["nfe"])
+    per_step = payload["meta"]["per_step_in_block"]
+    for row in per_step:  # the outcomes of each step's roots are a partition
+        assert sum(row[name] for name in acceptance.OUTCOMES) == pytest.approx(1.0)
+    assert sum(r["roots"] for r in per_step) == payload["meta"]["heldout_traces"]["trace_steps"]
+    assert (tmp_path / "acceptance_loss.png").is_file()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [(["--modes", "greedy"], "--modes"), (["--drafts", "3,x"], "--drafts"),

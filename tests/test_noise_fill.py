@@ -208,11 +208,13 @@ def lossless_kwargs(temperature, cache, threshold) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "temperature, cache, threshold",
-    [(0.3, "dual", None), (1.0, "dual", None), (0.7, None, None), (1.0, "prefix", 0.7)],
+    [(0.3, "dual", None), (1.0, "dual", None), (0.7, None, None), (1.0, "prefix", 0.99)],
 )  # fmt: skip
 def test_noise_aware_filling_is_lossless(temperature, cache, threshold):
     """Float64, bundled trained model: the same tokens and steps as vanilla sampling, with
-    drafts actually walked through (T = 0.7 with the dual cache: the auto-budget test)."""
+    drafts actually walked through (T = 0.7 with the dual cache: the auto-budget test). The
+    bundled model is confident: at threshold 0.7 it fills all 16 tokens in one step and no
+    draft is left to walk, so the threshold case uses 0.99 (3 vanilla steps, measured)."""
     kw = lossless_kwargs(temperature, cache, threshold)
     out = generate(bundled(), prompt(), graph=8, max_drafts=None, filler="noise", **kw)
     reference = vanilla(temperature, cache, threshold)

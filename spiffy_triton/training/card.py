@@ -163,17 +163,20 @@ TARGET_ACCURACY = 0.6  # issue #16: held-out answer accuracy of the main job's k
 
 
 def _verdict(decode: dict) -> str:
-    """Whether every arithmetic task reaches `TARGET_ACCURACY` (measured, vanilla)."""
-    values = [
-        v["vanilla_answer_accuracy"] for v in decode.values() if "vanilla_answer_accuracy" in v
-    ]
-    low, high = min(values), max(values)
+    """Whether every arithmetic task reaches `TARGET_ACCURACY` (measured, vanilla), and which
+    do not."""
+    accuracy = {
+        task: v["vanilla_answer_accuracy"]
+        for task, v in decode.items()
+        if "vanilla_answer_accuracy" in v
+    }
+    low, high = min(accuracy.values()), max(accuracy.values())
     if low >= TARGET_ACCURACY:
         return f"Held-out answer accuracy is {low:.0%}-{high:.0%} on every arithmetic task."
+    short = ", ".join(f"{t} ({a:.0%})" for t, a in accuracy.items() if a < TARGET_ACCURACY)
     return (
-        f"**It is mostly wrong**: held-out answer accuracy is {low:.0%}-{high:.0%} per task, "
-        f"below the {TARGET_ACCURACY:.0%} this project aims for; this recipe's CPU budget was "
-        "not enough for it to learn addition (it copies the operands, not the sums)."
+        f"Held-out answer accuracy is {low:.0%}-{high:.0%} per task; **below the "
+        f"{TARGET_ACCURACY:.0%} this project aims for on {short}**."
     )
 
 

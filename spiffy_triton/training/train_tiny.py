@@ -61,7 +61,7 @@ RECIPES = {
         {"steps": 3200, "warmup": 100, "seed": 0, "lr": 3e-3, "batch_size": 64},
         {"steps": 1500, "warmup": 50, "seed": 1, "lr": 1.5e-3, "batch_size": 64},
     ),
-    "sdar": ({"steps": 1000, "warmup": 100, "seed": 0, "lr": 2e-3, "batch_size": 24},),
+    "sdar": ({"steps": 1500, "warmup": 100, "seed": 0, "lr": 3e-3, "batch_size": 32},),
 }
 BUNDLED_NAME = {"llada": "tiny", "sdar": "tiny-sdar"}
 
