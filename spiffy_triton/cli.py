@@ -2,7 +2,7 @@
 
     spiffy-triton calibrate --prompts prompts.jsonl --budget 8 --out graph.json
     spiffy-triton calibrate --builtin arith --num-prompts 30 --budget 8 --out graph.json
-    spiffy-triton generate --prompt "Q: 12+7*3=?\\nA: " --graph graph.json
+    spiffy-triton generate --prompt "Q: 4+5+6=?\\nA: " --graph graph.json
     spiffy-triton bench --quick
     spiffy-triton graph draw graph.json --out graph.png
 
