@@ -182,3 +182,16 @@ def test_bundled_cards_match_their_eval(name):
             assert row["identical"] == row["n"]
     with open(f"{path}/training_log.json", encoding="utf-8") as f:
         assert json.load(f)["arch"] == ev["arch"]
+
+
+def test_card_verdict_names_the_tasks_below_the_target():
+    from spiffy_triton.training.card import TARGET_ACCURACY, _verdict
+
+    def row(accuracy):
+        return {"n": 8, "vanilla_answer_accuracy": accuracy}
+
+    passing = _verdict({"arith (2 terms)": row(0.9), "word": row(0.75), "code": {"n": 6}})
+    assert passing.startswith("Held-out answer accuracy is 75%-90% on every arithmetic task")
+    failing = _verdict({"arith (2 terms)": row(0.9), "arith (3 terms)": row(0.2)})
+    assert f"below the {TARGET_ACCURACY:.0%}" in failing and "arith (3 terms) (20%)" in failing
+    assert "arith (2 terms)" not in failing
