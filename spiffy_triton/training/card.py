@@ -109,7 +109,7 @@ In all {total_steps} steps ({sequences:,} sequences), {total_minutes:.1f} minute
 
 
 def _data_section() -> str:
-    mix = tinydata.TRAIN_MIX
+    mix, share2 = tinydata.TRAIN_MIX, tinydata.SUM2_SHARE
     (a2, b2), (a3, b3), (aw, bw) = tinydata.SUM2_RANGE, tinydata.SUM3_RANGE, tinydata.WORD_RANGE
     return f"""## Data (`spiffy_triton/training/tinydata.py`, generated, nothing downloaded)
 
@@ -121,7 +121,7 @@ in the budget. With larger operands it did not learn the sums in time (operands 
 0% held-out after 1200 steps of 64; up to 20: no held-out sum right from one forward after
 1000 steps).
 
-- `arith`: a two-term sum of digits {a2}-{b2} (60%), `Q: 8+7=?\\nA: ` -> `8+7=15. #### 15`,
+- `arith`: a two-term sum of digits {a2}-{b2} ({share2:.0%}), `Q: 8+7=?\\nA: ` -> `8+7=15. #### 15`,
   or a three-term sum of digits {a3}-{b3}, `Q: 7+5+9=?\\nA: ` -> `7+5=12; 12+9=21. #### 21`;
 - `word`: four templates of short word problems with numbers {aw}-{bw} (a sum, a difference, a
   sum of two people's items, a sum then a difference), e.g.

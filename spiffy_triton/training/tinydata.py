@@ -71,6 +71,7 @@ def split_of(prompt: str) -> str:
 SUM2_RANGE = (1, 9)  # two-term sums
 SUM3_RANGE = (1, 9)  # three-term sums
 WORD_RANGE = (1, 9)  # word problems
+SUM2_SHARE = 0.6  # share of two-term sums among arith examples
 
 
 def _worked(numbers: list[int], ops: list[str]) -> str:
@@ -84,8 +85,8 @@ def _worked(numbers: list[int], ops: list[str]) -> str:
 
 
 def _arith(rng: random.Random) -> Example:
-    """A two-term sum of 1-2 digit numbers (60%) or a three-term sum of smaller ones."""
-    terms, (low, high) = (2, SUM2_RANGE) if rng.random() < 0.6 else (3, SUM3_RANGE)
+    """A two-term sum (`SUM2_SHARE` of them) or a three-term sum, operands in their ranges."""
+    terms, (low, high) = (2, SUM2_RANGE) if rng.random() < SUM2_SHARE else (3, SUM3_RANGE)
     numbers = [rng.randint(low, high) for _ in range(terms)]
     expression = "+".join(str(n) for n in numbers)
     return Example("arith", f"Q: {expression}=?\nA: ", _worked(numbers, ["+"] * (terms - 1)))
