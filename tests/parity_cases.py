@@ -267,6 +267,11 @@ def main(argv=None) -> int:
     parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated {GROUPS}")
     parser.add_argument("--out", type=Path, help="JSON file, rewritten after every case")
     parser.add_argument("--list", action="store_true", help="print the case names and exit")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        help="a previous run's JSON: keep its passed rows, run only the other cases",
+    )
     args = parser.parse_args(argv)
     device = args.device
     if device == "auto":
@@ -291,14 +296,28 @@ def main(argv=None) -> int:
 
         bf16_shim.install()  # as tests/conftest.py: bf16 arithmetic in fp32 in the interpreter
     results = []
+    if args.resume is not None and args.resume.exists():
+        earlier = json.loads(args.resume.read_text())
+        if earlier.get("device") != device:
+            ran_on = earlier.get("device")
+            parser.error(f"--resume: {args.resume} was run on {ran_on}, not {device}")
+        results = [r for r in earlier["rows"] if r["status"] == "passed"]
+        done = {(r["group"], r["case"]) for r in results}
+        selected = [c for c in selected if (c.group, c.name) not in done]
+        print(f"parity: {len(results)} passed cases kept from {args.resume}", flush=True)
+
+    def write() -> None:
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"device": device, "rows": results}, indent=1) + "\n")
+
+    write()
     for case in selected:
         row = run_one(case, device)
         results.append(row)
         detail = f" ({row['reason']})" if "reason" in row else ""
         print(f"{row['status'].upper()} {case.group}/{case.name}{detail}", flush=True)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"device": device, "rows": results}, indent=1) + "\n")
+        write()
     counts = {s: sum(r["status"] == s for r in results) for s in ("passed", "failed", "skipped")}
     print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
     return 1 if counts["failed"] else 0

@@ -223,7 +223,9 @@ def _finalize(
 # --------------------------------------------------------------------------------------------
 
 
-@triton.jit
+# An int argument equal to 1 is specialized to a constexpr by the launcher, and a constexpr int
+# has no `.to`: the noise keys must stay runtime i32 whatever their value (step 1, seed 1).
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "step"])
 def _marginals_kernel(
     logits_ptr,
     positions_ptr,
@@ -416,7 +418,7 @@ def _combine_kernel(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "step", "stream"])
 def _noise_kernel(
     out_ptr,
     positions_ptr,
