@@ -134,3 +134,70 @@ def test_gpu_path_needs_no_optional_package(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert 1 <= int(result.stdout.strip().splitlines()[-1]) <= 8
+
+
+def test_parity_resume_runs_only_what_did_not_pass(tmp_path):
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    runner = [sys.executable, str(REPO / "tests" / "parity_cases.py"), "--device", "cpu"]
+    runner += ["--small", "--groups", "marginals"]
+    subprocess.run([*runner, "--out", str(first)], check=True, capture_output=True, cwd=REPO)
+    earlier = json.loads(first.read_text())
+    assert len(earlier["rows"]) >= 2
+    earlier["rows"][0]["status"] = "failed"  # as a run that failed one case
+    first.write_text(json.dumps(earlier))
+    done = subprocess.run(
+        [*runner, "--out", str(second), "--resume", str(first)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(earlier['rows']) - 1} passed cases kept" in done.stdout
+    rerun = [line for line in done.stdout.splitlines() if line.startswith("PASSED")]
+    assert rerun == [f"PASSED marginals/{earlier['rows'][0]['case']}"]
+    rows = json.loads(second.read_text())["rows"]
+    assert sorted(r["case"] for r in rows) == sorted(r["case"] for r in earlier["rows"])
+    assert all(r["status"] == "passed" for r in rows)
+    earlier["device"] = "cuda"
+    first.write_text(json.dumps(earlier))
+    wrong = subprocess.run([*runner, "--resume", str(first)], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "was run on cuda, not cpu" in wrong.stderr
+
+
+def test_gpu_vs_model_reproduces_the_published_goal_count(tmp_path):
+    """The README's count of met goals is what the committed H200 results give."""
+    import shutil
+
+    from benchmarks import gpu_vs_model
+
+    for name in ("graph_attention", "marginals", "verify_cost", "profile_graph_attention"):
+        shutil.copy(REPO / "benchmarks" / "results" / "gpu" / f"{name}.json", tmp_path)
+    assert gpu_vs_model.main(["--gpu-dir", str(tmp_path)]) == 0
+    goals = json.loads((tmp_path / "gpu_goals.json").read_text())
+    met, total = goals["meta"]["met"].split(" of ")
+    assert f"{met} of the {total} goal checks met" in (REPO / "README.md").read_text()
+    kinds = {row["goal"] for row in goals["rows"]}
+    assert "marginals of copy bandwidth" in kinds and "verify forward D8 / D0 (kernel)" in kinds
+    modeled = json.loads((tmp_path / "measured_vs_modeled.json").read_text())["rows"]
+    assert all(row["modeled_ms"] > 0 and row["ratio"] > 0 for row in modeled)
+
+
+def test_gpu_vs_model_without_results_says_so(tmp_path, capsys):
+    from benchmarks import gpu_vs_model
+
+    assert gpu_vs_model.main(["--gpu-dir", str(tmp_path)]) == 2
+    assert "no GPU results" in capsys.readouterr().out
+
+
+def test_marginals_sweep_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIFFY_BENCH_RESULTS_DIR", str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "marginals_sweep.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads((tmp_path / "marginals_sweep.json").read_text())["rows"]
+    assert rows and all(r.get("ms") and "differ" not in r.get("note", "") for r in rows)

@@ -1,0 +1,116 @@
+"""Launch-configuration sweep of the marginals kernel: which block size, warps, pipeline stages
+and vocabulary split reach the most of the copy bandwidth, at LLaDA's vocabulary.
+
+    python benchmarks/marginals_sweep.py            # GPU: rows 32 / 288 / 2048, T 0 and 1
+    python benchmarks/marginals_sweep.py --quick    # smoke sizes (CPU: interpreter)
+
+Each row is one configuration of one shape; ``of_copy_bw`` is the logits' bytes per second
+over the measured device copy bandwidth, ``vs_default`` the default configuration's time over
+this one's (> 1: this configuration is faster). Every configuration's outputs are checked
+equal to the default configuration's (tokens, top-k) before it is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
+from benchmarks.marginals import copy_bandwidth_gb_s  # noqa: E402
+from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
+from spiffy_triton.kernels import marginals as kernel  # noqa: E402
+
+COLUMNS = (
+    "rows",
+    "vocab",
+    "T",
+    "block_v",
+    "num_warps",
+    "num_stages",
+    "splits",
+    "ms",
+    "gb_per_s",
+    "of_copy_bw",
+    "vs_default",
+    "note",
+)
+TOP_K = 8
+
+
+def split_options(rows: int, vocab: int, block_v: int) -> list[int]:
+    """The default split for this block size and four times as many programs (few rows)."""
+    default = kernel._select_config(rows, vocab)["splits"]
+    num_blocks = -(-vocab // block_v)
+    options = {max(1, min(default, num_blocks))}
+    if rows < 1024:
+        options.add(max(1, min(4 * default, num_blocks // 2, kernel.MAX_SPLITS)))
+    return sorted(options)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke sizes")
+    args = parser.parse_args(argv)
+    gpu = on_gpu() and not args.quick
+    device = "cuda" if on_gpu() else "cpu"
+    if gpu:
+        shapes = [(r, 126464, t) for r in (32, 288, 2048) for t in (0.0, 1.0)]
+        grid = dict(block_v=(2048, 4096, 8192), num_warps=(4, 8, 16), num_stages=(1, 3))
+        copy_gb_s = copy_bandwidth_gb_s("cuda")
+    else:
+        shapes = [(2, 4096, 0.0)]
+        grid = dict(block_v=(1024, 2048), num_warps=(4,), num_stages=(1,))
+        copy_gb_s = None
+    results = Results(
+        "marginals_sweep",
+        COLUMNS,
+        meta=dict(dtype="bfloat16", top_k=TOP_K, copy_gb_s=copy_gb_s, grid=grid),
+    )
+    for rows, vocab, temperature in shapes:
+        gen = torch.Generator().manual_seed(rows)
+        logits = (torch.randn(rows, vocab, generator=gen) * 4).to(device, torch.bfloat16)
+        call = dict(top_k=TOP_K, temperature=temperature, seed=1, step=1, positions=None)
+
+        def run(config, logits=logits, call=call):
+            return kernel._marginals(logits, *call.values(), config=config)
+
+        default = kernel._select_config(rows, vocab)
+        expected = run(None)
+        default_ms = median_ms(lambda: run(None))
+        configs = []
+        for block_v, warps, stages in itertools.product(*grid.values()):
+            for splits in split_options(rows, vocab, block_v):
+                configs.append(
+                    dict(block_v=block_v, num_warps=warps, num_stages=stages, splits=splits)
+                )
+        for config in configs:
+            row = dict(rows=rows, vocab=vocab, T=temperature, **config)
+            try:
+                out = run(config)
+                same = torch.equal(out.token, expected.token) and torch.equal(
+                    out.topk_tokens, expected.topk_tokens
+                )
+                if not same:
+                    row["note"] = "outputs differ from the default configuration"
+                ms = median_ms(lambda config=config: run(config))
+                gb_s = rows * vocab * 2 / (ms * 1e-3) / 1e9
+                row.update(ms=ms, gb_per_s=gb_s, vs_default=default_ms / ms)
+                if copy_gb_s:
+                    row["of_copy_bw"] = gb_s / copy_gb_s
+                if all(default.get(k) == config[k] for k in ("block_v", "num_warps", "splits")):
+                    row["note"] = (row.get("note", "") + " default").strip()
+            except Exception as error:  # noqa: BLE001 (a config that fails is a row, not a crash)
+                row["note"] = f"failed: {type(error).__name__}: {str(error)[:100]}"
+            results.add(row)
+    results.finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
