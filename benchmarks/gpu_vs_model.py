@@ -38,6 +38,19 @@ def _load(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _row(study, shape, method, measured_ms, modeled_ms, bound, note) -> dict:
+    return dict(
+        study=study,
+        shape=shape,
+        method=method,
+        measured_ms=measured_ms,
+        modeled_ms=modeled_ms,
+        ratio=measured_ms / modeled_ms,
+        bound=bound,
+        note=note,
+    )
+
+
 def _roofline_ms(num_bytes: float, flops: float, hw) -> tuple[float, str]:
     t_mem, t_compute = num_bytes / hw.bytes_per_s, flops / hw.flops_per_s
     return max(t_mem, t_compute) * 1e3, "compute" if t_compute > t_mem else "memory"
@@ -68,15 +81,14 @@ def attention_rows(data: dict, profile: dict | None, hw) -> list[dict]:
             else ""
         )
         rows.append(
-            dict(
-                study="graph_attention",
-                shape=f"{'dual' if row['cached'] else 'no cache'} C{row['context']} D{row['D']}",
-                method=row["method"],
-                measured_ms=row["ms"],
-                modeled_ms=modeled,
-                ratio=row["ms"] / modeled,
-                bound=bound,
-                note=note,
+            _row(
+                "graph_attention",
+                f"{'dual' if row['cached'] else 'no cache'} C{row['context']} D{row['D']}",
+                row["method"],
+                row["ms"],
+                modeled,
+                bound,
+                note,
             )
         )
     return rows
@@ -90,15 +102,14 @@ def marginals_rows(data: dict, hw) -> list[dict]:
         num_bytes = marginals_bytes(row["rows"], row["vocab"], sampling=row["T"] > 0)
         modeled, bound = _roofline_ms(num_bytes, 0.0, hw)
         rows.append(
-            dict(
-                study="marginals",
-                shape=f"rows {row['rows']} V {row['vocab']} T {row['T']:g}",
-                method="triton",
-                measured_ms=row["ms"],
-                modeled_ms=modeled,
-                ratio=row["ms"] / modeled,
-                bound=bound,
-                note=f"{row.get('of_copy_bw', 0):.1%} of measured copy bandwidth",
+            _row(
+                "marginals",
+                f"rows {row['rows']} V {row['vocab']} T {row['T']:g}",
+                "triton",
+                row["ms"],
+                modeled,
+                bound,
+                f"{row.get('of_copy_bw', 0):.1%} of measured copy bandwidth",
             )
         )
     return rows
@@ -120,15 +131,14 @@ def verify_rows(data: dict, hw) -> list[dict]:
         ops = [op for op in forward_ops(model, step, fused=fused) if op.name != "marginals"]
         modeled = predict(ops, hw).t_step_ms
         rows.append(
-            dict(
-                study="verify_forward",
-                shape=f"prompt {row['prompt']} D{row['D']}",
-                method=row["method"],
-                measured_ms=row["ms"],
-                modeled_ms=modeled,
-                ratio=row["ms"] / modeled,
-                bound="",
-                note=f"vs D0 measured {row['vs_d0']:.3f}",
+            _row(
+                "verify_forward",
+                f"prompt {row['prompt']} D{row['D']}",
+                row["method"],
+                row["ms"],
+                modeled,
+                "",
+                f"vs D0 measured {row['vs_d0']:.3f}",
             )
         )
     return rows

@@ -103,6 +103,20 @@ def flex_mask_mod(layout: SegmentLayout, device):
     return mask_mod
 
 
+def flex_block_mask(layout: SegmentLayout, device):
+    """FlexAttention's BlockMask of the layout (its mask_mod evaluated per 128 x 128 block)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(
+        flex_mask_mod(layout, device),
+        None,
+        None,
+        layout.num_q_rows,
+        layout.num_k_rows,
+        device=device,
+    )
+
+
 def run_case(prefix, block, suffix, drafts, cached, *, heads, d, dtype, device, flex_fn):
     layout = SegmentLayout.spiffy(prefix, block, suffix, drafts, cached=cached)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -140,17 +154,8 @@ def run_case(prefix, block, suffix, drafts, cached, *, heads, d, dtype, device, 
     }
     flex_note = ""
     if flex_fn is not None:
-        from torch.nn.attention.flex_attention import create_block_mask
-
         try:
-            block_mask = create_block_mask(
-                flex_mask_mod(layout, device),
-                None,
-                None,
-                layout.num_q_rows,
-                layout.num_k_rows,
-                device=device,
-            )
+            block_mask = flex_block_mask(layout, device)
             methods["flex_block_mask"] = (
                 lambda: flex_fn(q, k, v, block_mask=block_mask),
                 flex_kv_bytes(layout, heads, d, dtype),

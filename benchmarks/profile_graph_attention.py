@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import spiffy_triton  # noqa: E402  (sets the interpreter mode before triton is imported)
-from benchmarks.graph_attention import _flex_attention, flex_mask_mod  # noqa: E402
+from benchmarks.graph_attention import _flex_attention, flex_block_mask  # noqa: E402
 from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
 from spiffy_triton import SegmentLayout  # noqa: E402
 from spiffy_triton.kernels.graph_attention import _graph_attention_fwd, select_config  # noqa: E402
@@ -111,16 +111,7 @@ def profile_shape(cached, context, drafts, *, heads, d, block, dtype, device, fl
         ),
     }
     if flex is not None:
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        block_mask = create_block_mask(
-            flex_mask_mod(layout, device),
-            None,
-            None,
-            layout.num_q_rows,
-            layout.num_k_rows,
-            device=device,
-        )
+        block_mask = flex_block_mask(layout, device)
         methods["flex_block_mask"] = lambda: flex(q, k, v, block_mask=block_mask)
     for name, fn in methods.items():
         row = dict(cached=cached, context=context, D=drafts, method=name)
