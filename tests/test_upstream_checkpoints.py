@@ -334,3 +334,19 @@ def test_bidirectional_model_still_needs_block_length():
         generate(model, torch.tensor([[3, 4, 5]]), gen_length=8)
     with pytest.raises(ValueError, match="block_length"):
         generate(model, torch.tensor([[3, 4, 5]]), gen_length=8, block_length=0)
+
+
+def test_cli_budget_fits_the_block_and_block_length_defaults_to_the_trained_size(capsys):
+    from spiffy_triton import cli
+
+    common = ["generate", "--model", "tiny-sdar", "--prompt", "Q: 4+5+6=?\\nA: ", "--json"]
+    common += ["--gen-length", "16", "--cache", "prefix", "--backend", "torch"]
+    with pytest.warns(BlockLengthWarning, match="trained with \\(16"):
+        assert cli.main([*common, "--budget", "8", "--block-length", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["graph"] == "default-8-block4"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BlockLengthWarning)
+        assert cli.main(common) == 0  # blocks of 16, the model's own: no warning
+    default = json.loads(capsys.readouterr().out)
+    assert cli.main([*common, "--block-length", "16"]) == 0
+    assert json.loads(capsys.readouterr().out)["completion"] == default["completion"]
