@@ -294,7 +294,9 @@ def test_default_graph_for_a_block():
 
 
 def test_int_budget_too_big_for_the_block_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"graph=8: budget 8: a block of 1 position"):
+    with pytest.raises(
+        ValueError, match=r"graph=8 \(block_length=1\): budget 8: a block of 1 position"
+    ):
         generate(tiny_sdar(block_size=1), random_ids(4), gen_length=2, graph=8)
 
 

@@ -226,7 +226,7 @@ def resolve_graph(graph, block_length: int | None = None) -> DraftGraph | None:
         try:
             return DraftGraph.default(graph, block_length=block_length)
         except ValueError as error:
-            raise ValueError(f"graph={graph}: {error}") from None
+            raise ValueError(f"graph={graph} (block_length={block_length}): {error}") from None
     if isinstance(graph, (str, os.PathLike)):
         return DraftGraph.load(graph)
     raise ValueError(
