@@ -75,9 +75,14 @@ def build_wheel(source: Path, dest: Path) -> Path:
 
 
 def pip_install(python: Path, *args: str) -> None:
+    """Install into the venv of `python`. --force-reinstall: the project's own spiffy-triton
+    0.1.0 is visible there (through project_deps.pth, or a checkout on PYTHONPATH with its
+    egg-info), and pip would otherwise skip a wheel of the same version as already installed."""
     command = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
-    command += ["--no-deps", "--no-build-isolation", "--disable-pip-version-check", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    command += ["--no-deps", "--no-build-isolation", "--disable-pip-version-check"]
+    command += ["--force-reinstall", *args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}\n{result.stderr}"
 
 
