@@ -352,3 +352,20 @@ def test_cli_budget_fits_the_block_and_block_length_defaults_to_the_trained_size
     default = json.loads(capsys.readouterr().out)
     assert cli.main([*common, "--block-length", "16"]) == 0
     assert json.loads(capsys.readouterr().out)["completion"] == default["completion"]
+
+
+def test_block_causal_adapter_takes_its_block_size_as_the_default():
+    from test_hf_adapter import adapter, llama
+
+    block_causal = adapter(llama(), attention="block_causal", block_size=4)
+    assert block_causal.trained_block_size == 4
+    assert adapter(llama(), block_size=4).trained_block_size is None  # bidirectional
+    prompt = random_ids(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BlockLengthWarning)
+        default = generate(block_causal, prompt, gen_length=8)
+    assert torch.equal(
+        default.tokens, generate(block_causal, prompt, gen_length=8, block_length=4).tokens
+    )
+    with pytest.warns(BlockLengthWarning, match="trained with \\(4"):
+        generate(block_causal, prompt, gen_length=8, block_length=8)
