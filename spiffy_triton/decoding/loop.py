@@ -165,7 +165,7 @@ def generate(
         block_length: positions per block (`gen_length` must be a multiple). None (default):
             a block-causal model's trained block size (SDAR's config ``block_size``); a
             bidirectional model has none and needs it. A block-causal model decoded in other
-            blocks warns (`BlockLengthWarning`): the text is usually worse.
+            blocks warns (`BlockLengthWarning`): its text may be worse.
         steps: total steps of LLaDA's schedule (split evenly over blocks); default
             ``gen_length`` (one token per step). Not used by the threshold / factor rules.
         temperature: 0 for argmax, > 0 for Gumbel-max sampling keyed by (seed, step, position).

@@ -129,7 +129,7 @@ def resolve_block_length(model, block_length) -> int:
     """`generate`'s block_length: None is the model's trained block size (a block-causal model's
     ``trained_block_size``: SDAR's config ``block_size``); a bidirectional model has none, so
     it needs one. A block-causal model decoded in blocks of another length warns
-    (`BlockLengthWarning`): it runs, exactly as asked, but its text is usually worse."""
+    (`BlockLengthWarning`): it runs, exactly as asked, but its text may be worse."""
     trained = getattr(model, "trained_block_size", None)
     if block_length is None:
         if trained is None:
@@ -144,8 +144,8 @@ def resolve_block_length(model, block_length) -> int:
 
         warnings.warn(
             f"block_length={block_length} differs from the block size this block-causal model "
-            f"was trained with ({trained}, config block_size): its text is usually worse; pass "
-            f"block_length={trained} or leave it out",
+            f"was trained with ({trained}, config block_size): it never saw other blocks in "
+            f"training, so its text may be worse; pass block_length={trained} or leave it out",
             BlockLengthWarning,
             stacklevel=6,  # generate's caller (through torch.no_grad)
         )
