@@ -5,9 +5,16 @@ The Triton kernels and their PyTorch twins live in `spiffy_triton/kernels/` and
 imports exactly what an install does, and the package never claims a global top-level name
 like `kernels`.
 
-Supported range (docs/BENCHMARKS.md, "GPU check"): torch >= 2.4 and triton 3.6 to 3.9.
-triton 3.6 is the oldest proven: `bash scripts/check_triton_range.sh` runs the compile report
-(every shipped kernel configuration, sm_90 and sm_80) and the kernel parity tests under it.
+Ranges (docs/BENCHMARKS.md, "Supported versions"). The installs of scripts/env.sh pin the
+set CI runs (requirements/constraints.txt); a lower bound below says whether it was run:
+- tested at both ends: triton 3.6 (`bash scripts/check_triton_range.sh`: the compile report of
+  every shipped kernel configuration for sm_90 / sm_80 and the kernel parity tests) and 3.9;
+  transformers 5.0.0 with safetensors 0.4.3 (what transformers 5.0.0 requires; the tests build
+  Qwen configs with transformers 5's `rope_parameters`), pytest 8.0.0 and setuptools 77.0.3
+  (what torch 2.13 itself requires), each also at today's newest release, on the checkpoint,
+  model, adapter, packaging and graph tests;
+- not run here: torch 2.5 (the floor of SDPA's `enable_gqa`; the registry's older torch
+  builds are CUDA ones); torch 2.13.0 (CPU) is what every test ran on.
 """
 
 from setuptools import find_packages, setup
@@ -25,10 +32,10 @@ setup(
     package_data={"spiffy_triton": ["assets/*/*", "assets/*.json"]},
     include_package_data=True,
     install_requires=[
-        "torch>=2.5",  # SDPA enable_gqa (2.5); proven on 2.13 (CPU) here
-        "triton>=3.6,<3.10",  # proven: 3.6 and 3.9 (scripts/check_triton_range.sh)
+        "torch>=2.5",  # SDPA enable_gqa (2.5; floor not run here); tested: 2.13.0 (CPU)
+        "triton>=3.6,<3.10",  # tested: 3.6 and 3.9 (scripts/check_triton_range.sh)
         "numpy",
-        "safetensors>=0.4",
+        "safetensors>=0.4.3",  # tested: 0.4.3 and 0.8.0
         "tqdm",
         # `spiffy-triton graph draw` and the benchmark plots (Agg backend, no display)
         "matplotlib",
@@ -36,14 +43,15 @@ setup(
     extras_require={
         # setuptools / wheel: tests/test_packaging.py builds offline (--no-build-isolation).
         "test": [
-            "pytest>=8",
+            "pytest>=8",  # tested: 8.0.0 and 9.2.0
             "pytest-xdist",
             "hypothesis>=6.100",
             "ruff",
-            "setuptools>=64",
+            "setuptools>=77.0.3",  # torch 2.13 requires it; tested: 77.0.3 and 84.2.1
             "wheel",
-            # tests/test_hf_adapter.py builds tiny transformers models locally (no downloads)
-            "transformers>=4.48",
+            # tests/test_hf_adapter.py, test_upstream_checkpoints.py build tiny transformers
+            # models locally (no downloads) with transformers 5's `rope_parameters`.
+            "transformers>=5.0",  # tested: 5.0.0 and 5.25.0
         ],
     },
     entry_points={"console_scripts": ["spiffy-triton=spiffy_triton.cli:main"]},

@@ -50,7 +50,12 @@ def _add_decode_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("decoding")
     group.add_argument("--model", default="tiny", help=MODEL_HELP)
     group.add_argument("--gen-length", type=_positive_int, default=64, help="tokens to generate")
-    group.add_argument("--block-length", type=_positive_int, default=32, help="block size")
+    group.add_argument(
+        "--block-length",
+        type=_positive_int,
+        default=None,
+        help="block size (default: a block-causal model's trained block size, else 32)",
+    )
     group.add_argument(
         "--steps",
         type=_positive_int,
@@ -71,10 +76,13 @@ def _add_decode_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _decode_kwargs(args) -> dict:
+def _decode_kwargs(args, model) -> dict:
+    block_length = args.block_length
+    if block_length is None:  # a block-causal model's trained block size, else LLaDA's 32
+        block_length = getattr(model, "trained_block_size", None) or 32
     return {
         "gen_length": args.gen_length,
-        "block_length": args.block_length,
+        "block_length": block_length,
         "steps": args.steps,
         "temperature": args.temperature,
         "remasking": args.remasking,
@@ -250,7 +258,7 @@ def cmd_calibrate(args) -> int:
 
         prompts = [e.prompt for e in calibration_prompts(args.num_prompts)[args.builtin]]
     model = _load_model(args.model, args.backend)
-    kwargs = _decode_kwargs(args)
+    kwargs = _decode_kwargs(args, model)
     traces = collect_traces(
         model,
         prompts,
@@ -290,7 +298,8 @@ def _graph_argument(args):
     if args.graph is not None:
         return load_graph(args.graph)
     if args.budget is not None:
-        return DraftGraph.default(args.budget)
+        DraftGraph.default(args.budget)  # the budget's range, checked before the model loads
+        return args.budget  # generate picks the default graph that fits the block
     return None
 
 
@@ -331,7 +340,7 @@ def cmd_generate(args) -> int:
         filler=filler,
         method=args.method,
         draft=_draft_argument(args),
-        **_decode_kwargs(args),
+        **_decode_kwargs(args, model),
     )
     text = model.tokenizer.decode(out.tokens[0, prompt_ids.shape[1] :].tolist())
     if args.json:

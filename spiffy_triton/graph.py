@@ -16,7 +16,9 @@ the next committed position is the ``k``-th lowest rank still masked with probab
 ``(1 - b) * b**(j - 1)`` (``a = 0.3``, ``b = 0.1``). The expected number of steps one forward
 advances is ``sum over nodes of P(the decoder reaches the node through nodes of the graph)``;
 each default graph adds, one at a time, the candidate node that raises that expectation the
-most. Budgets are nested: ``default(d)`` is the first ``d`` nodes of ``default(16)``.
+most. Budgets are nested: ``default(d)`` is the first ``d`` nodes of ``default(16)``. A block
+shorter than the graph's highest position rank gets the same greedy choice among the nodes
+that fit it (``default(d, block_length=L)``; what ``generate(graph=d)`` uses).
 Calibrated graphs (`spiffy_triton.calibration`) replace the prior with recorded traces.
 """
 
@@ -249,13 +251,33 @@ class DraftGraph:
     # --- defaults ------------------------------------------------------------------------------
 
     @classmethod
-    def default(cls, budget: int) -> DraftGraph:
-        """The built-in uncalibrated graph of `budget` nodes (1..16); see the module docstring."""
+    def default(cls, budget: int, *, block_length: int | None = None) -> DraftGraph:
+        """The built-in uncalibrated graph of `budget` nodes (1..16); see the module docstring.
+
+        With `block_length`, the best default graph whose position ranks fit a block of that
+        length (the same greedy choice among nodes of position rank <= `block_length`): the
+        same graph as without it whenever ``default(budget)`` already fits. A block too short
+        to hold `budget` distinct nodes raises.
+        """
         if isinstance(budget, bool) or not isinstance(budget, int):
             raise ValueError(f"budget must be an int in 1..{MAX_DEFAULT_BUDGET}, got {budget!r}")
         if not 1 <= budget <= MAX_DEFAULT_BUDGET:
             raise ValueError(f"budget must be in 1..{MAX_DEFAULT_BUDGET}, got {budget}")
-        return cls(_default_order()[:budget], name=f"default-{budget}")
+        if block_length is None:
+            return cls(_default_order()[:budget], name=f"default-{budget}")
+        if isinstance(block_length, bool) or not isinstance(block_length, int) or block_length < 1:
+            raise ValueError(f"block_length must be an int >= 1, got {block_length!r}")
+        unrestricted = _default_order()[:budget]
+        if max(p for node in unrestricted for p, _ in node) <= block_length:
+            return cls(unrestricted, name=f"default-{budget}")
+        order = _default_order(block_length)
+        if len(order) < budget:
+            raise ValueError(
+                f"budget {budget}: a block of {block_length} position(s) has only {len(order)} "
+                f"default node(s) (position rank <= {block_length}, token rank <= "
+                f"{_PRIOR_MAX_TOKEN_RANK}); use a budget <= {len(order)}"
+            )
+        return cls(order[:budget], name=f"default-{budget}-block{block_length}")
 
 
 def prior_step_probability(state: frozenset[Pair], pair: Pair) -> float:
@@ -283,11 +305,13 @@ def expected_advance(nodes: Sequence[frozenset[Pair]]) -> float:
 
 
 @functools.cache
-def _default_order() -> tuple[Formula, ...]:
+def _default_order(max_position_rank: int = _PRIOR_MAX_POSITION_RANK) -> tuple[Formula, ...]:
+    """The greedy order of default nodes whose position ranks are <= `max_position_rank` (at
+    most MAX_DEFAULT_BUDGET nodes; fewer when the ranks allow fewer)."""
     chosen: list[frozenset[Pair]] = []
     candidate_pairs = [
         (p, t)
-        for p in range(1, _PRIOR_MAX_POSITION_RANK + 1)
+        for p in range(1, min(max_position_rank, _PRIOR_MAX_POSITION_RANK) + 1)
         for t in range(1, _PRIOR_MAX_TOKEN_RANK + 1)
     ]
     while len(chosen) < MAX_DEFAULT_BUDGET:
@@ -308,5 +332,7 @@ def _default_order() -> tuple[Formula, ...]:
                     abs(gain - best_gain) <= 1e-15 and (len(key), key) < (len(best_key), best_key)
                 ):
                     best, best_gain, best_key = node, gain, key
+        if best is None:  # every node the ranks allow is chosen
+            break
         chosen.append(best)
     return tuple(tuple(sorted(n)) for n in chosen)

@@ -7,16 +7,23 @@ Each install goes into a fresh virtual environment whose only view of the projec
 .pth line with its site-packages (torch, triton, setuptools), so the project's own editable
 install is not visible there. Installs run offline: --no-deps --no-build-isolation. They build
 from a copy of the sources, so the working tree gets no build/ or egg-info folders.
+
+Top-level names: the checks ask what *this* distribution installs (the built wheel's RECORD
+and top_level.txt; the installed dist's files, its editable finder's mapping and any path
+its .pth files add), never whether `import kernels` finds something: Hugging Face's `kernels`
+distribution (a dependency of transformers 5) owns that name in the environment.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -57,24 +64,111 @@ def make_venv(path: Path) -> Path:
     return python
 
 
+def build_wheel(source: Path, dest: Path) -> Path:
+    """The wheel of the sources at `source`, built offline into `dest`."""
+    command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+    command += ["--no-build-isolation", "--disable-pip-version-check", "-w", str(dest)]
+    result = subprocess.run([*command, str(source)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}\n{result.stderr}"
+    (wheel,) = dest.glob("spiffy_triton-*.whl")
+    return wheel
+
+
 def pip_install(python: Path, *args: str) -> None:
+    """Install into the venv of `python`. --force-reinstall: the project's own spiffy-triton
+    0.1.0 is visible there (through project_deps.pth, or a checkout on PYTHONPATH with its
+    egg-info), and pip would otherwise skip a wheel of the same version as already installed."""
     command = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
-    command += ["--no-deps", "--no-build-isolation", "--disable-pip-version-check", *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    command += ["--no-deps", "--no-build-isolation", "--disable-pip-version-check"]
+    command += ["--force-reinstall", *args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}\n{result.stderr}"
 
 
+# The only top-level import name this distribution may install.
+OWN_TOP_LEVEL = ["spiffy_triton"]
+
+
+def top_level_names_of(record_paths) -> set[str]:
+    """Top-level import names that files at `record_paths` (RECORD rows, relative to
+    site-packages) install: packages, modules and extension modules. Metadata folders,
+    scripts outside site-packages (``../../bin``), caches and the editable-install files
+    (read by `claimed_top_level_names`) are not import names."""
+    names = set()
+    for path in record_paths:
+        parts = str(path).replace("\\", "/").split("/")
+        first = parts[0]
+        if first in ("", "..", "__pycache__") or first.startswith("__editable__"):
+            continue
+        if first.endswith((".dist-info", ".data", ".egg-info", ".pth")):
+            continue
+        if len(parts) == 1:  # a module or an extension module: name.py, name.cpython-*.so
+            first = first.split(".")[0]
+        names.add(first)
+    return names
+
+
+def importable_names_in(folder: str) -> set[str]:
+    """Names a folder on sys.path makes importable (packages, namespace packages, modules)."""
+    names = set()
+    for entry in os.listdir(folder):
+        full = os.path.join(folder, entry)
+        stem = entry.split(".")[0]
+        if os.path.isdir(full) and entry.isidentifier():
+            names.add(entry)
+        elif entry.endswith((".py", ".so", ".pyd")) and stem.isidentifier():
+            names.add(stem)
+    return names
+
+
+def claimed_top_level_names() -> dict:
+    """Every top-level import name the installed spiffy-triton distribution provides: its
+    RECORD, its top_level.txt, the MAPPING / NAMESPACES of a setuptools editable finder, and
+    the names importable from a folder a .pth file of its own puts on sys.path; and the
+    site-packages folder the distribution was found in."""
+    import ast
+    import importlib.metadata
+    import os
+
+    dist = importlib.metadata.distribution("spiffy-triton")
+    files = list(dist.files or ())
+    names = top_level_names_of(files)
+    names |= set((dist.read_text("top_level.txt") or "").split())
+    for file in files:
+        path = str(dist.locate_file(file))
+        if file.name.startswith("__editable__") and file.suffix == ".py":
+            for node in ast.parse(open(path, encoding="utf-8").read()).body:
+                target = (
+                    getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
+                )
+                if getattr(target, "id", None) in ("MAPPING", "NAMESPACES"):
+                    names |= set(ast.literal_eval(node.value))
+        elif file.suffix == ".pth":
+            for line in open(path, encoding="utf-8").read().splitlines():
+                line = line.strip()
+                if line and not line.startswith(("#", "import ")) and os.path.isdir(line):
+                    names |= importable_names_in(line)
+    return {"site": str(dist.locate_file("")), "names": sorted(names)}
+
+
+def wheel_top_level_names(wheel: Path) -> dict[str, list[str]]:
+    """What a built wheel installs: top-level names from its RECORD and its top_level.txt."""
+    with zipfile.ZipFile(wheel) as archive:
+        listing = archive.namelist()
+        record = next(n for n in listing if n.endswith(".dist-info/RECORD"))
+        rows = [line.split(",")[0] for line in archive.read(record).decode().splitlines()]
+        top = [n for n in listing if n.endswith(".dist-info/top_level.txt")]
+        top_level = archive.read(top[0]).decode().split() if top else []
+    return {"record": sorted(top_level_names_of(rows)), "top_level_txt": sorted(top_level)}
+
+
 IMPORT_CHECK = """
-    import importlib.resources, json, os, sys
+    import importlib.resources, importlib.util, json, os, sys
     import spiffy_triton
     import spiffy_triton.kernels, spiffy_triton.reference
     from spiffy_triton import dispatch, triton_mode
     assets = importlib.resources.files("spiffy_triton") / "assets"
-    try:
-        import kernels
-        top_level_kernels = kernels.__file__
-    except ImportError:
-        top_level_kernels = None
     print(json.dumps({
         "package": spiffy_triton.__file__,
         "kernels": spiffy_triton.kernels.__file__,
@@ -83,10 +177,29 @@ IMPORT_CHECK = """
         "assets": sorted(
             f"{d.name}/{f.name}" for d in assets.iterdir() if d.is_dir() for f in d.iterdir()
         ),
-        "top_level_kernels": top_level_kernels,
+        "claimed": claimed_top_level_names(),
+        "resolved": {
+            name: getattr(importlib.util.find_spec(name), "origin", None)
+            for name in ("kernels", "reference")
+        },
         "version": spiffy_triton.__version__,
     }))
 """
+
+
+CHECK_HELPERS = "import os\n" + "\n".join(
+    inspect.getsource(f) for f in (top_level_names_of, importable_names_in, claimed_top_level_names)
+)
+
+
+def assert_only_own_top_level(found: dict, install_root: Path) -> None:
+    """The install claims no top-level name but spiffy_triton, and `kernels` / `reference`, if
+    importable at all, come from another distribution (never from this install or checkout)."""
+    claimed = found["claimed"]
+    assert claimed["site"].startswith(str(install_root)), f"found another install: {claimed}"
+    assert claimed["names"] == OWN_TOP_LEVEL, f"the install claims top-level {claimed['names']}"
+    for name, origin in found["resolved"].items():
+        assert origin is None or not origin.startswith(str(install_root)), (name, origin)
 
 
 def import_from_outside(python: Path, cwd: Path, pythonpath: Path | None = None) -> dict:
@@ -96,7 +209,7 @@ def import_from_outside(python: Path, cwd: Path, pythonpath: Path | None = None)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     result = subprocess.run(
-        [str(python), "-c", textwrap.dedent(IMPORT_CHECK)],
+        [str(python), "-c", CHECK_HELPERS + textwrap.dedent(IMPORT_CHECK)],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -118,8 +231,10 @@ def shipped_assets() -> list[str]:
 
 def test_plain_install_imports_from_outside_the_repository(tmp_path):
     source = copy_sources(tmp_path / "src")
+    wheel = build_wheel(source, tmp_path / "dist")
+    assert wheel_top_level_names(wheel) == {"record": OWN_TOP_LEVEL, "top_level_txt": OWN_TOP_LEVEL}
     python = make_venv(tmp_path / "venv")
-    pip_install(python, str(source))
+    pip_install(python, str(wheel))
     shutil.rmtree(source)  # a real install must not need the sources any more
     found = import_from_outside(python, tmp_path)
     site = str(tmp_path / "venv")
@@ -129,7 +244,7 @@ def test_plain_install_imports_from_outside_the_repository(tmp_path):
     assert found["reference"].endswith(os.path.join("spiffy_triton", "reference", "__init__.py"))
     assert found["probe_asset"] == {"probe": True}
     assert set(shipped_assets()) <= set(found["assets"]), found["assets"]
-    assert found["top_level_kernels"] is None, "the install claims a top-level `kernels` package"
+    assert_only_own_top_level(found, tmp_path)
     assert (tmp_path / "venv" / "bin" / "spiffy-triton").exists()
 
 
@@ -142,7 +257,7 @@ def test_editable_install_follows_the_sources(tmp_path):
     assert found["reference"] == str(source / "spiffy_triton" / "reference" / "__init__.py")
     assert found["package"] == str(source / "spiffy_triton" / "__init__.py")
     assert found["probe_asset"] == {"probe": True}
-    assert found["top_level_kernels"] is None
+    assert_only_own_top_level(found, tmp_path)
     # an edit in the sources shows without reinstalling
     init = source / "spiffy_triton" / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "0.1.0"', '__version__ = "0.1.0+edit"'))
@@ -163,4 +278,51 @@ def test_checkout_on_pythonpath_imports_without_install(tmp_path, install):
     for key, path in (("package", ""), ("kernels", "kernels"), ("reference", "reference")):
         assert found[key] == str(source / "spiffy_triton" / path / "__init__.py"), found[key]
     assert found["probe_asset"] == {"probe": True}
-    assert found["top_level_kernels"] is None
+    if install == "none":  # nothing installed: the checkout itself must not be what they find
+        for name, origin in found["resolved"].items():
+            assert origin is None or not origin.startswith(str(source)), (name, origin)
+    else:
+        assert_only_own_top_level(found, tmp_path)
+
+
+# Prepended to a copy's setup.py: setup() also ships top-level `kernels` and `reference`.
+SHIP_TOP_LEVEL = """import setuptools
+
+_real_setup = setuptools.setup
+
+
+def _setup_shipping_top_level(**kwargs):
+    kwargs["packages"] = [*kwargs.get("packages", ()), "kernels", "reference"]
+    return _real_setup(**kwargs)
+
+
+setuptools.setup = _setup_shipping_top_level
+"""
+
+
+def ship_top_level_packages(source: Path) -> None:
+    """Break the copy at `source` on purpose: its setup() also ships top-level `kernels` and
+    `reference` packages (what a package_dir mapping gone wrong would do)."""
+    for name in ("kernels", "reference"):
+        (source / name).mkdir(exist_ok=True)
+        init = source / name / "__init__.py"
+        if not init.exists():
+            init.write_text("")
+    setup_py = source / "setup.py"
+    setup_py.write_text(SHIP_TOP_LEVEL + setup_py.read_text())
+
+
+def test_the_checks_fail_on_a_distribution_shipping_top_level_kernels(tmp_path):
+    """The checks above see a top-level `kernels` or `reference` this distribution would ship:
+    in the built wheel (RECORD and top_level.txt) and in an editable install's finder."""
+    source = copy_sources(tmp_path / "src")
+    ship_top_level_packages(source)
+    wheel = build_wheel(source, tmp_path / "dist")
+    broken = ["kernels", "reference", "spiffy_triton"]
+    assert wheel_top_level_names(wheel) == {"record": broken, "top_level_txt": broken}
+    python = make_venv(tmp_path / "venv")
+    pip_install(python, "-e", str(source))
+    found = import_from_outside(python, tmp_path)
+    assert found["claimed"]["names"] == broken
+    with pytest.raises(AssertionError, match="claims top-level"):
+        assert_only_own_top_level(found, tmp_path)

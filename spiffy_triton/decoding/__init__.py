@@ -8,5 +8,14 @@ that evaluates a root and its drafts), `settings` (the arguments, checked once),
 """
 
 from .loop import PHASES, DecodeStats, GenerateOutput, default_verify, generate, is_exact
+from .settings import BlockLengthWarning
 
-__all__ = ["PHASES", "DecodeStats", "GenerateOutput", "default_verify", "generate", "is_exact"]
+__all__ = [
+    "PHASES",
+    "BlockLengthWarning",
+    "DecodeStats",
+    "GenerateOutput",
+    "default_verify",
+    "generate",
+    "is_exact",
+]

@@ -143,7 +143,7 @@ def generate(
     prompt_ids: torch.Tensor,
     *,
     gen_length: int,
-    block_length: int,
+    block_length: int | None = None,
     steps: int | None = None,
     temperature: float = 0.0,
     remasking: str = "low_confidence",
@@ -162,6 +162,10 @@ def generate(
     """Decode `gen_length` tokens after `prompt_ids` ``[1, P]``; see the module docstring.
 
     Args:
+        block_length: positions per block (`gen_length` must be a multiple). None (default):
+            a block-causal model's trained block size (SDAR's config ``block_size``); a
+            bidirectional model has none and needs it. A block-causal model decoded in other
+            blocks warns (`BlockLengthWarning`): its text may be worse.
         steps: total steps of LLaDA's schedule (split evenly over blocks); default
             ``gen_length`` (one token per step). Not used by the threshold / factor rules.
         temperature: 0 for argmax, > 0 for Gumbel-max sampling keyed by (seed, step, position).
@@ -169,7 +173,8 @@ def generate(
         threshold / factor: Fast-dLLM parallel unmasking rules (instead of the schedule).
         cache: None, ``"prefix"`` or ``"dual"``.
         graph: None (vanilla), a `DraftGraph`, a path to a graph JSON file, or an int budget
-            (the default graph of that many nodes).
+            (the default graph of that many nodes that fits the block,
+            ``DraftGraph.default(budget, block_length=block_length)``).
         max_drafts: ``"auto"`` (default): per forward, the drafts with the most expected steps
             per predicted unit of verify cost, measured on this machine (zero drafts when
             drafts do not pay; `spiffy_triton.decoding.budget`), learning across calls with the

@@ -121,9 +121,40 @@ def validate_prompt(model, prompt_ids) -> torch.Tensor:
     return prompt_ids.to(device=model.device, dtype=torch.int64)
 
 
+class BlockLengthWarning(UserWarning):
+    """`generate` decodes a block-causal model in blocks other than the ones it was trained on."""
+
+
+def resolve_block_length(model, block_length) -> int:
+    """`generate`'s block_length: None is the model's trained block size (a block-causal model's
+    ``trained_block_size``: SDAR's config ``block_size``); a bidirectional model has none, so
+    it needs one. A block-causal model decoded in blocks of another length warns
+    (`BlockLengthWarning`): it runs, exactly as asked, but its text may be worse."""
+    trained = getattr(model, "trained_block_size", None)
+    if block_length is None:
+        if trained is None:
+            raise ValueError(
+                f"block_length is required: {type(model).__name__} has no trained block size "
+                "(a bidirectional model decodes blocks of any length; LLaDA uses 32)"
+            )
+        return trained
+    block_length = check_int("block_length", block_length)
+    if trained is not None and block_length != trained:
+        import warnings
+
+        warnings.warn(
+            f"block_length={block_length} differs from the block size this block-causal model "
+            f"was trained with ({trained}, config block_size): it never saw other blocks in "
+            f"training, so its text may be worse; pass block_length={trained} or leave it out",
+            BlockLengthWarning,
+            stacklevel=6,  # generate's caller (through torch.no_grad)
+        )
+    return block_length
+
+
 def check_lengths(model, prompt_length: int, gen_length, block_length) -> tuple[int, int]:
     gen_length = check_int("gen_length", gen_length)
-    block_length = check_int("block_length", block_length)
+    block_length = resolve_block_length(model, block_length)
     if gen_length % block_length:
         raise ValueError(
             f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})"
@@ -185,13 +216,17 @@ def step_schedule(
     return tuple(num_transfer_tokens(block_length, steps // num_blocks))
 
 
-def resolve_graph(graph) -> DraftGraph | None:
+def resolve_graph(graph, block_length: int | None = None) -> DraftGraph | None:
+    """`generate`'s graph: an int budget is the best default graph that fits `block_length`."""
     if graph is None or isinstance(graph, DraftGraph):
         return graph
     if isinstance(graph, bool):
         raise ValueError(f"graph must be None, a DraftGraph, a JSON path or a budget, got {graph}")
     if isinstance(graph, int):
-        return DraftGraph.default(graph)
+        try:
+            return DraftGraph.default(graph, block_length=block_length)
+        except ValueError as error:
+            raise ValueError(f"graph={graph} (block_length={block_length}): {error}") from None
     if isinstance(graph, (str, os.PathLike)):
         return DraftGraph.load(graph)
     raise ValueError(
@@ -214,7 +249,7 @@ def resolve_budget(max_drafts, model, setting) -> AutoDraftBudget | None:
 
 def resolve_drafting(settings: DecodeSettings, model, graph, max_drafts) -> None:
     """Set the draft graph, the auto budget (or the int cap) and the cost key of `settings`."""
-    draft_graph = resolve_graph(graph)
+    draft_graph = resolve_graph(graph, settings.block_length)
     if draft_graph is None:
         if max_drafts not in (None, "auto"):
             raise ValueError("max_drafts needs a graph (graph=None is vanilla decoding)")

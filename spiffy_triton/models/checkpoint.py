@@ -1,7 +1,8 @@
 """LLaDA checkpoint directories: ``config.json`` with LLaDA's keys, and safetensors weights
 under LLaDA's parameter names, in one file (``model.safetensors``) or sharded with an index
-(``model.safetensors.index.json``, as Hugging Face writes them). The bundled model also keeps
-its ``tokenizer.json`` beside them.
+(``model.safetensors.index.json``, as Hugging Face writes them), and an optional
+``tokenizer.json``: the bundled character tokenizer (``"type": "char"``) or a Hugging Face
+tokenizer (what LLaDA releases ship), read as Dream's and SDAR's are (`dream.load_hf_tokenizer`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import torch
 
 from .config import LLaDAConfig
 from .llada import LLaDAModel
-from .tokenizer import CharTokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -129,8 +129,9 @@ def load_checkpoint(
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     config = read_config(path)
     state = read_state_dict(path, config)
-    tokenizer_path = os.path.join(path, TOKENIZER_FILE)
-    tokenizer = CharTokenizer.load(tokenizer_path) if os.path.isfile(tokenizer_path) else None
+    from .dream import load_hf_tokenizer  # one reader for every architecture
+
+    tokenizer = load_hf_tokenizer(os.path.join(path, TOKENIZER_FILE))
     with torch.device("meta"):
         model = LLaDAModel(config, backend=backend, tokenizer=tokenizer)
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)

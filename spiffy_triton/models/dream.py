@@ -50,8 +50,9 @@ class QwenConfig:
     to Hugging Face ``config.json`` keys. Unknown keys are kept in `extra`.
 
     ``model_type`` picks the block: Qwen3-style (``"sdar"``, ``"qwen3"``) have q/k norms and no
-    q/k/v bias unless ``attention_bias``; Qwen2-style (``"Dream"``, ``"qwen2"``) always have the
-    bias (Qwen2 hard-codes it). ``block_size`` is SDAR's training block size (optional).
+    q/k/v/o bias unless ``attention_bias`` (then all four projections carry one, as in Qwen3);
+    Qwen2-style (``"Dream"``, ``"qwen2"``) always have the q/k/v bias (Qwen2 hard-codes it) and
+    no o bias. ``block_size`` is SDAR's training block size (optional).
     """
 
     hidden_size: int
@@ -142,6 +143,12 @@ class QwenConfig:
     def qk_norm(self) -> bool:
         return self.model_type.lower() in _QK_NORM_TYPES
 
+    @property
+    def o_proj_bias(self) -> bool:
+        """Whether o_proj carries a bias: Qwen3's ``attention_bias`` covers q/k/v *and* o
+        (transformers' Qwen3Attention); Qwen2 / Dream never have one."""
+        return bool(self.qk_norm and self.attention_bias)
+
     @classmethod
     def from_dict(cls, data: dict, *, source: str = "config") -> QwenConfig:
         """Build from a Hugging Face ``config.json`` dict (``rope_theta`` at the top level, or
@@ -197,6 +204,8 @@ class QwenConfig:
                 shapes[p + "self_attn.k_proj.bias"] = (nkv,)
                 shapes[p + "self_attn.v_proj.bias"] = (nkv,)
             shapes[p + "self_attn.o_proj.weight"] = (d, nq)
+            if self.o_proj_bias:
+                shapes[p + "self_attn.o_proj.bias"] = (d,)
             if self.qk_norm:
                 shapes[p + "self_attn.q_norm.weight"] = (hd,)
                 shapes[p + "self_attn.k_norm.weight"] = (hd,)
@@ -243,7 +252,7 @@ class QwenAttention(nn.Module):
         self.q_proj = nn.Linear(d, nq, bias=config.attention_bias)
         self.k_proj = nn.Linear(d, nkv, bias=config.attention_bias)
         self.v_proj = nn.Linear(d, nkv, bias=config.attention_bias)
-        self.o_proj = nn.Linear(nq, d, bias=False)
+        self.o_proj = nn.Linear(nq, d, bias=config.o_proj_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(hd, config.rms_norm_eps)
             self.k_norm = RMSNorm(hd, config.rms_norm_eps)

@@ -109,6 +109,11 @@ class HFDiffusionModel(nn.Module):
         )
 
     @property
+    def trained_block_size(self) -> int | None:
+        """A block-causal model's `block_size` (`generate`'s default block_length), else None."""
+        return self.block_size if self.attention == "block_causal" else None
+
+    @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 

@@ -86,6 +86,12 @@ class SDARModel(QwenModel):
     ``prefill(ids, block_start=s, block_end=e, cache=committed)``: SDAR's per-block KV commit.
     """
 
+    @property
+    def trained_block_size(self) -> int | None:
+        """The block size the model was trained with (config ``block_size``): `generate`'s
+        default block_length; other lengths warn."""
+        return self.config.block_size
+
     def default_layout(self, length: int) -> SegmentLayout:
         if self.config.block_size is None:
             raise ValueError(
