@@ -4,7 +4,13 @@ Public API (DESIGN.md section 7). Names resolve lazily so that ``import spiffy_t
 cheap and does not import triton until a kernel is used.
 """
 
+from pathlib import Path as _Path
+
+from . import _sources
 from . import triton_mode as _triton_mode
+
+# spiffy_triton.kernels / .reference from the top-level folders of a checkout (_sources.py).
+_sources.install(_Path(__file__).resolve().parent)
 
 # Must run before anything imports triton (see spiffy_triton/triton_mode.py).
 _triton_mode.configure()

@@ -1,4 +1,4 @@
-"""Pure-PyTorch twin of `spiffy_triton/kernels/marginals.py`: marginals, Philox Gumbel noise, ranks.
+"""Pure-PyTorch twin of `kernels/marginals.py`: marginals, Philox Gumbel noise, ranks.
 
 Semantics (the contract both backends implement; docs/MARGINALS.md has the full table):
 

@@ -3,7 +3,7 @@
 `marginals` reads each logits row once and returns the chosen token (argmax, or Gumbel-max
 with counter-based Philox noise), its softmax probability, the top-k tokens and
 probabilities, log-sum-exp and entropy. Semantics, noise keying and the defined answers for
--inf / NaN / +inf rows are those of the reference twin `spiffy_triton/reference/marginals.py` and
+-inf / NaN / +inf rows are those of the reference twin `reference/marginals.py` and
 docs/MARGINALS.md.
 
 How it works:
