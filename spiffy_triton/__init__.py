@@ -1,6 +1,6 @@
 """spiffy-triton: Spiffy lossless speculative decoding for diffusion LMs, with Triton kernels.
 
-Public API (DESIGN.md section 7). Names resolve lazily so that ``import spiffy_triton`` stays
+Public API (docs/DESIGN.md §7). Names resolve lazily so that ``import spiffy_triton`` stays
 cheap and does not import triton until a kernel is used.
 """
 

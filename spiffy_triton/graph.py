@@ -1,4 +1,4 @@
-"""Draft graphs: which guesses of future block states Spiffy verifies (DESIGN.md sections 2, 6).
+"""Draft graphs: which guesses of future block states Spiffy verifies (docs/DESIGN.md §2, §6).
 
 A node is a *formula*: a set of pairs ``(i, j)`` meaning "the still-masked position of
 confidence rank ``i`` (under the most recent marginals ``P_last``), filled with its

@@ -1,4 +1,4 @@
-"""Offline calibration of draft graphs (DESIGN.md section 6), by concern:
+"""Offline calibration of draft graphs (docs/DESIGN.md §6), by concern:
 
 - `traces`: vanilla decoding recorded through `generate` itself, as formulas per step;
 - `selection`: the two objectives, graph selection, the replay simulator (`simulate`);

@@ -1,4 +1,4 @@
-"""Graph selection from calibration traces, and the replay simulator (DESIGN.md section 6).
+"""Graph selection from calibration traces, and the replay simulator (docs/DESIGN.md §6).
 
 Selection of ``D`` nodes from the observed formulas, two objectives:
 

@@ -1,4 +1,4 @@
-"""Calibration traces: vanilla decoding recorded as formulas per step (DESIGN.md sections 2, 6).
+"""Calibration traces: vanilla decoding recorded as formulas per step (docs/DESIGN.md §2, §6).
 
 Trace collection. Vanilla decoding runs through `spiffy_triton.decoding.generate` itself
 (``graph=None``) with the model wrapped in a recorder, so the trace *is* vanilla's trajectory,

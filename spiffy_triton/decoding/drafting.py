@@ -1,4 +1,4 @@
-"""Filling draft-graph formulas into the root state (DESIGN.md sections 2 and 6).
+"""Filling draft-graph formulas into the root state (docs/DESIGN.md §2, §6).
 
 ``P_last`` is the most recent marginals of the block (top-k tokens and their probabilities per
 position). Position rank ``i`` is the ``i``-th most confident position *still masked in the

@@ -1,4 +1,4 @@
-"""`generate`: vanilla, Spiffy and SimSD decoding of a dLLM (DESIGN.md sections 2, 7, 7b).
+"""`generate`: vanilla, Spiffy and SimSD decoding of a dLLM (docs/DESIGN.md §2, §7, §8).
 
 The generation is cut into blocks of ``block_length`` positions decoded left to right. Inside
 a block, every step applies the transition rule ``R`` (`spiffy_triton.decoding.rules`) to the

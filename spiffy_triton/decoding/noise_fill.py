@@ -1,4 +1,4 @@
-"""Noise-aware draft filling for sampling (temperature > 0; DESIGN.md section 6).
+"""Noise-aware draft filling for sampling (temperature > 0; docs/DESIGN.md §6).
 
 At temperature ``T > 0`` the decoder picks each token by Gumbel-max of ``logits / T`` with noise
 keyed by ``(seed, step, position, vocab id)``, so the noise of every future step is known in

@@ -1,4 +1,4 @@
-"""Transition rules ``R``: one unmasking step of a block (DESIGN.md section 2).
+"""Transition rules ``R``: one unmasking step of a block (docs/DESIGN.md §2).
 
 ``X' = R(logits, X, step)`` is a pure function of the block's logits, its state, the step and
 the seed. Vanilla and Spiffy decoding both call `TransitionRule.marginals` then
