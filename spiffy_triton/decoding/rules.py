@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import dispatch
-from ..reference.marginals import philox_uint32
+from ..contract import philox_uint32
 from ..types import MarginalsOutput
 
 REMASKING = ("low_confidence", "random")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..contract import MAX_TOP_K
 from ..graph import DraftGraph
 from .budget import AutoDraftBudget, shared_budget
 from .cost_model import cost_model_key
@@ -220,7 +221,6 @@ def resolve_drafting(settings: DecodeSettings, model, graph, max_drafts) -> None
             raise ValueError("max_drafts needs a graph (graph=None is vanilla decoding)")
         return
     draft_graph.validate_for_block(settings.block_length)
-    from ..reference.marginals import MAX_TOP_K
 
     if draft_graph.max_token_rank > MAX_TOP_K:
         raise ValueError(
