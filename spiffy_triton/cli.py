@@ -284,11 +284,10 @@ def cmd_calibrate(args) -> int:
 
 
 def _graph_argument(args):
-    from .calibration import load_graph
     from .graph import DraftGraph
 
     if args.graph is not None:
-        return load_graph(args.graph)
+        return DraftGraph.load(args.graph)
     if args.budget is not None:
         return DraftGraph.default(args.budget)
     return None
@@ -297,8 +296,9 @@ def _graph_argument(args):
 def cmd_generate(args) -> int:
     import torch
 
-    from .calibration import PhasedDraftGraph
     from .decoding import generate
+    from .decoding.drafting import phased_filler
+    from .graph import PhasedDraftGraph
 
     if args.prompt_file is not None:
         try:
@@ -322,7 +322,9 @@ def cmd_generate(args) -> int:
     if model.tokenizer is None:
         raise CLIError(f"--model: {args.model} has no tokenizer.json; cannot encode text")
     prompt_ids = torch.tensor([model.tokenizer.encode(prompt)], dtype=torch.int64)
-    filler = graph.filler(backend=args.backend) if isinstance(graph, PhasedDraftGraph) else None
+    filler = (
+        phased_filler(graph, backend=args.backend) if isinstance(graph, PhasedDraftGraph) else None
+    )
     out = generate(
         model,
         prompt_ids,
@@ -380,14 +382,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_graph_draw(args) -> int:
-    from .calibration import PhasedDraftGraph, load_graph, stored_counts
+    from .calibration import stored_counts
     from .calibration.drawing import draw_graph
-    from .graph import DraftGraph
+    from .graph import DraftGraph, PhasedDraftGraph
 
     counts = None
     try:
         if args.graph is not None:
-            graph = load_graph(args.graph)
+            graph = DraftGraph.load(args.graph)
             if isinstance(graph, PhasedDraftGraph):
                 raise CLIError(f"{args.graph} holds per-phase graphs; draw one phase from its JSON")
             counts = stored_counts(args.graph)

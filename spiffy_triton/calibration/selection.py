@@ -25,8 +25,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Sequence
 
-from ..graph import DraftGraph, Formula
-from .phased import PhasedDraftGraph
+from ..graph import DraftGraph, Formula, PhasedDraftGraph
 from .traces import TraceBlock, Traces, TraceStep
 
 OBJECTIVES = ("steps", "degree1")
