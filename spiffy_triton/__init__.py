@@ -12,7 +12,9 @@ from . import triton_mode as _triton_mode
 # spiffy_triton.kernels / .reference from the top-level folders of a checkout (_sources.py).
 _sources.install(_Path(__file__).resolve().parent)
 
-# Must run before anything imports triton (see spiffy_triton/triton_mode.py).
+# Importing the package sets TRITON_INTERPRET=1 when it is unset and there is no CUDA device,
+# so backend="triton" runs on CPU tensors; it must happen before anything imports triton. Why,
+# and what is left alone: spiffy_triton/triton_mode.py (the one place), docs/DESIGN.md §4.
 _triton_mode.configure()
 
 __version__ = "0.1.0"

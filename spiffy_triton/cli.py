@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .types import BACKENDS, CACHE_MODES, METHODS, REMASKINGS
+
 MODEL_HELP = "bundled model name ('tiny') or a LLaDA checkpoint directory (default: tiny)"
 
 
@@ -58,17 +60,13 @@ def _add_decode_options(parser: argparse.ArgumentParser) -> None:
         help="LLaDA schedule steps (default: gen-length)",
     )
     group.add_argument("--temperature", type=float, default=0.0)
-    group.add_argument(
-        "--remasking", choices=("low_confidence", "random"), default="low_confidence"
-    )
+    group.add_argument("--remasking", choices=REMASKINGS, default="low_confidence")
     group.add_argument(
         "--threshold", type=float, default=None, help="Fast-dLLM confidence threshold"
     )
-    group.add_argument("--cache", choices=("none", "prefix", "dual"), default="none")
+    group.add_argument("--cache", choices=("none", *CACHE_MODES), default="none")
     group.add_argument("--seed", type=int, default=0)
-    group.add_argument(
-        "--backend", choices=("auto", "triton", "torch"), default="auto", help="kernel backend"
-    )
+    group.add_argument("--backend", choices=BACKENDS, default="auto", help="kernel backend")
 
 
 def _decode_kwargs(args) -> dict:
@@ -145,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--method",
-        choices=("vanilla", "spiffy", "simsd", "simsd-exact"),
+        choices=METHODS,
         default=None,
         help="decoding method (default: spiffy with --graph/--budget, else vanilla); simsd "
         "and simsd-exact need a block-causal (SDAR) model",
