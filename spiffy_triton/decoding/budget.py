@@ -45,6 +45,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 
 from ..graph import DraftGraph
 from .acceptance import DEFAULT_PRIOR_STRENGTH, AcceptanceEstimator
@@ -172,11 +173,37 @@ class OnlineRefit:
         return VerifyCostModel.fit(samples, source=source)
 
 
+@dataclass
+class Iteration:
+    """What the budget learns of one decode iteration, filled in the order the decoder calls it
+    (`AutoDraftBudget`'s call order): the fill's `AutoDraftBudget.select` (the candidates, the
+    raw expected extra steps of the chosen ones, the host time of filling and selecting) ->
+    `AutoDraftBudget.record_forward` (the verify forward: drafts, ms) ->
+    `AutoDraftBudget.observe` (the walk, learned by the estimator) ->
+    `AutoDraftBudget.end_iteration` (the iteration's time), which closes it. An iteration that
+    does not fill (a back-off step, a block's prefill) starts at `record_forward`. Nothing in it
+    outlives its iteration."""
+
+    candidates: list = field(default_factory=list)
+    root: list[int] | None = None  # the root state the candidates were filled into
+    mask_id: int | None = None
+    expected_extra: float | None = None  # None: nothing was selected this iteration
+    fill_ms: float = 0.0
+    forward: tuple[int, float] | None = None  # (drafts, ms) of the verify forward
+
+
 class AutoDraftBudget:
     """``max_drafts="auto"``: per iteration, the draft set with the most expected steps per
     predicted millisecond (module docstring). Pass an instance as `generate(max_drafts=...)`
     to give the cost model or the acceptance prior, to cap the drafts, or to keep a run apart;
     ``"auto"`` uses the process's budget for the model and setting (`shared_budget`).
+
+    Call order, per decode run: `bind` once; then per iteration `wants_drafts` -> (if it
+    fills) the `filler`'s fill, which `select`s -> `record_forward` -> `observe` ->
+    `end_iteration`. The per-iteration facts live in one `Iteration` (`iteration`), opened by
+    the first of those calls and closed by `end_iteration`; what lasts across iterations and
+    runs (rates, host-time means, the refitted cost model) lives on the budget itself, and
+    `runs` counts the runs it has learned from.
 
     Args:
         cost_model: a `VerifyCostModel` (or its dict); None measures one (`probe_verify_cost`,
@@ -218,7 +245,8 @@ class AutoDraftBudget:
         self.estimator: AcceptanceEstimator | None = None
         self.chosen_counts: Counter = Counter()  # drafts verified per forward -> forwards
         self.expected_advance = 0.0
-        self._pending = None  # (root, mask id, filled candidates) of the last selection
+        self.iteration: Iteration | None = None  # the open iteration (class docstring)
+        self.runs = 0  # decode runs bound so far: how much history the estimates carry
         self.backoff = BackOff()
         self.host_ms: float | None = None  # running mean of filling + selecting time
         self.adapt = cost_model is None if adapt is None else bool(adapt)
@@ -226,9 +254,7 @@ class AutoDraftBudget:
         # Extra steps iterations with drafts made over what the estimates expected, decayed.
         self.realized_advance = DecayedRatio()
         self.host_step_ms: float | None = None  # running mean of host time per step advanced
-        self._expected_extra: float | None = None  # this iteration's, if it filled (raw)
-        self._forward: tuple[int, float] | None = None  # this iteration's (drafts, forward ms)
-        self._fill_ms = 0.0  # host time of the last fill and selection
+        # Caches across iterations: the last fill's verify shapes, and `drafts_may_pay`.
         self._shape_of: Callable[[int], VerifyShape] | None = None  # the last fill's shapes
         self._may_pay: bool | None = None  # `drafts_may_pay`, until the next fill or refit
 
@@ -247,7 +273,8 @@ class AutoDraftBudget:
         self.chosen_counts = Counter()
         self.expected_advance = 0.0
         self.backoff.start_run()
-        self._pending = self._expected_extra = self._forward = self._may_pay = None
+        self.iteration = self._may_pay = None
+        self.runs += 1
         # The realized ratio starts afresh each run, at 1: it only moves while drafts are
         # verified, so one carried over from a run that stopped drafting would never recover.
         self.realized_advance = DecayedRatio()
@@ -265,7 +292,7 @@ class AutoDraftBudget:
         ``REFIT_EVERY`` of them the cost model is refitted on the last ``ONLINE_WINDOW`` and the
         anchors: a probe of a few shapes on a noisy machine can be off by 10-20%, the run's own
         forwards keep measuring the shapes the decisions are about."""
-        self._forward = (drafts, ms)
+        self._open().forward = (drafts, ms)
         if not self.adapt or not (ms > 0 and math.isfinite(ms)):
             return
         refitted = self._refit.add(shape, ms, self.cost_model)
@@ -304,9 +331,16 @@ class AutoDraftBudget:
         self.expected_advance += selection.expected_advance
         # the realized ratio compares with the estimator's own expectation, not the corrected
         chosen = {c.node for c in selection.chosen}
-        self._expected_extra = sum(e for c, e in zip(candidates, raw) if c.node in chosen)
+        iteration = self._open()
+        iteration.expected_extra = sum(e for c, e in zip(candidates, raw) if c.node in chosen)
         self.backoff.selected(bool(selection.chosen))
         return selection
+
+    def _open(self) -> Iteration:
+        """The open iteration, opened by the first call of the iteration."""
+        if self.iteration is None:
+            self.iteration = Iteration()
+        return self.iteration
 
     def _iteration_cost(self, shape_of: Callable[[int], VerifyShape]) -> Callable[[int], float]:
         """Predicted ms of an iteration with ``k`` drafts, less the per-step host time: the
@@ -321,12 +355,12 @@ class AutoDraftBudget:
         pays it too, per step), and an iteration with drafts compares the steps it made with
         what the estimates expected (`realized_advance`: a slow correction for estimates off
         for this rule)."""
-        forward, expected = self._forward, self._expected_extra
-        self._forward = self._expected_extra = None
+        iteration, self.iteration = self._open(), None
+        forward, expected = iteration.forward, iteration.expected_extra
         if forward is None or advanced < 1 or not (ms > 0 and math.isfinite(ms)):
             return
         drafts, model_ms = forward
-        host = max(0.0, ms - model_ms - (self._fill_ms if expected is not None else 0.0))
+        host = max(0.0, ms - model_ms - (iteration.fill_ms if expected is not None else 0.0))
         per_step = host / advanced
         if self.host_step_ms is None:
             self.host_step_ms = per_step
@@ -389,9 +423,11 @@ class AutoDraftBudget:
                 unique.setdefault(tuple(zip(c.positions, c.tokens)), c)
             candidates = list(unique.values())
             selection = self.select(graph, candidates, shape_of)
-            self._pending = (root_state.tolist(), mask_id, candidates)
+            iteration = self._open()
+            iteration.root, iteration.mask_id = root_state.tolist(), mask_id
+            iteration.candidates = candidates
             elapsed = (time.perf_counter() - begin) * 1e3
-            self._fill_ms = elapsed
+            iteration.fill_ms = elapsed
             if self.host_ms is None:
                 self.host_ms = elapsed
             else:
@@ -404,10 +440,11 @@ class AutoDraftBudget:
         """Record how the last selection's forward went: `path` holds the block states the walk
         made, in order (token ids, the mask id where masked). Nothing is recorded when the
         forward carried no selection (a block's prefill)."""
-        if self._pending is None:
+        iteration = self.iteration
+        if iteration is None or iteration.root is None:
             return
-        root, mask_id, candidates = self._pending
-        self._pending = None
+        root, mask_id, candidates = iteration.root, iteration.mask_id, iteration.candidates
+        iteration.root, iteration.candidates = None, []  # observed once
         sets = [
             frozenset((p, t) for p, (r, t) in enumerate(zip(root, state)) if r != t)
             for state in path
@@ -446,13 +483,31 @@ def shared_budget(model, setting: Hashable) -> AutoDraftBudget:
     the machine, not of one call: a short call (a threshold rule decodes 64 tokens in about 20
     forwards) would otherwise spend most of itself relearning them. Only which drafts get
     verified depends on this history, never the tokens. Pass your own `AutoDraftBudget` to keep
-    a run apart (e.g. one per thread); `clear_cost_cache` forgets them all."""
+    a run apart (e.g. one per thread). What is remembered is visible (`shared_budgets`, each
+    budget's `runs` and `summary`) and can be forgotten (`forget_shared_budgets`, or
+    `clear_cost_cache`, which also forgets the measured cost models)."""
     with _LOCK:
         per_model = _SHARED_BUDGETS.setdefault(model, {})
         budget = per_model.get(setting)
         if budget is None:
             budget = per_model[setting] = AutoDraftBudget()
         return budget
+
+
+def shared_budgets(model) -> dict[Hashable, AutoDraftBudget]:
+    """The process's auto budgets of `model`, by setting (a snapshot; empty when none)."""
+    with _LOCK:
+        return dict(_SHARED_BUDGETS.get(model, {}))
+
+
+def forget_shared_budgets(model=None) -> None:
+    """Forget what ``max_drafts="auto"`` learned across calls: for `model`, or (None) for every
+    model. Measured cost models stay cached (`clear_cost_cache` forgets those too)."""
+    with _LOCK:
+        if model is None:
+            _SHARED_BUDGETS.clear()
+        else:
+            _SHARED_BUDGETS.pop(model, None)
 
 
 def clear_cost_cache() -> None:

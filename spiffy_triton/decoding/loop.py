@@ -186,7 +186,8 @@ def generate(
         max_drafts: ``"auto"`` (default): per forward, the drafts with the most expected steps
             per predicted unit of verify cost, measured on this machine (zero drafts when
             drafts do not pay; `spiffy_triton.decoding.budget`), learning across calls with the
-            same model and setting (`shared_budget`); an `AutoDraftBudget` to give its cost
+            same model and setting (`shared_budget`; see `shared_budgets`,
+            `forget_shared_budgets`); an `AutoDraftBudget` to give its cost
             model or acceptance prior, or to keep a run apart; an int: at most this many drafts
             per forward
             (dynamic pruning); None: every filled node of the graph.
