@@ -1,9 +1,11 @@
 """spiffy-triton: lossless speculative decoding for diffusion LMs, with Triton kernels.
 
-The Triton kernels and their PyTorch twins live in `spiffy_triton/kernels/` and
-`spiffy_triton/reference/` (one file per kernel family), so a plain checkout on `PYTHONPATH`
-imports exactly what an install does, and the package never claims a global top-level name
-like `kernels`.
+The Triton kernels and their PyTorch twins live in the top-level `kernels/` and `reference/`
+folders (one file per kernel family) and install as `spiffy_triton.kernels` and
+`spiffy_triton.reference`: the folders have no `__init__.py` and are never installed under
+their own names (Hugging Face's `kernels` distribution owns the global name `kernels`). A
+plain checkout on `PYTHONPATH` and an editable install map the two names to the folders
+(spiffy_triton/_sources.py).
 
 Ranges (docs/BENCHMARKS.md, "Supported versions"). The installs of scripts/env.sh pin the
 set CI runs (requirements/constraints.txt); a lower bound below says whether it was run:
@@ -19,7 +21,8 @@ set CI runs (requirements/constraints.txt); a lower bound below says whether it 
 
 from setuptools import find_packages, setup
 
-PACKAGES = ["spiffy_triton", *find_packages(include=["spiffy_triton.*"])]
+SOURCE_SUBPACKAGES = {"spiffy_triton.kernels": "kernels", "spiffy_triton.reference": "reference"}
+PACKAGES = ["spiffy_triton", *find_packages(include=["spiffy_triton.*"]), *SOURCE_SUBPACKAGES]
 
 setup(
     name="spiffy-triton",
@@ -29,6 +32,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=PACKAGES,
+    package_dir=SOURCE_SUBPACKAGES,
     package_data={"spiffy_triton": ["assets/*/*", "assets/*.json"]},
     include_package_data=True,
     install_requires=[

@@ -54,8 +54,9 @@ from spiffy_triton.calibration import (
 )
 from spiffy_triton.calibration.drawing import draw_graph
 from spiffy_triton.decoding import generate
+from spiffy_triton.decoding.drafting import phased_filler
 from spiffy_triton.decoding.pruning import pruning_filler
-from spiffy_triton.graph import DraftGraph
+from spiffy_triton.graph import DraftGraph, PhasedDraftGraph
 from spiffy_triton.models import CharTokenizer, LLaDAModel, load_model
 from spiffy_triton.training.tinydata import calibration_prompts, heldout_prompts
 
@@ -123,7 +124,7 @@ def decode_all(model, prompts, settings, graph=None, **kwargs):
 
 def real_check(model, prompts, settings, traces, graph, vanilla) -> bool:
     """Decode `prompts` with `graph`: NFE equal to the replay and tokens equal to vanilla."""
-    filler = graph.filler(backend="torch") if hasattr(graph, "phases") else None
+    filler = phased_filler(graph, backend="torch") if isinstance(graph, PhasedDraftGraph) else None
     outs = decode_all(model, prompts, settings, graph, filler=filler)
     same_tokens = all(torch.equal(o.tokens, v.tokens) for o, v in zip(outs, vanilla))
     return same_tokens and sum(o.nfe for o in outs) == simulate(traces, graph)["nfe"]

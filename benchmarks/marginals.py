@@ -206,7 +206,7 @@ def _tie_probability(values: torch.Tensor, masses: torch.Tensor, below: float, v
 
 
 def gumbel_study() -> list[dict]:
-    from spiffy_triton.reference.marginals import gumbel_from_uint32
+    from spiffy_triton.contract import gumbel_from_uint32
 
     top_words = 1 << 26  # the top 1.6% of the 32-bit range holds the max of >= 8192 draws
     words = torch.arange(2**32 - top_words, 2**32, dtype=torch.int64)

@@ -1,12 +1,20 @@
 """spiffy-triton: Spiffy lossless speculative decoding for diffusion LMs, with Triton kernels.
 
-Public API (DESIGN.md section 7). Names resolve lazily so that ``import spiffy_triton`` stays
+Public API (docs/DESIGN.md §7). Names resolve lazily so that ``import spiffy_triton`` stays
 cheap and does not import triton until a kernel is used.
 """
 
+from pathlib import Path as _Path
+
+from . import _sources
 from . import triton_mode as _triton_mode
 
-# Must run before anything imports triton (see spiffy_triton/triton_mode.py).
+# spiffy_triton.kernels / .reference from the top-level folders of a checkout (_sources.py).
+_sources.install(_Path(__file__).resolve().parent)
+
+# Importing the package sets TRITON_INTERPRET=1 when it is unset and there is no CUDA device,
+# so backend="triton" runs on CPU tensors; it must happen before anything imports triton. Why,
+# and what is left alone: spiffy_triton/triton_mode.py (the one place), docs/DESIGN.md §4.
 _triton_mode.configure()
 
 __version__ = "0.1.0"

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .types import BACKENDS, CACHE_MODES, METHODS, REMASKINGS
+
 MODEL_HELP = "bundled model name ('tiny') or a LLaDA checkpoint directory (default: tiny)"
 
 
@@ -63,17 +65,13 @@ def _add_decode_options(parser: argparse.ArgumentParser) -> None:
         help="LLaDA schedule steps (default: gen-length)",
     )
     group.add_argument("--temperature", type=float, default=0.0)
-    group.add_argument(
-        "--remasking", choices=("low_confidence", "random"), default="low_confidence"
-    )
+    group.add_argument("--remasking", choices=REMASKINGS, default="low_confidence")
     group.add_argument(
         "--threshold", type=float, default=None, help="Fast-dLLM confidence threshold"
     )
-    group.add_argument("--cache", choices=("none", "prefix", "dual"), default="none")
+    group.add_argument("--cache", choices=("none", *CACHE_MODES), default="none")
     group.add_argument("--seed", type=int, default=0)
-    group.add_argument(
-        "--backend", choices=("auto", "triton", "torch"), default="auto", help="kernel backend"
-    )
+    group.add_argument("--backend", choices=BACKENDS, default="auto", help="kernel backend")
 
 
 def _decode_kwargs(args, model) -> dict:
@@ -153,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--method",
-        choices=("vanilla", "spiffy", "simsd", "simsd-exact"),
+        choices=METHODS,
         default=None,
         help="decoding method (default: spiffy with --graph/--budget, else vanilla); simsd "
         "and simsd-exact need a block-causal (SDAR) model",
@@ -292,11 +290,10 @@ def cmd_calibrate(args) -> int:
 
 
 def _graph_argument(args):
-    from .calibration import load_graph
     from .graph import DraftGraph
 
     if args.graph is not None:
-        return load_graph(args.graph)
+        return DraftGraph.load(args.graph)
     if args.budget is not None:
         DraftGraph.default(args.budget)  # the budget's range, checked before the model loads
         return args.budget  # generate picks the default graph that fits the block
@@ -306,8 +303,9 @@ def _graph_argument(args):
 def cmd_generate(args) -> int:
     import torch
 
-    from .calibration import PhasedDraftGraph
     from .decoding import generate
+    from .decoding.drafting import phased_filler
+    from .graph import PhasedDraftGraph
 
     if args.prompt_file is not None:
         try:
@@ -331,7 +329,9 @@ def cmd_generate(args) -> int:
     if model.tokenizer is None:
         raise CLIError(f"--model: {args.model} has no tokenizer.json; cannot encode text")
     prompt_ids = torch.tensor([model.tokenizer.encode(prompt)], dtype=torch.int64)
-    filler = graph.filler(backend=args.backend) if isinstance(graph, PhasedDraftGraph) else None
+    filler = (
+        phased_filler(graph, backend=args.backend) if isinstance(graph, PhasedDraftGraph) else None
+    )
     out = generate(
         model,
         prompt_ids,
@@ -389,14 +389,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_graph_draw(args) -> int:
-    from .calibration import PhasedDraftGraph, load_graph, stored_counts
+    from .calibration import stored_counts
     from .calibration.drawing import draw_graph
-    from .graph import DraftGraph
+    from .graph import DraftGraph, PhasedDraftGraph
 
     counts = None
     try:
         if args.graph is not None:
-            graph = load_graph(args.graph)
+            graph = DraftGraph.load(args.graph)
             if isinstance(graph, PhasedDraftGraph):
                 raise CLIError(f"{args.graph} holds per-phase graphs; draw one phase from its JSON")
             counts = stored_counts(args.graph)

@@ -20,8 +20,11 @@ from collections.abc import Iterable, Mapping
 import torch
 
 from . import triton_mode
+from .layout import SegmentLayout
+from .types import BACKENDS, Backend, MarginalsOutput
 
-BACKENDS = ("auto", "triton", "torch")
+__all__ = ["BACKENDS", "Backend", "resolve_backend"]
+
 BACKEND_ENV = "SPIFFY_TRITON_BACKEND"
 
 
@@ -43,7 +46,7 @@ def _one_device_type(tensors: Iterable[torch.Tensor] | Mapping[str, torch.Tensor
 
 
 def resolve_backend(
-    backend: str, tensors: Iterable[torch.Tensor] | Mapping[str, torch.Tensor], op: str
+    backend: Backend, tensors: Iterable[torch.Tensor] | Mapping[str, torch.Tensor], op: str
 ) -> str:
     """Return ``"triton"`` or ``"torch"`` for one call of `op` on `tensors`."""
     backend = _validate_name(backend, "backend")
@@ -59,7 +62,16 @@ def resolve_backend(
     return backend
 
 
-def graph_attention(q, k, v, layout, *, scale=None, return_lse=False, backend="auto"):
+def graph_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: SegmentLayout,
+    *,
+    scale: float | None = None,
+    return_lse: bool = False,
+    backend: Backend = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of `q` over `k, v` under a `SegmentLayout` (see the kernel's docstring)."""
     if resolve_backend(backend, {"q": q, "k": k, "v": v}, "graph_attention") == "triton":
         from .kernels.graph_attention import graph_attention as impl
@@ -68,7 +80,16 @@ def graph_attention(q, k, v, layout, *, scale=None, return_lse=False, backend="a
     return impl(q, k, v, layout, scale=scale, return_lse=return_lse)
 
 
-def marginals(logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=None, backend="auto"):
+def marginals(
+    logits: torch.Tensor,
+    *,
+    top_k: int = 1,
+    temperature: float = 0.0,
+    seed: int = 0,
+    step: int = 0,
+    positions: torch.Tensor | None = None,
+    backend: Backend = "auto",
+) -> MarginalsOutput:
     """Fused per-row token choice, confidence, top-k, lse and entropy over the vocabulary."""
     if (
         resolve_backend(backend, {"logits": logits, "positions": positions}, "marginals")
@@ -82,7 +103,9 @@ def marginals(logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=Non
     )
 
 
-def rank_positions(confidence, eligible, *, backend="auto"):
+def rank_positions(
+    confidence: torch.Tensor, eligible: torch.Tensor, *, backend: Backend = "auto"
+) -> torch.Tensor:
     """Positions per row by descending confidence (ties: lower position), ineligible last."""
     if (
         resolve_backend(backend, {"confidence": confidence, "eligible": eligible}, "rank_positions")

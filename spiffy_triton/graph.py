@@ -1,4 +1,4 @@
-"""Draft graphs: which guesses of future block states Spiffy verifies (DESIGN.md sections 2, 6).
+"""Draft graphs: which guesses of future block states Spiffy verifies (docs/DESIGN.md §2, §6).
 
 A node is a *formula*: a set of pairs ``(i, j)`` meaning "the still-masked position of
 confidence rank ``i`` (under the most recent marginals ``P_last``), filled with its
@@ -33,6 +33,7 @@ Pair = tuple[int, int]
 Formula = tuple[Pair, ...]
 
 FORMAT = "spiffy-draft-graph"
+PHASED_FORMAT = "spiffy-phased-draft-graph"
 VERSION = 1
 MAX_DEFAULT_BUDGET = 16
 
@@ -227,12 +228,14 @@ class DraftGraph:
 
     @classmethod
     def load(cls, path: str | Path) -> DraftGraph:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"draft graph file {path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        """The graph a JSON file holds: a `DraftGraph`, or the `PhasedDraftGraph` calibration
+        writes (the one loader: `load_graph`)."""
+        graph = load_graph(path)
+        if not isinstance(graph, cls):
+            raise ValueError(
+                f"draft graph file {path} holds a {type(graph).__name__}, not a {cls.__name__}"
+            )
+        return graph
 
     def to_dot(self) -> str:
         """Graphviz source: the root, every node, and its immediate-parent edges."""
@@ -336,3 +339,94 @@ def _default_order(max_position_rank: int = _PRIOR_MAX_POSITION_RANK) -> tuple[F
             break
         chosen.append(best)
     return tuple(tuple(sorted(n)) for n in chosen)
+
+
+class PhasedDraftGraph(DraftGraph):
+    """One graph per range of the root's masked count; as a `DraftGraph` it is the union of
+    the phase graphs (what `generate` validates and counts statistics by). Pass
+    ``filler=phased_filler(graph)`` (`spiffy_triton.decoding.drafting`) to `generate` so that
+    each root gets its phase's nodes; calibration selects them
+    (`spiffy_triton.calibration.select_phased_graph`)."""
+
+    def __init__(self, phases: Sequence[tuple[int, int, DraftGraph]], *, name: str | None = None):
+        if not phases:
+            raise ValueError("PhasedDraftGraph needs at least one phase")
+        ranges = sorted((lo, hi) for lo, hi, _ in phases)
+        for lo, hi in ranges:
+            if not 1 <= lo <= hi:
+                raise ValueError(f"phase range [{lo}, {hi}] must satisfy 1 <= lo <= hi")
+        for (_, hi), (lo, _) in zip(ranges, ranges[1:]):
+            if lo <= hi:
+                raise ValueError("phase ranges of masked counts must not overlap")
+        union: dict[Formula, None] = {}
+        for _, _, graph in phases:
+            union.update(dict.fromkeys(graph.nodes))
+        super().__init__(list(union), name=name)
+        self.phases = tuple(sorted(phases, key=lambda p: p[0]))
+
+    def phase_graph(self, num_masked: int) -> DraftGraph:
+        """The graph of the phase holding `num_masked` (the nearest phase outside all)."""
+        for lo, hi, graph in self.phases:
+            if lo <= num_masked <= hi:
+                return graph
+        nearest = min(
+            self.phases, key=lambda p: min(abs(num_masked - p[0]), abs(num_masked - p[1]))
+        )
+        return nearest[2]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": PHASED_FORMAT,
+            "version": 1,
+            "name": self.name,
+            "phases": [
+                {"min_masked": lo, "max_masked": hi, "graph": g.to_dict()}
+                for lo, hi, g in self.phases
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PhasedDraftGraph:
+        if not isinstance(data, dict) or data.get("format") != PHASED_FORMAT:
+            raise ValueError(f"not a phased draft graph: expected format {PHASED_FORMAT!r}")
+        phases = data.get("phases")
+        if not isinstance(phases, list) or not phases:
+            raise ValueError("phased draft graph JSON needs a non-empty 'phases' list")
+        parsed = []
+        for k, phase in enumerate(phases):
+            try:
+                lo, hi, graph = phase["min_masked"], phase["max_masked"], phase["graph"]
+            except (TypeError, KeyError):
+                raise ValueError(
+                    f"phase {k} needs 'min_masked', 'max_masked' and 'graph'"
+                ) from None
+            for what, value in (("min_masked", lo), ("max_masked", hi)):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"phase {k}: {what} must be an int, got {value!r}")
+            parsed.append((lo, hi, DraftGraph.from_dict(graph)))
+        return cls(parsed, name=data.get("name"))
+
+
+def graph_from_dict(data: dict) -> DraftGraph:
+    """A `DraftGraph` or `PhasedDraftGraph` from its JSON object, by its ``format``."""
+    if isinstance(data, dict) and data.get("format") == PHASED_FORMAT:
+        return PhasedDraftGraph.from_dict(data)
+    return DraftGraph.from_dict(data)
+
+
+def load_graph(path: str | Path) -> DraftGraph:
+    """The one loader of draft graph files (`DraftGraph.load`, ``generate(graph=path)``, the
+    command line): a `DraftGraph` or a `PhasedDraftGraph`, errors naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read draft graph file {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"draft graph file {path} is not valid JSON: {err}") from None
+    try:
+        return graph_from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"draft graph file {path}: {err}") from None

@@ -225,7 +225,7 @@ class SegmentLayout:
         num_drafts: int,
         cached: bool = False,
     ) -> SegmentLayout:
-        """The Spiffy verification layout (DESIGN.md section 3).
+        """The Spiffy verification layout (docs/DESIGN.md §3).
 
         Keys are ``[prefix, root, suffix, draft_1 .. draft_D]``. Without cache the query rows
         are the same; with ``cached=True`` they are ``[root, draft_1 .. draft_D]`` (prefix and

@@ -28,6 +28,7 @@ from spiffy_triton.calibration import (
     trace_step,
 )
 from spiffy_triton.decoding import generate
+from spiffy_triton.decoding.drafting import phased_filler
 from spiffy_triton.graph import DraftGraph
 from spiffy_triton.types import MarginalsOutput
 
@@ -258,7 +259,12 @@ def test_phased_graphs_decode_losslessly_with_the_replayed_nfe(model, traces):
         ids = torch.tensor([prompt])
         kw = {"gen_length": 16, "block_length": 8, "backend": "torch"}
         out = generate(
-            model, ids, graph=phased, filler=phased.filler(backend="torch"), max_drafts=None, **kw
+            model,
+            ids,
+            graph=phased,
+            filler=phased_filler(phased, backend="torch"),
+            max_drafts=None,
+            **kw,
         )
         assert torch.equal(out.tokens, generate(model, ids, **kw).tokens)
         real += out.nfe

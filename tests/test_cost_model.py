@@ -683,3 +683,60 @@ def test_fit_of_one_shape_keeps_the_intercept():
     fit = VerifyCostModel.fit([(shape, 5.0), (shape, 5.2), (shape, 4.9)])
     assert fit.predict_ms(shape) == pytest.approx(5.03, rel=0.01)
     assert (fit.per_row_ms, fit.per_row_key_ms) == (0.0, 0.0)
+
+
+def test_one_iteration_record_opened_and_closed_in_call_order():
+    """The per-iteration facts live in one `Iteration`: the fill's selection opens it,
+    `record_forward` adds the forward, `observe` learns the walk, `end_iteration` closes it;
+    nothing is left for the next iteration."""
+    budget = AutoDraftBudget(VerifyCostModel(4.0, 0.5, 0.0))
+    budget.bind(GRAPH, lambda: pytest.fail("given"), "key")
+    assert budget.iteration is None and budget.runs == 1
+    candidate = DraftCandidate(node=0, positions=(0,), tokens=(7,), probs=(0.99,))
+
+    def shape_of(k):
+        return VerifyShape(1, 8 * (1 + k), 40)
+
+    p_last = None  # the inner filler below ignores it
+    fill = budget.filler(lambda *args: [candidate], shape_of)
+    root = torch.full((8,), TINY_MASK_ID)
+    chosen = fill(GRAPH, root, p_last, TINY_MASK_ID)
+    opened = budget.iteration
+    assert opened.candidates == [candidate] and opened.expected_extra is not None
+    assert opened.forward is None and opened.fill_ms >= 0.0
+    budget.record_forward(shape_of(len(chosen)), 8.0, drafts=len(chosen))
+    assert budget.iteration is opened and opened.forward == (len(chosen), 8.0)
+    walked = root.clone()
+    walked[0] = 7
+    observed = sum(budget.estimator.observed)
+    budget.observe([walked.tolist()])
+    assert sum(budget.estimator.observed) > observed
+    budget.observe([walked.tolist()])  # a walk is learned once
+    assert sum(budget.estimator.observed) == observed + 1
+    budget.end_iteration(2, 9.0)
+    assert budget.iteration is None
+    # an iteration without a fill (back-off, prefill) starts at record_forward
+    budget.record_forward(shape_of(0), 8.0)
+    assert budget.iteration.expected_extra is None and budget.iteration.root is None
+    budget.end_iteration(1, 9.0)
+    assert budget.iteration is None
+
+
+def test_cross_call_learning_is_visible_and_can_be_forgotten(model, prompt):
+    cm.forget_shared_budgets()
+    assert cm.shared_budgets(model) == {}
+    generate(model, prompt, graph=6, cache="dual", seed=1, **KW)
+    (budget,) = cm.shared_budgets(model).values()
+    assert budget.runs == 1
+    generate(model, prompt, graph=6, cache="dual", seed=2, **KW)
+    assert cm.shared_budgets(model) == {k: budget for k in cm.shared_budgets(model)}
+    assert budget.runs == 2  # the second call learned on top of the first
+    other = tiny_random_llada(1)
+    generate(other, prompt, graph=6, cache="dual", **KW)
+    cm.forget_shared_budgets(model)
+    assert cm.shared_budgets(model) == {} and len(cm.shared_budgets(other)) == 1
+    generate(model, prompt, graph=6, cache="dual", seed=1, **KW)
+    (fresh,) = cm.shared_budgets(model).values()
+    assert fresh is not budget and fresh.runs == 1
+    cm.forget_shared_budgets()
+    assert cm.shared_budgets(other) == {}

@@ -7,7 +7,14 @@ import json
 
 import pytest
 
-from spiffy_triton.graph import MAX_DEFAULT_BUDGET, DraftGraph, expected_advance
+from spiffy_triton.graph import (
+    MAX_DEFAULT_BUDGET,
+    PHASED_FORMAT,
+    DraftGraph,
+    PhasedDraftGraph,
+    expected_advance,
+    load_graph,
+)
 
 
 def test_formulas_are_canonical_and_parents_are_strict_subsets():
@@ -119,3 +126,58 @@ def test_validate_for_block_and_subgraph_and_dot():
     assert sub.nodes == g.nodes[:2]
     dot = g.to_dot()
     assert dot.startswith("digraph") and "root -> n0" in dot and "n0 -> n1" in dot
+
+
+# --------------------------------------------------------------------------- the one loader
+
+
+def _phased_graph() -> PhasedDraftGraph:
+    return PhasedDraftGraph(
+        [(1, 3, DraftGraph.default(2)), (4, 8, DraftGraph([[(1, 1)], [(2, 1)], [(1, 2)]]))],
+        name="two-phases",
+    )
+
+
+def test_one_loader_reads_plain_and_phased_graphs(tmp_path):
+    """`DraftGraph.load` (what `generate(graph=path)` uses) and calibration's `load_graph`
+    are one loader: both read the phased JSON that calibration writes."""
+    from spiffy_triton import calibration
+
+    assert calibration.load_graph is load_graph
+    phased = _phased_graph()
+    path = phased.save(tmp_path / "phased.json")
+    loaded = DraftGraph.load(path)
+    assert isinstance(loaded, PhasedDraftGraph) and loaded.name == "two-phases"
+    assert [(lo, hi, g.nodes) for lo, hi, g in loaded.phases] == [
+        (lo, hi, g.nodes) for lo, hi, g in phased.phases
+    ]
+    assert loaded == phased  # the union of the phases, as a DraftGraph
+    assert PhasedDraftGraph.load(path).phases == loaded.phases
+    plain = DraftGraph.default(3).save(tmp_path / "plain.json")
+    assert type(DraftGraph.load(plain)) is DraftGraph
+    with pytest.raises(ValueError, match="holds a DraftGraph, not a PhasedDraftGraph"):
+        PhasedDraftGraph.load(plain)
+
+
+def test_loader_errors_name_the_file(tmp_path):
+    with pytest.raises(ValueError, match="cannot read draft graph file .*missing.json"):
+        DraftGraph.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad_phase.json"
+    bad.write_text(json.dumps({"format": PHASED_FORMAT, "version": 1, "phases": []}))
+    with pytest.raises(ValueError, match="bad_phase.json: phased draft graph JSON needs"):
+        DraftGraph.load(bad)
+
+
+def test_generate_decodes_with_a_phased_graph_file(tmp_path):
+    import torch
+    from utils import tiny_random_llada
+
+    from spiffy_triton.decoding import generate
+
+    model = tiny_random_llada(0)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    path = _phased_graph().save(tmp_path / "phased.json")
+    kw = {"gen_length": 8, "block_length": 8, "backend": "torch"}
+    out = generate(model, ids, graph=str(path), max_drafts=None, **kw)
+    assert torch.equal(out.tokens, generate(model, ids, **kw).tokens)
+    assert len(out.stats.to_dict()["node_verified"]) == len(_phased_graph())  # the union

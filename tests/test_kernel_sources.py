@@ -87,3 +87,78 @@ def test_the_rule_sees_the_noise_keys():
     nodes = {n.name: n for n, _ in _launched_kernels("spiffy_triton.kernels.marginals")}
     assert {"seed_lo", "seed_hi", "step"} <= _cast_scalar_arguments(nodes["_marginals_kernel"])
     assert {"step", "stream"} <= _cast_scalar_arguments(nodes["_noise_kernel"])
+
+
+# The contract's values a kernel must read by name (spiffy_triton/contract.py, layout.py),
+# never as literals of its own: one definition, so the twins cannot drift apart.
+def _contract_literals() -> dict[object, str]:
+    from spiffy_triton import contract
+
+    # (not MAX_VOCAB: 0x7FFFFFFF is also the sign-flip mask of the order-preserving keys)
+    names = ("PHILOX_M0", "PHILOX_M1", "PHILOX_W0", "PHILOX_W1")
+    names += ("NOISE_CHUNK", "LANE_SPAN", "TWO_POW_M32", "SERIES_CUTOFF")
+    values = {getattr(contract, name): name for name in names}
+    values[-contract.KEY_SENTINEL] = "KEY_SENTINEL"  # -(2**63) parses as -(literal 2**63)
+    return values
+
+
+def _jit_functions(module_name: str):
+    source = inspect.getsource(importlib.import_module(module_name))
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and _jit_decorator(node) is not None:
+            yield node
+
+
+def _contract_literals_in(node: ast.FunctionDef, literals: dict) -> list[str]:
+    found = []
+    for constant in ast.walk(node):
+        if isinstance(constant, ast.Constant) and not isinstance(constant.value, (bool, str)):
+            if constant.value in literals:
+                found.append(f"{literals[constant.value]} written as {constant.value!r}")
+    return found
+
+
+@pytest.mark.parametrize("module_name", KERNEL_MODULES)
+def test_kernels_read_the_contract_by_name(module_name):
+    literals = _contract_literals()
+    found = {
+        node.name: hits
+        for node in _jit_functions(module_name)
+        if (hits := _contract_literals_in(node, literals))
+    }
+    assert not found, f"{module_name}: contract values written as literals: {found}"
+
+
+def test_the_literal_check_sees_a_literal():
+    """The check above finds what it must: a Philox multiplier and the sentinel as literals."""
+    tree = ast.parse(
+        "def f(c0, valid, packed):\n"
+        "    return tl.umulhi(c0, 0xD2511F53), tl.where(valid, packed, -9223372036854775808)\n"
+    )
+    hits = _contract_literals_in(tree.body[0], _contract_literals())
+    assert hits == [
+        "PHILOX_M0 written as 3528531795",
+        "KEY_SENTINEL written as 9223372036854775808",
+    ]
+
+
+def test_attention_kernel_reads_schedule_entries_by_column_name():
+    """Every load of a tile-schedule entry field names its column (layout.ENTRY_*)."""
+    (node,) = [
+        n
+        for n, _ in _launched_kernels("spiffy_triton.kernels.graph_attention")
+        if n.name == "_graph_attention_fwd"
+    ]
+    loads = [
+        call.args[0]
+        for call in ast.walk(node)
+        if isinstance(call, ast.Call)
+        and ast.unparse(call.func) == "tl.load"
+        and "fields" in ast.unparse(call.args[0])
+    ]
+    assert len(loads) == 5, [ast.unparse(a) for a in loads]
+    for address in loads:
+        assert isinstance(address, ast.BinOp) and isinstance(address.right, ast.Name), ast.unparse(
+            address
+        )
+        assert address.right.id.startswith("ENTRY_"), ast.unparse(address)

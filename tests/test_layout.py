@@ -48,7 +48,7 @@ def random_layout(rng: random.Random, max_segments: int = 5, max_len: int = 9) -
 
 
 def spiffy_by_definition(p, b, s, d, cached):
-    """Segment kinds of keys and query rows, and the rule of DESIGN.md section 3."""
+    """Segment kinds of keys and query rows, and the rule of docs/DESIGN.md §3."""
     keys = ["prefix"] * p + ["root"] * b + ["suffix"] * s
     keys += [f"draft{i}" for i in range(d) for _ in range(b)]
     queries = (

@@ -243,7 +243,7 @@ def test_uncached_packed_layout_one_layer_is_exact():
 
 def test_uncached_packed_layout_on_a_deep_bidirectional_model_is_approximate():
     # The context's hidden states see the root, not the draft, so drafts are near-lossless
-    # only (DESIGN.md section 2). Measured and reported, not hidden; the root rows are exact.
+    # only (docs/DESIGN.md §2). Measured and reported, not hidden; the root rows are exact.
     root_diff, draft_diff = uncached_packed_difference(n_layers=3)
     print(
         f"\nuncached packed layout, 3 layers: root max|diff| {root_diff:.3g}, "

@@ -11,6 +11,7 @@ import functools
 import pytest
 import torch
 
+from spiffy_triton.contract import gumbel_noise
 from spiffy_triton.decoding import generate
 from spiffy_triton.decoding.budget import AutoDraftBudget
 from spiffy_triton.decoding.cost_model import VerifyCostModel
@@ -19,7 +20,6 @@ from spiffy_triton.decoding.noise_fill import NoiseAwareFiller, gumbel_at
 from spiffy_triton.decoding.rules import TransitionRule, block_marginals, num_transfer_tokens
 from spiffy_triton.graph import DraftGraph
 from spiffy_triton.models import load_model
-from spiffy_triton.reference.marginals import gumbel_noise
 from spiffy_triton.training.tinydata import heldout_prompts
 
 MASK = 2

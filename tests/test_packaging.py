@@ -1,7 +1,9 @@
 """`pip install .` and `pip install -e .` both give an importable package from outside the
-repository: spiffy_triton, spiffy_triton.kernels and spiffy_triton.reference, the bundled
-assets and the console script; and a plain checkout on PYTHONPATH, with no install at all,
-imports the same package (what scripts/gpu_check.sh relies on, on a GPU box with no network).
+repository: spiffy_triton, spiffy_triton.kernels and spiffy_triton.reference (from the
+top-level kernels/ and reference/ folders), the bundled assets and the console script; and a
+plain checkout on PYTHONPATH, with no install at all, imports the same package (what
+scripts/gpu_check.sh relies on, on a GPU box with no network). None of them makes our folders
+the global `kernels` / `reference` packages (Hugging Face's `kernels` owns that name).
 
 Each install goes into a fresh virtual environment whose only view of the project venv is a
 .pth line with its site-packages (torch, triton, setuptools), so the project's own editable
@@ -29,7 +31,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ["setup.py", "pyproject.toml", "README.md", "spiffy_triton"]
+SOURCES = ["setup.py", "pyproject.toml", "README.md", "spiffy_triton", "kernels", "reference"]
 PROBE_ASSET = Path("spiffy_triton") / "assets" / "probe" / "probe.json"
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]
@@ -164,15 +166,23 @@ def wheel_top_level_names(wheel: Path) -> dict[str, list[str]]:
 
 
 IMPORT_CHECK = """
-    import importlib.resources, importlib.util, json, os, sys
+    import importlib, importlib.resources, importlib.util, json, os, sys
     import spiffy_triton
     import spiffy_triton.kernels, spiffy_triton.reference
     from spiffy_triton import dispatch, triton_mode
     assets = importlib.resources.files("spiffy_triton") / "assets"
+    def top_level(name):
+        try:
+            module = __import__(name)
+        except ImportError:
+            return []
+        return [module.__file__, *getattr(module, "__path__", [])]
     print(json.dumps({
         "package": spiffy_triton.__file__,
-        "kernels": spiffy_triton.kernels.__file__,
-        "reference": spiffy_triton.reference.__file__,
+        "kernels": spiffy_triton.kernels.__path__[0],
+        "reference": spiffy_triton.reference.__path__[0],
+        "kernels_file": importlib.import_module("spiffy_triton.kernels.graph_attention").__file__,
+        "reference_file": importlib.import_module("spiffy_triton.reference.marginals").__file__,
         "probe_asset": json.loads((assets / "probe" / "probe.json").read_text()),
         "assets": sorted(
             f"{d.name}/{f.name}" for d in assets.iterdir() if d.is_dir() for f in d.iterdir()
@@ -182,6 +192,7 @@ IMPORT_CHECK = """
             name: getattr(importlib.util.find_spec(name), "origin", None)
             for name in ("kernels", "reference")
         },
+        "top_level": {name: top_level(name) for name in ("kernels", "reference")},
         "version": spiffy_triton.__version__,
     }))
 """
@@ -202,12 +213,12 @@ def assert_only_own_top_level(found: dict, install_root: Path) -> None:
         assert origin is None or not origin.startswith(str(install_root)), (name, origin)
 
 
-def import_from_outside(python: Path, cwd: Path, pythonpath: Path | None = None) -> dict:
+def import_from_outside(python: Path, cwd: Path, *pythonpath: Path) -> dict:
     import json
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TRITON_INTERPRET")}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(map(str, pythonpath))
     result = subprocess.run(
         [str(python), "-c", CHECK_HELPERS + textwrap.dedent(IMPORT_CHECK)],
         cwd=cwd,
@@ -218,6 +229,20 @@ def import_from_outside(python: Path, cwd: Path, pythonpath: Path | None = None)
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def assert_from_top_level_folders(found: dict, source: Path) -> None:
+    for name, module in (("kernels", "graph_attention"), ("reference", "marginals")):
+        assert found[name] == str(source / name), (name, found[name])
+        assert found[f"{name}_file"] == str(source / name / f"{module}.py")
+
+
+def assert_no_global_names(found: dict, root: Path) -> None:
+    """No `kernels` / `reference` importable from what this test built under `root` (an
+    unrelated installed `kernels`, e.g. Hugging Face's, may be importable)."""
+    for name, paths in found["top_level"].items():
+        ours = [p for p in paths if p and str(p).startswith(str(root))]
+        assert not ours, f"the install claims a top-level `{name}` package: {ours}"
 
 
 def shipped_assets() -> list[str]:
@@ -240,11 +265,14 @@ def test_plain_install_imports_from_outside_the_repository(tmp_path):
     site = str(tmp_path / "venv")
     for key in ("package", "kernels", "reference"):
         assert found[key].startswith(site), (key, found[key])
-    assert found["kernels"].endswith(os.path.join("spiffy_triton", "kernels", "__init__.py"))
-    assert found["reference"].endswith(os.path.join("spiffy_triton", "reference", "__init__.py"))
+    assert found["kernels"].endswith(os.path.join("spiffy_triton", "kernels"))
+    assert found["reference"].endswith(os.path.join("spiffy_triton", "reference"))
+    assert found["kernels_file"] == os.path.join(found["kernels"], "graph_attention.py")
+    assert found["reference_file"] == os.path.join(found["reference"], "marginals.py")
     assert found["probe_asset"] == {"probe": True}
     assert set(shipped_assets()) <= set(found["assets"]), found["assets"]
     assert_only_own_top_level(found, tmp_path)
+    assert_no_global_names(found, tmp_path)
     assert (tmp_path / "venv" / "bin" / "spiffy-triton").exists()
 
 
@@ -253,11 +281,11 @@ def test_editable_install_follows_the_sources(tmp_path):
     python = make_venv(tmp_path / "venv")
     pip_install(python, "-e", str(source))
     found = import_from_outside(python, tmp_path)
-    assert found["kernels"] == str(source / "spiffy_triton" / "kernels" / "__init__.py")
-    assert found["reference"] == str(source / "spiffy_triton" / "reference" / "__init__.py")
+    assert_from_top_level_folders(found, source)
     assert found["package"] == str(source / "spiffy_triton" / "__init__.py")
     assert found["probe_asset"] == {"probe": True}
     assert_only_own_top_level(found, tmp_path)
+    assert_no_global_names(found, tmp_path)
     # an edit in the sources shows without reinstalling
     init = source / "spiffy_triton" / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "0.1.0"', '__version__ = "0.1.0+edit"'))
@@ -271,18 +299,19 @@ def test_checkout_on_pythonpath_imports_without_install(tmp_path, install):
     source = copy_sources(tmp_path / "checkout")
     python = make_venv(tmp_path / "venv")
     if install == "none":
-        found = import_from_outside(python, tmp_path, pythonpath=source)
+        found = import_from_outside(python, tmp_path, source)
     else:
         pip_install(python, "-e", str(source))
         found = import_from_outside(python, tmp_path)
-    for key, path in (("package", ""), ("kernels", "kernels"), ("reference", "reference")):
-        assert found[key] == str(source / "spiffy_triton" / path / "__init__.py"), found[key]
+    assert found["package"] == str(source / "spiffy_triton" / "__init__.py")
+    assert_from_top_level_folders(found, source)
     assert found["probe_asset"] == {"probe": True}
     if install == "none":  # nothing installed: the checkout itself must not be what they find
         for name, origin in found["resolved"].items():
             assert origin is None or not origin.startswith(str(source)), (name, origin)
     else:
         assert_only_own_top_level(found, tmp_path)
+        assert_no_global_names(found, tmp_path)
 
 
 # Prepended to a copy's setup.py: setup() also ships top-level `kernels` and `reference`.
@@ -326,3 +355,19 @@ def test_the_checks_fail_on_a_distribution_shipping_top_level_kernels(tmp_path):
     assert found["claimed"]["names"] == broken
     with pytest.raises(AssertionError, match="claims top-level"):
         assert_only_own_top_level(found, tmp_path)
+
+
+def test_checkout_folders_never_shadow_an_installed_kernels_package(tmp_path):
+    """With the checkout first on PYTHONPATH, `import kernels` still finds the installed
+    package of that name (here a stand-in later on the path): the top-level folders are
+    no packages, at most namespace portions, and a regular package anywhere wins."""
+    source = copy_sources(tmp_path / "checkout")
+    others = tmp_path / "site"
+    for name in ("kernels", "reference"):
+        (others / name).mkdir(parents=True)
+        (others / name / "__init__.py").write_text("")
+    python = make_venv(tmp_path / "venv")
+    found = import_from_outside(python, tmp_path, source, others)
+    assert_from_top_level_folders(found, source)
+    for name in ("kernels", "reference"):
+        assert found["top_level"][name][0] == str(others / name / "__init__.py"), found

@@ -195,3 +195,49 @@ def test_card_verdict_names_the_tasks_below_the_target():
     failing = _verdict({"arith (2 terms)": row(0.9), "arith (3 terms)": row(0.2)})
     assert f"below the {TARGET_ACCURACY:.0%}" in failing and "arith (3 terms) (20%)" in failing
     assert "arith (2 terms)" not in failing
+
+
+def _package_imports(path) -> set[str]:
+    """Sibling modules a training module imports, at the top or inside a function."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module is None:
+                found |= {alias.name for alias in node.names}
+            else:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    cycles, done = [], set()
+
+    def visit(name, path):
+        if name in path:
+            cycles.append(path[path.index(name) :] + [name])
+            return
+        if name in done:
+            return
+        for nxt in sorted(graph.get(name, ())):
+            visit(nxt, path + [name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    return cycles
+
+
+def test_training_modules_import_one_way():
+    """card -> train_tiny -> evaluate -> card was a circle; imports now run one way:
+    tinydata <- sequences <- card <- evaluate <- train_tiny (function-level imports count)."""
+    from pathlib import Path
+
+    import spiffy_triton.training as training
+
+    folder = Path(training.__file__).parent
+    graph = {p.stem: _package_imports(p) for p in folder.glob("*.py") if p.stem != "__init__"}
+    assert graph["train_tiny"] >= {"evaluate", "sequences"}, graph
+    assert not _cycles(graph), _cycles(graph)
+    assert _cycles({"card": {"train_tiny"}, "train_tiny": {"evaluate"}, "evaluate": {"card"}})

@@ -177,7 +177,7 @@ class StepShape:
 
     @property
     def visible_pairs(self) -> int:
-        """(query, key) pairs the graph mask lets attend (DESIGN.md section 3). Every block
+        """(query, key) pairs the graph mask lets attend (docs/DESIGN.md §3). Every block
         copy sees the context and itself: C + L keys; without cache the C context rows also
         see the context and the root (never a draft)."""
         seen = self.context + self.block

@@ -1,14 +1,14 @@
-"""Offline calibration of draft graphs (DESIGN.md section 6), by concern:
+"""Offline calibration of draft graphs (docs/DESIGN.md §6), by concern:
 
 - `traces`: vanilla decoding recorded through `generate` itself, as formulas per step;
 - `selection`: the two objectives, graph selection, the replay simulator (`simulate`);
-- `phased`: one graph per phase of the block (`PhasedDraftGraph`);
-- `graph_io`: `calibrate` (traces + selection in one call), saving and loading graphs;
+- `graph_io`: `calibrate` (traces + selection in one call), saving graphs (loading, and the
+  per-phase `PhasedDraftGraph`, are `spiffy_triton.graph`'s, re-exported here);
 - `drawing`: pictures of a graph.
 """
 
-from .graph_io import calibrate, load_graph, save_graph, stored_counts
-from .phased import PHASED_FORMAT, PhasedDraftGraph
+from ..graph import PHASED_FORMAT, PhasedDraftGraph, load_graph
+from .graph_io import calibrate, save_graph, stored_counts
 from .selection import OBJECTIVES, node_counts, select_graph, select_phased_graph, simulate
 from .traces import (
     DEFAULT_MAX_TOKEN_RANK,

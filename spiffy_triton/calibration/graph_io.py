@@ -1,12 +1,12 @@
-"""`calibrate` (traces and selection in one call), and calibrated graphs on disk."""
+"""`calibrate` (traces and selection in one call), and calibrated graphs on disk (read back
+by the one loader, `spiffy_triton.graph.load_graph`, re-exported here)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..graph import DraftGraph
-from .phased import PHASED_FORMAT, PhasedDraftGraph
+from ..graph import DraftGraph, PhasedDraftGraph
 from .selection import (
     OBJECTIVES,
     _check_budget,
@@ -75,25 +75,6 @@ def save_graph(graph: DraftGraph, path: str | Path, traces: Traces | None = None
     path = Path(path)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     return path
-
-
-def load_graph(path: str | Path) -> DraftGraph:
-    """A `DraftGraph` or `PhasedDraftGraph` from a JSON file, with clear errors."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ValueError(f"cannot read draft graph file {path}: {err.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"draft graph file {path} is not valid JSON: {err}") from None
-    try:
-        if isinstance(data, dict) and data.get("format") == PHASED_FORMAT:
-            return PhasedDraftGraph.from_dict(data)
-        return DraftGraph.from_dict(data)
-    except ValueError as err:
-        raise ValueError(f"draft graph file {path}: {err}") from None
 
 
 def stored_counts(path: str | Path) -> list[int] | None:

@@ -1,4 +1,4 @@
-"""Graph selection from calibration traces, and the replay simulator (DESIGN.md section 6).
+"""Graph selection from calibration traces, and the replay simulator (docs/DESIGN.md §6).
 
 Selection of ``D`` nodes from the observed formulas, two objectives:
 
@@ -25,8 +25,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Sequence
 
-from ..graph import DraftGraph, Formula
-from .phased import PhasedDraftGraph
+from ..graph import DraftGraph, Formula, PhasedDraftGraph
 from .traces import TraceBlock, Traces, TraceStep
 
 OBJECTIVES = ("steps", "degree1")

@@ -1,4 +1,4 @@
-"""Calibration traces: vanilla decoding recorded as formulas per step (DESIGN.md sections 2, 6).
+"""Calibration traces: vanilla decoding recorded as formulas per step (docs/DESIGN.md §2, §6).
 
 Trace collection. Vanilla decoding runs through `spiffy_triton.decoding.generate` itself
 (``graph=None``) with the model wrapped in a recorder, so the trace *is* vanilla's trajectory,
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..contract import MAX_TOP_K
 from ..decoding.drafting import rank_masked_positions
 from ..decoding.loop import generate
 from ..decoding.rules import block_marginals
@@ -273,7 +274,6 @@ def collect_traces(
     `decode_kwargs` are `generate`'s decode settings (steps, temperature, remasking, threshold,
     factor, cache, seed); they must be the ones the graph will be used with.
     """
-    from ..reference.marginals import MAX_TOP_K
 
     if isinstance(max_token_rank, bool) or not isinstance(max_token_rank, int):
         raise ValueError(f"max_token_rank must be an int in 1..{MAX_TOP_K}, got {max_token_rank!r}")

@@ -1,4 +1,4 @@
-"""Decoding (DESIGN.md sections 2, 7, 7b): the decode loop and what it is made of.
+"""Decoding (docs/DESIGN.md §2, §7, §8): the decode loop and what it is made of.
 
 Bottom to top: `rules` (the transition rule ``R``), `drafting` / `noise_fill` / `pruning`
 (filling graph formulas into the root), `cost_model` / `acceptance` / `selection` / `budget`

@@ -37,7 +37,6 @@ Memory. ``max_drafts="auto"`` uses one budget per model and decoding setting for
 
 from __future__ import annotations
 
-import collections
 import math
 import os
 import threading
@@ -48,128 +47,27 @@ from collections.abc import Callable, Hashable, Sequence
 
 from ..graph import DraftGraph
 from .acceptance import DEFAULT_PRIOR_STRENGTH, AcceptanceEstimator
+from .budget_state import (  # noqa: F401  (the budget's constants, read as budget.X)
+    EXPLORE_EVERY,
+    MAX_BACKOFF,
+    ONLINE_WINDOW,
+    RATIO_DECAY,
+    RATIO_PRIOR_WEIGHT,
+    REFIT_EVERY,
+    BackOff,
+    DecayedRatio,
+    Iteration,
+    OnlineRefit,
+    _lower,
+)
 from .cost_model import VerifyCostModel, VerifyShape, cached_cost_model, clear_memory_cache
 from .drafting import probability_filler
 from .selection import Selection, select_drafts
 
-MAX_BACKOFF = 8  # most plain steps in a row after choosing no drafts
-EXPLORE_EVERY = 2 * MAX_BACKOFF + 1  # fill one in this many steps at which drafts cannot pay
-ONLINE_WINDOW = 48  # the run's most recent verify forwards an online refit uses
-REFIT_EVERY = 16  # forwards between online refits
-# Realized-over-predicted ratios (`DecayedRatio`): decay per observation, prior observations.
-RATIO_DECAY = 0.97
-RATIO_PRIOR_WEIGHT = 8.0
 HOST_EWMA = 0.2  # weight of the newest sample in the host-time running means
 
 
 # ------------------------------------------------------------------------------ the budget
-
-
-class DecayedRatio:
-    """``sum(realized) / sum(predicted)`` over observations decayed by `decay` each, with a
-    prior of `prior_weight` observations at ratio 1 (scaled by the first prediction), so a few
-    outliers cannot swing it. 1.0 before any observation."""
-
-    def __init__(self, decay: float = RATIO_DECAY, prior_weight: float = RATIO_PRIOR_WEIGHT):
-        if not (0 < decay <= 1) or not (prior_weight > 0 and math.isfinite(prior_weight)):
-            raise ValueError(
-                f"need 0 < decay <= 1 and prior_weight > 0, got {decay}, {prior_weight}"
-            )
-        self.decay = decay
-        self.prior_weight = prior_weight
-        self.realized = self.predicted = 0.0
-        self.count = 0
-
-    def add(self, realized: float, predicted: float) -> None:
-        if not (math.isfinite(realized) and predicted > 0 and math.isfinite(predicted)):
-            return
-        if self.count == 0:
-            self.realized = self.predicted = self.prior_weight * predicted
-        self.realized = self.decay * self.realized + max(0.0, realized)
-        self.predicted = self.decay * self.predicted + predicted
-        self.count += 1
-
-    @property
-    def ratio(self) -> float:
-        return self.realized / self.predicted if self.predicted > 0 else 1.0
-
-
-def _lower(estimate: float, spread: float) -> float:
-    """``estimate**2 / (estimate + spread)``: about ``estimate - spread`` for a small spread,
-    positive for a positive estimate, never above it."""
-    return estimate * estimate / (estimate + spread) if estimate > 0 else 0.0
-
-
-class BackOff:
-    """When the budget skips filling (module docstring, Back-off): after a second empty
-    selection in a row, 1, then 2, 4, ... (at most ``MAX_BACKOFF``) plain steps; where no draft
-    set could pay, every step but one in ``EXPLORE_EVERY``."""
-
-    def __init__(self):
-        self.skipped = 0  # forwards taken as plain steps without filling (this run)
-        self._backoff = 0  # plain steps after the last empty selection
-        self._empty_run = 0  # empty selections in a row
-        self._skip = 0  # plain steps still to take
-        self._hopeless = 0  # steps at which no draft set could pay
-
-    def start_run(self) -> None:
-        self.skipped = self._skip = self._backoff = self._empty_run = 0
-
-    def selected(self, chosen: bool) -> None:
-        """A selection was made: with drafts (`chosen`) or none."""
-        if chosen:
-            self._empty_run = self._backoff = 0
-        else:
-            # One empty selection is often a hard spot in a block where drafts pay; a run of
-            # them says they do not: 0, 1, 2, 4, ... plain steps.
-            self._empty_run += 1
-            if self._empty_run > 1:
-                self._backoff = min(MAX_BACKOFF, max(1, 2 * self._backoff))
-        self._skip = self._backoff
-
-    def skip_now(self) -> bool:
-        """Whether this step is one of the back-off's plain steps (counted down)."""
-        if self._skip > 0:
-            self._skip -= 1
-            self.skipped += 1
-            return True
-        return False
-
-    def skip_hopeless(self) -> bool:
-        """At a step where no draft set could pay: skip, except one in ``EXPLORE_EVERY``."""
-        self._hopeless += 1
-        if self._hopeless % EXPLORE_EVERY:
-            self.skipped += 1
-            return True
-        return False
-
-
-class OnlineRefit:
-    """The run's own verify forwards (the last ``ONLINE_WINDOW``), anchored by the measured
-    model's predictions at a few shapes: every ``REFIT_EVERY`` forwards a refitted model."""
-
-    def __init__(self):
-        self.anchors: list[tuple[VerifyShape, float]] = []  # the measured model's predictions
-        self.window: collections.deque = collections.deque(maxlen=ONLINE_WINDOW)
-        self.since_fit = 0
-
-    def anchor(self, model: VerifyCostModel, shapes: Sequence[VerifyShape]) -> None:
-        """Anchor on `model`'s predictions at `shapes` (once: the first model measured)."""
-        if not self.anchors:
-            self.anchors = [(s, model.predict_ms(s)) for s in shapes]
-
-    def add(self, shape: VerifyShape, ms: float, model: VerifyCostModel) -> VerifyCostModel | None:
-        """Record one forward; the refitted model when one is due (else None)."""
-        self.window.append((shape, ms))
-        self.since_fit += 1
-        if self.since_fit < REFIT_EVERY:
-            return None
-        self.since_fit = 0
-        samples = self.anchors + list(self.window)
-        if len({s.query_rows for s, _ in samples}) < 2:
-            return None  # one shape cannot separate intercept from slope
-        source = model.source.split("+")[0] + "+online"
-        return VerifyCostModel.fit(samples, source=source)
 
 
 class AutoDraftBudget:
@@ -177,6 +75,13 @@ class AutoDraftBudget:
     predicted millisecond (module docstring). Pass an instance as `generate(max_drafts=...)`
     to give the cost model or the acceptance prior, to cap the drafts, or to keep a run apart;
     ``"auto"`` uses the process's budget for the model and setting (`shared_budget`).
+
+    Call order, per decode run: `bind` once; then per iteration `wants_drafts` -> (if it
+    fills) the `filler`'s fill, which `select`s -> `record_forward` -> `observe` ->
+    `end_iteration`. The per-iteration facts live in one `Iteration` (`iteration`), opened by
+    the first of those calls and closed by `end_iteration`; what lasts across iterations and
+    runs (rates, host-time means, the refitted cost model) lives on the budget itself, and
+    `runs` counts the runs it has learned from.
 
     Args:
         cost_model: a `VerifyCostModel` (or its dict); None measures one (`probe_verify_cost`,
@@ -218,7 +123,8 @@ class AutoDraftBudget:
         self.estimator: AcceptanceEstimator | None = None
         self.chosen_counts: Counter = Counter()  # drafts verified per forward -> forwards
         self.expected_advance = 0.0
-        self._pending = None  # (root, mask id, filled candidates) of the last selection
+        self.iteration: Iteration | None = None  # the open iteration (class docstring)
+        self.runs = 0  # decode runs bound so far: how much history the estimates carry
         self.backoff = BackOff()
         self.host_ms: float | None = None  # running mean of filling + selecting time
         self.adapt = cost_model is None if adapt is None else bool(adapt)
@@ -226,9 +132,7 @@ class AutoDraftBudget:
         # Extra steps iterations with drafts made over what the estimates expected, decayed.
         self.realized_advance = DecayedRatio()
         self.host_step_ms: float | None = None  # running mean of host time per step advanced
-        self._expected_extra: float | None = None  # this iteration's, if it filled (raw)
-        self._forward: tuple[int, float] | None = None  # this iteration's (drafts, forward ms)
-        self._fill_ms = 0.0  # host time of the last fill and selection
+        # Caches across iterations: the last fill's verify shapes, and `drafts_may_pay`.
         self._shape_of: Callable[[int], VerifyShape] | None = None  # the last fill's shapes
         self._may_pay: bool | None = None  # `drafts_may_pay`, until the next fill or refit
 
@@ -247,7 +151,8 @@ class AutoDraftBudget:
         self.chosen_counts = Counter()
         self.expected_advance = 0.0
         self.backoff.start_run()
-        self._pending = self._expected_extra = self._forward = self._may_pay = None
+        self.iteration = self._may_pay = None
+        self.runs += 1
         # The realized ratio starts afresh each run, at 1: it only moves while drafts are
         # verified, so one carried over from a run that stopped drafting would never recover.
         self.realized_advance = DecayedRatio()
@@ -265,7 +170,7 @@ class AutoDraftBudget:
         ``REFIT_EVERY`` of them the cost model is refitted on the last ``ONLINE_WINDOW`` and the
         anchors: a probe of a few shapes on a noisy machine can be off by 10-20%, the run's own
         forwards keep measuring the shapes the decisions are about."""
-        self._forward = (drafts, ms)
+        self._open().forward = (drafts, ms)
         if not self.adapt or not (ms > 0 and math.isfinite(ms)):
             return
         refitted = self._refit.add(shape, ms, self.cost_model)
@@ -304,9 +209,16 @@ class AutoDraftBudget:
         self.expected_advance += selection.expected_advance
         # the realized ratio compares with the estimator's own expectation, not the corrected
         chosen = {c.node for c in selection.chosen}
-        self._expected_extra = sum(e for c, e in zip(candidates, raw) if c.node in chosen)
+        iteration = self._open()
+        iteration.expected_extra = sum(e for c, e in zip(candidates, raw) if c.node in chosen)
         self.backoff.selected(bool(selection.chosen))
         return selection
+
+    def _open(self) -> Iteration:
+        """The open iteration, opened by the first call of the iteration."""
+        if self.iteration is None:
+            self.iteration = Iteration()
+        return self.iteration
 
     def _iteration_cost(self, shape_of: Callable[[int], VerifyShape]) -> Callable[[int], float]:
         """Predicted ms of an iteration with ``k`` drafts, less the per-step host time: the
@@ -321,12 +233,12 @@ class AutoDraftBudget:
         pays it too, per step), and an iteration with drafts compares the steps it made with
         what the estimates expected (`realized_advance`: a slow correction for estimates off
         for this rule)."""
-        forward, expected = self._forward, self._expected_extra
-        self._forward = self._expected_extra = None
+        iteration, self.iteration = self._open(), None
+        forward, expected = iteration.forward, iteration.expected_extra
         if forward is None or advanced < 1 or not (ms > 0 and math.isfinite(ms)):
             return
         drafts, model_ms = forward
-        host = max(0.0, ms - model_ms - (self._fill_ms if expected is not None else 0.0))
+        host = max(0.0, ms - model_ms - (iteration.fill_ms if expected is not None else 0.0))
         per_step = host / advanced
         if self.host_step_ms is None:
             self.host_step_ms = per_step
@@ -389,9 +301,11 @@ class AutoDraftBudget:
                 unique.setdefault(tuple(zip(c.positions, c.tokens)), c)
             candidates = list(unique.values())
             selection = self.select(graph, candidates, shape_of)
-            self._pending = (root_state.tolist(), mask_id, candidates)
+            iteration = self._open()
+            iteration.root, iteration.mask_id = root_state.tolist(), mask_id
+            iteration.candidates = candidates
             elapsed = (time.perf_counter() - begin) * 1e3
-            self._fill_ms = elapsed
+            iteration.fill_ms = elapsed
             if self.host_ms is None:
                 self.host_ms = elapsed
             else:
@@ -404,10 +318,11 @@ class AutoDraftBudget:
         """Record how the last selection's forward went: `path` holds the block states the walk
         made, in order (token ids, the mask id where masked). Nothing is recorded when the
         forward carried no selection (a block's prefill)."""
-        if self._pending is None:
+        iteration = self.iteration
+        if iteration is None or iteration.root is None:
             return
-        root, mask_id, candidates = self._pending
-        self._pending = None
+        root, mask_id, candidates = iteration.root, iteration.mask_id, iteration.candidates
+        iteration.root, iteration.candidates = None, []  # observed once
         sets = [
             frozenset((p, t) for p, (r, t) in enumerate(zip(root, state)) if r != t)
             for state in path
@@ -446,13 +361,31 @@ def shared_budget(model, setting: Hashable) -> AutoDraftBudget:
     the machine, not of one call: a short call (a threshold rule decodes 64 tokens in about 20
     forwards) would otherwise spend most of itself relearning them. Only which drafts get
     verified depends on this history, never the tokens. Pass your own `AutoDraftBudget` to keep
-    a run apart (e.g. one per thread); `clear_cost_cache` forgets them all."""
+    a run apart (e.g. one per thread). What is remembered is visible (`shared_budgets`, each
+    budget's `runs` and `summary`) and can be forgotten (`forget_shared_budgets`, or
+    `clear_cost_cache`, which also forgets the measured cost models)."""
     with _LOCK:
         per_model = _SHARED_BUDGETS.setdefault(model, {})
         budget = per_model.get(setting)
         if budget is None:
             budget = per_model[setting] = AutoDraftBudget()
         return budget
+
+
+def shared_budgets(model) -> dict[Hashable, AutoDraftBudget]:
+    """The process's auto budgets of `model`, by setting (a snapshot; empty when none)."""
+    with _LOCK:
+        return dict(_SHARED_BUDGETS.get(model, {}))
+
+
+def forget_shared_budgets(model=None) -> None:
+    """Forget what ``max_drafts="auto"`` learned across calls: for `model`, or (None) for every
+    model. Measured cost models stay cached (`clear_cost_cache` forgets those too)."""
+    with _LOCK:
+        if model is None:
+            _SHARED_BUDGETS.clear()
+        else:
+            _SHARED_BUDGETS.pop(model, None)
 
 
 def clear_cost_cache() -> None:

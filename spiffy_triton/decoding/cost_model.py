@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from ..types import VERIFY_MODES
+
 CACHE_ENV = "SPIFFY_TRITON_COST_CACHE"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "spiffy_triton"
 CACHE_FILE = "verify_cost_models.json"
@@ -90,7 +92,7 @@ def verify_shape(
             f"need block_len >= 1 and prefix_len + block_len <= total_len, got prefix_len "
             f"{prefix_len}, block_len {block_len}, total_len {total_len}"
         )
-    if verify not in ("packed", "batch"):
+    if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be 'packed' or 'batch', got {verify!r}")
     t, s, length, d = total_len, prefix_len, block_len, num_drafts
     packed = verify == "packed"

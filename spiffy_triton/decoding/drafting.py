@@ -1,4 +1,4 @@
-"""Filling draft-graph formulas into the root state (DESIGN.md sections 2 and 6).
+"""Filling draft-graph formulas into the root state (docs/DESIGN.md §2, §6).
 
 ``P_last`` is the most recent marginals of the block (top-k tokens and their probabilities per
 position). Position rank ``i`` is the ``i``-th most confident position *still masked in the
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import dispatch
-from ..graph import DraftGraph, Formula
+from ..graph import DraftGraph, Formula, PhasedDraftGraph
 from ..types import MarginalsOutput
 
 
@@ -93,6 +93,24 @@ def probability_filler(
         if candidate is not None:
             candidates.append(candidate)
     return candidates
+
+
+def phased_filler(graph: PhasedDraftGraph, *, backend: str = "auto") -> Filler:
+    """A `Filler` that fills the root's phase graph of `graph` (by the root's masked count)
+    by plain ``P_last`` ranks; node indices are those of `graph` (the union of the phases)."""
+    if not isinstance(graph, PhasedDraftGraph):
+        raise TypeError(f"graph must be a PhasedDraftGraph, got {type(graph).__name__}")
+
+    def fill(_, root_state, p_last, mask_id) -> list[DraftCandidate]:
+        num_masked = int((root_state == mask_id).sum())
+        phase = graph.phase_graph(num_masked)
+        candidates = probability_filler(phase, root_state, p_last, mask_id, backend=backend)
+        return [
+            DraftCandidate(graph.index(phase.nodes[c.node]), c.positions, c.tokens, c.probs)
+            for c in candidates
+        ]
+
+    return fill
 
 
 def _fill_formula(

@@ -1,4 +1,4 @@
-"""`generate`: vanilla, Spiffy and SimSD decoding of a dLLM (DESIGN.md sections 2, 7, 7b).
+"""`generate`: vanilla, Spiffy and SimSD decoding of a dLLM (docs/DESIGN.md §2, §7, §8).
 
 The generation is cut into blocks of ``block_length`` positions decoded left to right. Inside
 a block, every step applies the transition rule ``R`` (`spiffy_triton.decoding.rules`) to the
@@ -27,15 +27,28 @@ walked; the loop owns the sequence, the statistics and the order of the stages.
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Literal
 
 import torch
 
+from ..graph import DraftGraph
+from ..types import (
+    Backend,
+    CacheMode,
+    DiffusionModel,
+    Method,
+    Remasking,
+    VerifyForward,
+    VerifyMode,
+)
 from .budget import AutoDraftBudget
 from .drafting import Drafts, Filler
 from .methods import Block, DecodeMethod, Forward, SpiffyMethod, Walk
 from .settings import DecodeSettings, resolve_method, resolve_settings
 from .simsd import SIMSD_METHODS, SimSDExactMethod, SimSDMethod
+from .simsd.draft import DraftSource
 from .stats import PHASES, DecodeStats, GenerateOutput, PhaseClock
 from .verify import Verifier, default_verify, is_exact
 
@@ -56,7 +69,7 @@ class DecodeRun:
         self.stats.node_accepted = [0] * method.num_nodes
         self.start_time = time.perf_counter()
         self.clock = PhaseClock(self.stats.time_s, self.device)
-        self.verifier = None
+        self.verifier: VerifyForward | None = None
         self.verifier = self.new_verifier(self.clock)
         masked = torch.full(
             (1, settings.gen_length), settings.rule.mask_id, dtype=torch.int64, device=self.device
@@ -64,7 +77,7 @@ class DecodeRun:
         self.x = torch.cat([settings.prompt, masked], dim=1)
         self.step = 0
 
-    def new_verifier(self, clock: PhaseClock):
+    def new_verifier(self, clock: PhaseClock) -> VerifyForward:
         """A verifier timed by `clock`: the model's own where it has one (`resolve_verify`;
         the run's is the one made while resolving), else the LLaDA-style `Verifier`."""
         s = self.settings
@@ -139,25 +152,25 @@ def finish(run: DecodeRun) -> GenerateOutput:
 
 @torch.no_grad()
 def generate(
-    model,
+    model: DiffusionModel,
     prompt_ids: torch.Tensor,
     *,
     gen_length: int,
     block_length: int | None = None,
     steps: int | None = None,
     temperature: float = 0.0,
-    remasking: str = "low_confidence",
+    remasking: Remasking = "low_confidence",
     threshold: float | None = None,
     factor: float | None = None,
-    cache: str | None = None,
-    graph=None,
-    max_drafts: int | str | AutoDraftBudget | None = "auto",
-    verify: str | None = None,
+    cache: CacheMode | None = None,
+    graph: DraftGraph | str | os.PathLike | int | None = None,
+    max_drafts: int | Literal["auto"] | AutoDraftBudget | None = "auto",
+    verify: VerifyMode | None = None,
     seed: int = 0,
-    backend: str = "auto",
+    backend: Backend = "auto",
     filler: Filler | str | None = None,
-    method: str | None = None,
-    draft=None,
+    method: Method | None = None,
+    draft: DraftSource | DiffusionModel | str | None = None,
 ) -> GenerateOutput:
     """Decode `gen_length` tokens after `prompt_ids` ``[1, P]``; see the module docstring.
 
@@ -178,7 +191,8 @@ def generate(
         max_drafts: ``"auto"`` (default): per forward, the drafts with the most expected steps
             per predicted unit of verify cost, measured on this machine (zero drafts when
             drafts do not pay; `spiffy_triton.decoding.budget`), learning across calls with the
-            same model and setting (`shared_budget`); an `AutoDraftBudget` to give its cost
+            same model and setting (`shared_budget`; see `shared_budgets`,
+            `forget_shared_budgets`); an `AutoDraftBudget` to give its cost
             model or acceptance prior, or to keep a run apart; an int: at most this many drafts
             per forward
             (dynamic pruning); None: every filled node of the graph.

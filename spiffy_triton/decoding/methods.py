@@ -80,7 +80,7 @@ def empty_drafts(like: torch.Tensor, length: int) -> Drafts:
 
 
 def walk_states(run, block: Block, forward: Forward, top_k: int) -> Walk:
-    """Spiffy's walk (DESIGN.md section 2): ``R`` on the root's logits, then on the logits of
+    """Spiffy's walk (docs/DESIGN.md §2): ``R`` on the root's logits, then on the logits of
     each verified draft the true state reaches; stops at the first state not verified or when
     the block is full. Without drafts this is one vanilla step."""
     rule, clock, stats = run.settings.rule, run.clock, run.stats

@@ -1,4 +1,4 @@
-"""Noise-aware draft filling for sampling (temperature > 0; DESIGN.md section 6).
+"""Noise-aware draft filling for sampling (temperature > 0; docs/DESIGN.md §6).
 
 At temperature ``T > 0`` the decoder picks each token by Gumbel-max of ``logits / T`` with noise
 keyed by ``(seed, step, position, vocab id)``, so the noise of every future step is known in
@@ -32,18 +32,14 @@ import math
 
 import torch
 
-from ..graph import DraftGraph
-from ..reference.marginals import (
+from ..contract import (
     GUMBEL_STREAM,
-    LANE_SPAN,
-    LANES,
-    MASK32,
     MAX_TOP_K,
-    NOISE_CHUNK,
     gumbel_from_uint32,
     inverse_temperature,
-    philox4x32_10,
+    philox_words_at,
 )
+from ..graph import DraftGraph
 from ..types import MarginalsOutput
 from .drafting import DraftCandidate, _fill_formula, rank_masked_positions
 from .rules import TEMPERED_CONFIDENCE, TransitionRule
@@ -53,8 +49,8 @@ def gumbel_at(
     seed: int, step: int, positions: torch.Tensor, vocab_ids: torch.Tensor
 ) -> torch.Tensor:
     """The decoder's Gumbel noise float32 ``[N, K]`` at ``(seed, step, positions[n],
-    vocab_ids[n, k])``: the entries of `spiffy_triton.reference.marginals.gumbel_noise` for
-    just those vocabulary ids (same Philox counters and lanes)."""
+    vocab_ids[n, k])``: the entries of `spiffy_triton.contract.gumbel_noise` for just those
+    vocabulary ids (same Philox counters and lanes)."""
     if vocab_ids.dim() != 2 or positions.dim() != 1 or vocab_ids.shape[0] != positions.shape[0]:
         raise ValueError(
             f"vocab_ids must be [N, K] and positions [N], got {tuple(vocab_ids.shape)} and "
@@ -62,20 +58,7 @@ def gumbel_at(
         )
     if (vocab_ids < 0).any():
         raise ValueError("vocab_ids must be >= 0")
-    ids = vocab_ids.to(torch.int64)
-    counter0 = (ids // NOISE_CHUNK) * LANE_SPAN + ids % LANE_SPAN
-    lane = (ids // LANE_SPAN) % LANES
-    device = ids.device
-    words = philox4x32_10(
-        counter0,
-        (positions.to(torch.int64) & MASK32)[:, None],
-        torch.tensor(step & MASK32, dtype=torch.int64, device=device),
-        torch.tensor(GUMBEL_STREAM, dtype=torch.int64, device=device),
-        seed & MASK32,
-        (seed >> 32) & MASK32,
-    )
-    bits = torch.stack(words, dim=-1).gather(-1, lane[..., None])[..., 0]
-    return gumbel_from_uint32(bits)
+    return gumbel_from_uint32(philox_words_at(seed, step, positions, vocab_ids, GUMBEL_STREAM))
 
 
 class NoiseAwareFiller:

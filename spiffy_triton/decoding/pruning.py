@@ -1,5 +1,5 @@
 """Dynamic pruning: which of a graph's filled drafts to verify when at most ``max_drafts`` may
-be (DESIGN.md section 6). Pure functions over the graph and the filled candidates.
+be (docs/DESIGN.md §6). Pure functions over the graph and the filled candidates.
 
 A node's own score is the geometric mean of its tokens' probabilities under ``P_last``. A draft
 is only worth verifying if the walk can reach it, i.e. through one of its parents, so a node's

@@ -1,4 +1,4 @@
-"""Transition rules ``R``: one unmasking step of a block (DESIGN.md section 2).
+"""Transition rules ``R``: one unmasking step of a block (docs/DESIGN.md §2).
 
 ``X' = R(logits, X, step)`` is a pure function of the block's logits, its state, the step and
 the seed. Vanilla and Spiffy decoding both call `TransitionRule.marginals` then
@@ -29,14 +29,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 
 from .. import dispatch
-from ..reference.marginals import philox_uint32
-from ..types import MarginalsOutput
+from ..contract import philox_uint32
+from ..types import (
+    REMASKINGS,
+    DreamRemasking,
+    LLaDARemasking,
+    MarginalsOutput,
+    SDARRemasking,
+)
 
-REMASKING = ("low_confidence", "random")
+LLADA_REMASKING = get_args(LLaDARemasking)
 
 # --- Dream and SDAR confidence kinds (docs/MODELS.md) -------------------------------------
 # Scored on the distribution tokens are drawn from, softmax(logits / T) (softmax(logits) at
@@ -45,12 +52,12 @@ REMASKING = ("low_confidence", "random")
 # low_confidence_static (probability of the chosen token, LLaDA's schedule) and
 # low_confidence_dynamic (every masked position above `threshold` when there are at least the
 # schedule's count of them, else the schedule's count of most confident).
-DREAM_REMASKING = ("maskgit_plus", "topk_margin", "entropy")
-SDAR_REMASKING = ("low_confidence_static", "low_confidence_dynamic")
+DREAM_REMASKING = get_args(DreamRemasking)
+SDAR_REMASKING = get_args(SDARRemasking)
 TEMPERED_CONFIDENCE = DREAM_REMASKING + SDAR_REMASKING
 # Rules that take a threshold on top of the step schedule.
 SCHEDULE_THRESHOLD_RULES = ("low_confidence_dynamic",)
-REMASKING = REMASKING + TEMPERED_CONFIDENCE
+REMASKING = REMASKINGS  # LLADA_REMASKING + TEMPERED_CONFIDENCE, in that order
 # --- end of Dream and SDAR kinds ---------------------------------------------------------
 
 # Philox stream of random remasking (stream 0 is the Gumbel noise of token sampling).

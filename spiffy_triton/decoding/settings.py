@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 import torch
 
+from ..contract import MAX_TOP_K
 from ..graph import DraftGraph
+from ..types import CACHE_MODES, METHODS, VERIFY_MODES
 from .budget import AutoDraftBudget, shared_budget
 from .cost_model import cost_model_key
 from .drafting import Filler
 from .noise_fill import NoiseAwareFiller
 from .rules import SCHEDULE_THRESHOLD_RULES, TransitionRule, num_transfer_tokens
-from .verify import CACHE_MODES, VERIFY_MODES, default_verify, is_exact
+from .verify import default_verify, is_exact
 
 
 @dataclass
@@ -55,8 +57,8 @@ class DecodeSettings:
         return range(self.prompt_length, self.total_length, self.block_length)
 
 
-# generate's methods: Spiffy (vanilla without a graph) and SimSD (`decoding.simsd`).
-METHODS = ("vanilla", "spiffy", "simsd", "simsd-exact")
+# generate's methods (`spiffy_triton.types.Method`): Spiffy (vanilla without a graph) and
+# SimSD (`decoding.simsd`).
 
 
 def resolve_method(method, graph, draft, threshold=None, factor=None) -> str:
@@ -173,8 +175,8 @@ def resolve_verify(model, cache, verify) -> tuple[str, object | None]:
     """The verification mode and the model's own verifier, if it has one. Hook
     (docs/MODELS.md): a model with its own verification (Dream's shifted logits, SDAR's
     block-causal attention) builds its verifier, which resolves `verify` and says if exact."""
-    if cache not in CACHE_MODES:
-        raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+    if cache is not None and cache not in CACHE_MODES:
+        raise ValueError(f"cache must be None or one of {CACHE_MODES}, got {cache!r}")
     model_verifier = None
     if hasattr(model, "spiffy_verifier"):
         model_verifier = model.spiffy_verifier(cache, verify)
@@ -255,7 +257,6 @@ def resolve_drafting(settings: DecodeSettings, model, graph, max_drafts) -> None
             raise ValueError("max_drafts needs a graph (graph=None is vanilla decoding)")
         return
     draft_graph.validate_for_block(settings.block_length)
-    from ..reference.marginals import MAX_TOP_K
 
     if draft_graph.max_token_rank > MAX_TOP_K:
         raise ValueError(

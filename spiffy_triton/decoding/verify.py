@@ -19,18 +19,18 @@ from __future__ import annotations
 import torch
 
 from ..layout import FULL, NONE, SegmentLayout
+from ..types import CACHE_MODES, VERIFY_MODES, CacheMode, VerifyMode
 from .stats import PhaseClock
 
-CACHE_MODES = (None, "prefix", "dual")
-VERIFY_MODES = ("packed", "batch")
+__all__ = ["CACHE_MODES", "VERIFY_MODES", "Verifier", "default_verify", "is_exact"]
 
 
-def default_verify(cache: str | None) -> str:
+def default_verify(cache: CacheMode | None) -> VerifyMode:
     """The exact verification mode of a cache setting."""
     return "batch" if cache is None else "packed"
 
 
-def is_exact(cache: str | None, verify: str) -> bool:
+def is_exact(cache: CacheMode | None, verify: VerifyMode) -> bool:
     """Whether a draft's logits equal vanilla's for the same state (section 2, Lossless)."""
     return not (cache is None and verify == "packed")
 

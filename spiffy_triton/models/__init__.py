@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from ..types import Backend
 from .cache import CACHE_MODES, KVCache, LayerKV
 from .checkpoint import expected_shapes, load_checkpoint, read_config, save_checkpoint
 from .config import LLaDAConfig, llada_8b_config
@@ -81,7 +82,7 @@ def load_model(
     name_or_path: str | os.PathLike = "tiny",
     *,
     dtype: torch.dtype = torch.float32,
-    backend: str = "auto",
+    backend: Backend = "auto",
     device: str | torch.device = "cpu",
 ) -> LLaDAModel:
     """A bundled trained model by name (``"tiny"``, ``"tiny-sdar"``), or a LLaDA, Dream or

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-CACHE_MODES = ("prefix", "dual")
+from ..types import CACHE_MODES
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """`LLaDAConfig`: the architecture of a LLaDA checkpoint, read from and written to LLaDA's
-``config.json`` keys (DESIGN.md section 5)."""
+``config.json`` keys (docs/DESIGN.md §5)."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ class LLaDAConfig:
 
 
 def llada_8b_config() -> LLaDAConfig:
-    """The architecture of LLaDA-8B (DESIGN.md section 5), for shape and name checks."""
+    """The architecture of LLaDA-8B (docs/DESIGN.md §5), for shape and name checks."""
     return LLaDAConfig(
         d_model=4096,
         n_heads=32,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layout import SegmentLayout
+from ..types import CACHE_MODES, VERIFY_MODES
 from .config import check_compatible_values, check_positive_ints, config_from_keys
 from .llada import LLaDAModel, RMSNorm, apply_rope
 
@@ -469,8 +470,6 @@ def load_hf_tokenizer(file: str):
 
 # ---------------------------------------------------------------------------------- verifier
 
-_VERIFY_MODES = ("packed", "batch")
-
 
 def check_model_has_cache(model, cache: str | None) -> None:
     """Raise when a KV `cache` mode is asked of a model without one (no ``prefill``)."""
@@ -501,10 +500,10 @@ class BidirectionalVerifier:
     """
 
     def __init__(self, model, cache: str | None, verify: str | None, *, shift: int = 0):
-        if cache not in (None, "prefix", "dual"):
+        if cache is not None and cache not in CACHE_MODES:
             raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
-        if verify is not None and verify not in _VERIFY_MODES:
-            raise ValueError(f"verify must be one of {_VERIFY_MODES} or None, got {verify!r}")
+        if verify is not None and verify not in VERIFY_MODES:
+            raise ValueError(f"verify must be one of {VERIFY_MODES} or None, got {verify!r}")
         check_model_has_cache(model, cache)
         if shift not in (0, 1):
             raise ValueError(f"shift must be 0 or 1, got {shift!r}")

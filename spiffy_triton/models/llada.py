@@ -1,4 +1,4 @@
-"""A LLaDA-compatible bidirectional transformer (DESIGN.md section 5).
+"""A LLaDA-compatible bidirectional transformer (docs/DESIGN.md §5).
 
 LLaMA-style blocks (RMSNorm, SwiGLU, RoPE with configurable theta, optional GQA) without a
 causal mask, under LLaDA's parameter names, so that a LLaDA checkpoint's state dict loads

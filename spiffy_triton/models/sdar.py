@@ -24,6 +24,7 @@ import os
 import torch
 
 from ..layout import FULL, NONE, SegmentLayout
+from ..types import VERIFY_MODES
 from .cache import KVCache, LayerKV
 from .dream import QwenConfig, QwenModel, check_model_has_cache, load_qwen_checkpoint
 from .llada import rope_cos_sin
@@ -212,7 +213,7 @@ class BlockCausalVerifier:
                 f"model, got {cache!r}: nothing after the block is visible, so a 'dual' cache "
                 "has no suffix to hold"
             )
-        if verify is not None and verify not in ("packed", "batch"):
+        if verify is not None and verify not in VERIFY_MODES:
             raise ValueError(f"verify must be 'packed', 'batch' or None, got {verify!r}")
         check_model_has_cache(model, cache)
         self.model = model

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import tinydata, train_tiny
+from . import sequences, tinydata
 
 CURVE_FILE = "training_curve.png"
 
@@ -89,7 +89,7 @@ def training_section(train_log: dict) -> str:
     sequences = sum(st["steps"] * st["batch_size"] for st in stages)
     total_minutes = sum(st["train_seconds"] for st in stages) / 60
     return f"""AdamW betas (0.9, 0.98), weight decay 0.01 (matrices), linear warm-up then cosine to
-10% of the peak lr, gradient clipping 1.0. Answer digits weigh {train_tiny.DIGIT_WEIGHT:g}x in the
+10% of the peak lr, gradient clipping 1.0. Answer digits weigh {sequences.DIGIT_WEIGHT:g}x in the
 loss (`DIGIT_WEIGHT`: they carry the sums; the other answer tokens are copies, format and EOS).
 Stages (`RECIPES` in `train_tiny.py`; a later stage, if any, starts from the previous stage's
 weights with a fresh optimizer and schedule):
@@ -217,7 +217,7 @@ d_model {config["d_model"]}, {config["n_layers"]} layers, {config["n_heads"]} qu
 {config["n_kv_heads"]} KV heads (head_dim {config["d_model"] // config["n_heads"]}),
 mlp_hidden_size {config["mlp_hidden_size"]}, vocabulary {config["vocab_size"]},
 rope_theta {config["rope_theta"]:g}, max_sequence_length {config["max_sequence_length"]}
-(trained on sequences of at most {train_tiny.MAX_LENGTH} tokens).
+(trained on sequences of at most {sequences.MAX_LENGTH} tokens).
 {train_log["parameters"]:,} parameters, stored as float32 safetensors ({size_mb:.1f} MB).
 
 {TOKENIZER_SECTION}
@@ -229,8 +229,8 @@ rope_theta {config["rope_theta"]:g}, max_sequence_length {config["max_sequence_l
 LLaDA's SFT objective: per sequence `t ~ U(0.001, 1)`, each answer token (the EOS padding
 included, so the model learns where answers end) masked with probability `t`, prompts never
 masked; loss = cross-entropy on masked tokens / t, averaged over answer tokens. Batches of
-one kind, padded a little past the longest example, or ({train_tiny.LONG_PAD_SHARE:.0%} of
-them) {train_tiny.GEN_LENGTH} tokens past the longest prompt, as the main job generates.
+one kind, padded a little past the longest example, or ({sequences.LONG_PAD_SHARE:.0%} of
+them) {sequences.GEN_LENGTH} tokens past the longest prompt, as the main job generates.
 Initialisation: embedding N(0, 1), every matrix N(0, 1/fan_in), norms 1 (`init_weights`).
 {training_section(train_log)}
 

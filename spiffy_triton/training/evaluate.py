@@ -11,13 +11,16 @@ import time
 import torch
 
 from ..decoding import generate
-from . import tinydata, train_tiny
+from ..layout import SegmentLayout
+from ..models import load_model
+from . import sequences, tinydata
+from .card import plot_training_curve, write_model_card
 
 # Decoding of the accuracy tables: the main job's settings (greedy, low-confidence remasking,
 # one token per step); LLaDA with the demo's dual cache, SDAR with its per-block KV commit.
 DECODE_SETTINGS = {
     "llada": {"gen_length": 96, "block_length": 32, "cache": "dual"},
-    "sdar": {"gen_length": 64, "block_length": train_tiny.SDAR_BLOCK, "cache": "prefix"},
+    "sdar": {"gen_length": 64, "block_length": sequences.SDAR_BLOCK, "cache": "prefix"},
 }
 SPIFFY_GRAPH = 8
 
@@ -75,9 +78,6 @@ def decode_accuracy(model, held: dict, settings: dict, spiffy_graph: int = SPIFF
 
 def evaluate(args) -> dict:
     """Measure the checkpoint in ``args.out`` and write eval.json, the card and the curve."""
-    from ..models import load_model
-    from .card import plot_training_curve, write_model_card
-
     torch.set_num_threads(args.threads)
     begin = time.time()
     model = load_model(args.out, dtype=torch.float32, backend="torch")
@@ -122,7 +122,7 @@ def masked_confidence(model, tokenizer, examples, ratios=(0.25, 0.5, 0.75, 1.0),
         probs_sum = correct = count = 0.0
         for i in range(0, len(examples), 32):
             batch = examples[i : i + 32]
-            ids, prompt_lengths = train_tiny.make_batch(batch, tokenizer, train_tiny.MAX_LENGTH)
+            ids, prompt_lengths = sequences.make_batch(batch, tokenizer, sequences.MAX_LENGTH)
             positions = torch.arange(ids.shape[1])[None]
             is_answer = positions >= prompt_lengths[:, None]
             masked = (torch.rand(ids.shape, generator=generator) < ratio) & is_answer
@@ -152,9 +152,6 @@ def packed_layout_difference(path, held, block_length: int, num_drafts: int = 4)
     forward of the sequence holding that draft. Reports the max |logit| and |prob|
     differences and the fraction of positions whose argmax token differs.
     """
-    from ..layout import SegmentLayout
-    from ..models import load_model
-
     model = load_model(path, dtype=torch.float64, backend="torch")
     tokenizer, mask_id = model.tokenizer, model.config.mask_token_id
     max_logit = max_prob = 0.0

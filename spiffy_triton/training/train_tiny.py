@@ -41,19 +41,18 @@ from ..models import (
 )
 from ..models.sdar import _chunk_lengths, block_causal_layout
 from . import tinydata
+from .evaluate import evaluate
+from .sequences import (
+    DIGIT_WEIGHT,
+    GEN_LENGTH,
+    LONG_PAD_SHARE,
+    MAX_LENGTH,
+    SDAR_BLOCK,
+    make_batch,
+)
 
-MAX_LENGTH = 160
 MASK_EPS = 1e-3
 ARCHS = ("llada", "sdar")
-# Tokens the main job generates after a prompt (demo, nfe): a share of the batches is padded
-# this far past their longest prompt, so that the EOS tail the decoder sees is trained.
-GEN_LENGTH = 96
-LONG_PAD_SHARE = 0.15
-SDAR_BLOCK = 16
-# Answer digits weigh this much more in the loss: they carry the task (the sums), while most
-# answer tokens are copies of the prompt, format and EOS padding, learnt early. A per-token
-# weight moves gradient, not the optimum of each token's conditional.
-DIGIT_WEIGHT = 4.0
 _DIGIT_IDS = torch.tensor(CharTokenizer().encode("0123456789"))
 # The bundled models' stages: each continues from the previous one's weights.
 RECIPES = {
@@ -123,22 +122,6 @@ def new_model(arch: str, tokenizer: CharTokenizer, seed: int):
 
 def model_config(arch: str, tokenizer: CharTokenizer):
     return tiny_config(tokenizer) if arch == "llada" else tiny_sdar_config(tokenizer)
-
-
-def make_batch(
-    examples: list[tinydata.Example], tokenizer: CharTokenizer, length: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids ``[B, length]`` (answers padded with EOS) and the prompt lengths ``[B]``."""
-    ids = torch.full((len(examples), length), tokenizer.eos_token_id, dtype=torch.long)
-    prompt_lengths = torch.empty(len(examples), dtype=torch.long)
-    for row, example in enumerate(examples):
-        prompt = tokenizer.encode(example.prompt)
-        text = prompt + tokenizer.encode(example.answer)
-        if len(text) > length:
-            raise ValueError(f"example of {len(text)} tokens does not fit length {length}")
-        ids[row, : len(text)] = torch.tensor(text)
-        prompt_lengths[row] = len(prompt)
-    return ids, prompt_lengths
 
 
 def add_mask_noise(
@@ -407,8 +390,6 @@ def main(argv=None) -> None:
         else:
             run_recipe(args)
     if not args.no_eval:
-        from .evaluate import evaluate
-
         evaluate(args)
 
 

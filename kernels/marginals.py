@@ -3,7 +3,7 @@
 `marginals` reads each logits row once and returns the chosen token (argmax, or Gumbel-max
 with counter-based Philox noise), its softmax probability, the top-k tokens and
 probabilities, log-sum-exp and entropy. Semantics, noise keying and the defined answers for
--inf / NaN / +inf rows are those of the reference twin `spiffy_triton/reference/marginals.py` and
+-inf / NaN / +inf rows are those of the reference twin `reference/marginals.py` and
 docs/MARGINALS.md.
 
 How it works:
@@ -29,11 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from spiffy_triton.reference.marginals import (
-    LANE_SPAN,
-    LANES,
-    MAX_VOCAB,
-    NOISE_CHUNK,
+from spiffy_triton import contract
+from spiffy_triton.contract import (
     count_above_threshold,
     inverse_temperature,
     validate_marginals_args,
@@ -56,7 +53,21 @@ MIN_BLOCKS_PER_SPLIT = 2
 MAX_SPLITS = 64  # the combine kernel holds MAX_SPLITS x KP keys in one warp's registers
 RANK_BLOCK = 64
 
-SENTINEL = -(2**63)  # below every real packed key
+# The contract's constants as compile-time globals of the kernels (spiffy_triton/contract.py):
+# written once there, read here by name.
+PHILOX_M0 = tl.constexpr(contract.PHILOX_M0)
+PHILOX_M1 = tl.constexpr(contract.PHILOX_M1)
+PHILOX_W0 = tl.constexpr(contract.PHILOX_W0)
+PHILOX_W1 = tl.constexpr(contract.PHILOX_W1)
+PHILOX_ROUNDS = tl.constexpr(contract.PHILOX_ROUNDS)
+LANE_SPAN = tl.constexpr(contract.LANE_SPAN)
+LANES = tl.constexpr(contract.LANES)
+NOISE_CHUNK = tl.constexpr(contract.NOISE_CHUNK)
+GUMBEL_STREAM = tl.constexpr(contract.GUMBEL_STREAM)
+TWO_POW_M32 = tl.constexpr(contract.TWO_POW_M32)
+SERIES_CUTOFF = tl.constexpr(contract.SERIES_CUTOFF)
+KEY_SENTINEL = tl.constexpr(contract.KEY_SENTINEL)  # below every real packed key
+KEY_ID_FLIP = tl.constexpr(contract.MAX_VOCAB)  # a packed key's low word is MAX_VOCAB - id
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,35 +78,38 @@ SENTINEL = -(2**63)  # below every real packed key
 @triton.jit
 def _philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Philox4x32-10 on uint32 tensors / scalars (Salmon et al., SC'11)."""
-    for _ in tl.static_range(10):
-        hi0 = tl.umulhi(c0, 0xD2511F53)
-        lo0 = c0 * 0xD2511F53
-        hi1 = tl.umulhi(c2, 0xCD9E8D57)
-        lo1 = c2 * 0xCD9E8D57
+    for _ in tl.static_range(PHILOX_ROUNDS):
+        hi0 = tl.umulhi(c0, PHILOX_M0)
+        lo0 = c0 * PHILOX_M0
+        hi1 = tl.umulhi(c2, PHILOX_M1)
+        lo1 = c2 * PHILOX_M1
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0 = k0 + 0x9E3779B9
-        k1 = k1 + 0xBB67AE85
+        k0 = k0 + PHILOX_W0
+        k1 = k1 + PHILOX_W1
     return c0, c1, c2, c3
 
 
 @triton.jit
 def _noise_words(chunk_index, position, step, stream, k0, k1, QB: tl.constexpr):
-    """The 32-bit words of the vocabulary ids chunk_index * 1024 + [Q, 4, 256] tile."""
+    """The 32-bit words of the vocabulary ids chunk_index * NOISE_CHUNK + the
+    [Q, LANES, LANE_SPAN] tile."""
+    tl.static_assert(LANES == 4, "a Philox4x32 call gives four words: one lane each")
     q = tl.arange(0, QB)[:, None, None]
-    lane = tl.arange(0, 4)[None, :, None]
-    i = tl.arange(0, 256)[None, None, :]
-    counter0 = ((chunk_index + q) * 256 + i).to(tl.uint32)
+    lane = tl.arange(0, LANES)[None, :, None]
+    i = tl.arange(0, LANE_SPAN)[None, None, :]
+    counter0 = ((chunk_index + q) * LANE_SPAN + i).to(tl.uint32)
     w0, w1, w2, w3 = _philox4x32_10(counter0, position, step, stream, k0, k1)
     return tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
 
 
 @triton.jit
 def _vocab_tile(QB: tl.constexpr):
-    """Offsets of a [QB, 4, 256] tile of contiguous vocabulary ids (the Philox lane layout)."""
+    """Offsets of a [QB, LANES, LANE_SPAN] tile of contiguous vocabulary ids (the Philox lane
+    layout)."""
     return (
-        tl.arange(0, QB)[:, None, None] * 1024
-        + tl.arange(0, 4)[None, :, None] * 256
-        + tl.arange(0, 256)[None, None, :]
+        tl.arange(0, QB)[:, None, None] * NOISE_CHUNK
+        + tl.arange(0, LANES)[None, :, None] * LANE_SPAN
+        + tl.arange(0, LANE_SPAN)[None, None, :]
     )
 
 
@@ -116,9 +130,9 @@ def _gumbel_from_uint32(bits):
     """Standard Gumbel noise (fp32) from uint32 words; mirrors reference gumbel_from_uint32."""
     upper = bits >= 0x80000000
     source = tl.where(upper, bits ^ 0xFFFFFFFF, bits).to(tl.float32)
-    v = (source + 0.5) * 2.3283064365386963e-10  # 2**-32
+    v = (source + 0.5) * TWO_POW_M32
     series = v * (1.0 + v * (0.5 + v * (0.3333333333333333 + v * 0.25)))
-    exp_upper = tl.where(v < 0.0078125, series, -tl.log(1.0 - v))
+    exp_upper = tl.where(v < SERIES_CUTOFF, series, -tl.log(1.0 - v))
     exponential = tl.where(upper, exp_upper, -tl.log(v))
     return -tl.log(exponential)
 
@@ -141,14 +155,22 @@ def _key_value(packed):
 
 
 @triton.jit
+def _id_word(vocab_id):
+    """``MAX_VOCAB - id``, the low word of a packed key (so ties go to the lowest id); an
+    involution, so it also reads the id back. Written tensor first: the interpreter would wrap
+    ``constexpr - tensor`` in a constexpr."""
+    return -(vocab_id - KEY_ID_FLIP)
+
+
+@triton.jit
 def _key_id(packed):
-    return 2147483647 - packed.to(tl.int32)  # low word holds (2**31 - 1 - id)
+    return _id_word(packed.to(tl.int32))
 
 
 @triton.jit
 def _pack(key, vocab_id, valid):
-    packed = (key.to(tl.int64) << 32) | (2147483647 - vocab_id).to(tl.int64)
-    return tl.where(valid, packed, -9223372036854775808)
+    packed = (key.to(tl.int64) << 32) | _id_word(vocab_id).to(tl.int64)
+    return tl.where(valid, packed, KEY_SENTINEL)
 
 
 @triton.jit
@@ -196,8 +218,8 @@ def _finalize(
     top_prob = tl.zeros((), tl.float32)
     for j in tl.static_range(K):
         b = tl.max(topk, axis=0)
-        topk = tl.where(topk == b, -9223372036854775808, topk)
-        real = b != -9223372036854775808  # slots past V stay empty
+        topk = tl.where(topk == b, KEY_SENTINEL, topk)
+        real = b != KEY_SENTINEL  # slots past V stay empty
         p = tl.exp(_key_value(b) - safe_lse)
         p = tl.where(lse == float("-inf"), 0.0, p)
         p = tl.where(flag > 0, float("nan"), p)
@@ -256,7 +278,7 @@ def _marginals_kernel(
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
-    QB: tl.constexpr = BLOCK_V // 1024
+    QB: tl.constexpr = BLOCK_V // NOISE_CHUNK
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     tile = _vocab_tile(QB)
     slots = tl.arange(0, KP)
@@ -267,8 +289,8 @@ def _marginals_kernel(
     s = tl.zeros((), tl.float32)
     t = tl.zeros((), tl.float32)
     flag = tl.zeros((), tl.int32)
-    topk = tl.full((KP,), -9223372036854775808, tl.int64)
-    best = tl.full((), -9223372036854775808, tl.int64)
+    topk = tl.full((KP,), KEY_SENTINEL, tl.int64)
+    best = tl.full((), KEY_SENTINEL, tl.int64)
     if SAMPLE:
         position = tl.load(positions_ptr + row).to(tl.uint32)
         k0 = seed_lo.to(tl.uint32, bitcast=True)
@@ -308,10 +330,12 @@ def _marginals_kernel(
             for _ in range(tl.minimum(count, K)):
                 b = _tile_max(packed)
                 topk = _insert(topk, b, slots, K, KP)
-                packed = tl.where(packed == b, -9223372036854775808, packed)
+                packed = tl.where(packed == b, KEY_SENTINEL, packed)
 
         if SAMPLE:
-            words = _noise_words(block_start // 1024, position, step_u, 0, k0, k1, QB)
+            words = _noise_words(
+                block_start // NOISE_CHUNK, position, step_u, GUMBEL_STREAM, k0, k1, QB
+            )
             score = x * inv_t + _gumbel_from_uint32(words)
             packed_score = _pack(_ordered_key(score), vocab_id, valid)
             best = tl.maximum(best, _tile_max(packed_score))
@@ -382,19 +406,19 @@ def _combine_kernel(
     s = tl.sum(alpha * s_i, axis=0)
     t = tl.sum(alpha * (t_i + (m_i - shift) * s_i), axis=0)
     flag = tl.max(tl.load(part_flag_ptr + part, mask=live, other=0), axis=0)
-    best = tl.max(tl.load(part_best_ptr + part, mask=live, other=-9223372036854775808), axis=0)
+    best = tl.max(tl.load(part_best_ptr + part, mask=live, other=KEY_SENTINEL), axis=0)
 
     slots = tl.arange(0, KP)
     lists = tl.load(
         part_topk_ptr + part[:, None] * KP + slots[None, :],
         mask=live[:, None],
-        other=-9223372036854775808,
+        other=KEY_SENTINEL,
     )
-    topk = tl.full((KP,), -9223372036854775808, tl.int64)
+    topk = tl.full((KP,), KEY_SENTINEL, tl.int64)
     for j in tl.static_range(K):
         b = tl.max(tl.max(lists, axis=1), axis=0)
         topk = tl.where(slots == j, b, topk)
-        lists = tl.where(lists == b, -9223372036854775808, lists)
+        lists = tl.where(lists == b, KEY_SENTINEL, lists)
 
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     _finalize(
@@ -434,11 +458,11 @@ def _noise_kernel(
     (for the bitwise tests against the reference)."""
     row = tl.program_id(0)
     block_start = tl.program_id(1) * BLOCK_V
-    QB: tl.constexpr = BLOCK_V // 1024
+    QB: tl.constexpr = BLOCK_V // NOISE_CHUNK
     tile = _vocab_tile(QB)
     position = tl.load(positions_ptr + row).to(tl.uint32)
     words = _noise_words(
-        block_start // 1024,
+        block_start // NOISE_CHUNK,
         position,
         step.to(tl.uint32, bitcast=True),
         stream.to(tl.uint32, bitcast=True),
@@ -518,7 +542,7 @@ def _rank_key(
         ).to(tl.float32)
         c = tl.where(c != c, float("-inf"), c)
         key = _ordered_key(c).to(tl.int64)
-    return tl.where(eligible, key, -9223372036854775808)
+    return tl.where(eligible, key, KEY_SENTINEL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -528,7 +552,7 @@ def _rank_key(
 
 def _select_config(num_rows: int, vocab: int) -> dict:
     """Block size, warps and vocabulary split from the shape only (reproducible)."""
-    block_v = 2048 if vocab > NOISE_CHUNK else NOISE_CHUNK
+    block_v = 2048 if vocab > contract.NOISE_CHUNK else contract.NOISE_CHUNK
     num_blocks = triton.cdiv(vocab, block_v)
     splits = max(1, triton.cdiv(TARGET_PROGRAMS, max(num_rows, 1)))
     splits = max(1, min(splits, num_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
@@ -572,7 +596,7 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
         return out
     config = {**_select_config(num_rows, vocab), **(config or {})}
     block_v = config["block_v"]
-    assert block_v % NOISE_CHUNK == 0, "BLOCK_V must be a multiple of the noise chunk"
+    assert block_v % contract.NOISE_CHUNK == 0, "BLOCK_V must be a multiple of the noise chunk"
     num_blocks = triton.cdiv(vocab, block_v)
     blocks_per_split = triton.cdiv(num_blocks, config["splits"])
     splits = triton.cdiv(num_blocks, blocks_per_split)
@@ -635,7 +659,7 @@ def _noise(seed, step, positions, num_values, stream, gumbel):
     dtype = torch.float32 if gumbel else torch.int64
     out = torch.empty(num_rows, num_values, dtype=dtype, device=positions.device)
     if num_rows and num_values:
-        grid = (num_rows, triton.cdiv(num_values, NOISE_CHUNK))
+        grid = (num_rows, triton.cdiv(num_values, contract.NOISE_CHUNK))
         _noise_kernel[grid](
             out,
             positions.to(torch.int64),
@@ -644,7 +668,7 @@ def _noise(seed, step, positions, num_values, stream, gumbel):
             _int32_bits(seed >> 32),
             _int32_bits(step),
             _int32_bits(stream),
-            BLOCK_V=NOISE_CHUNK,
+            BLOCK_V=contract.NOISE_CHUNK,
             GUMBEL=gumbel,
             num_warps=4,
         )
@@ -708,7 +732,7 @@ def compile_configs() -> list[dict]:
     shipped += [("bf16", 2048, 1, False, True), ("bf16", 2048, 1, True, False)]
     shipped += [(dtype, 2048, 8, True, True) for dtype in ("fp16", "fp32")]
     shipped += [(dtype, 2048, 8, False, False) for dtype in ("fp16", "fp32")]
-    shipped += [("fp32", NOISE_CHUNK, 8, True, True)]
+    shipped += [("fp32", contract.NOISE_CHUNK, 8, True, True)]
     # The buffers both kernels take, in their argument order.
     partials_and_outputs = {
         "part_stats_ptr": "*fp32",
@@ -827,7 +851,3 @@ def compile_configs() -> list[dict]:
             }
         )
     return configs
-
-
-# The Philox layout constants the kernel hard-codes must match the reference's.
-assert (LANE_SPAN, LANES, NOISE_CHUNK, MAX_VOCAB) == (256, 4, 1024, 2**31 - 1)

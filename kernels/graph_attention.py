@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from spiffy_triton import layout as layout_contract
 from spiffy_triton import triton_mode
 from spiffy_triton.layout import ENTRY_FIELDS, SegmentLayout, validate_attention_inputs
 
@@ -38,6 +39,16 @@ __all__ = ["graph_attention", "KernelConfig", "select_config", "compile_configs"
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
 LOG2E = 1.4426950408889634
+
+# The layout's contract as compile-time globals (spiffy_triton/layout.py): the columns of a
+# tile schedule entry and the visibility kinds, read by name.
+ENTRY_K_START = tl.constexpr(layout_contract.ENTRY_K_START)
+ENTRY_K_END = tl.constexpr(layout_contract.ENTRY_K_END)
+ENTRY_K_SEGMENT = tl.constexpr(layout_contract.ENTRY_K_SEGMENT)
+ENTRY_K_SEGMENT_START = tl.constexpr(layout_contract.ENTRY_K_SEGMENT_START)
+ENTRY_MASKED = tl.constexpr(layout_contract.ENTRY_MASKED)
+FULL = tl.constexpr(layout_contract.FULL)
+CAUSAL = tl.constexpr(layout_contract.CAUSAL)
 
 
 @triton.jit
@@ -129,11 +140,11 @@ def _graph_attention_fwd(
     entry_end = tl.load(TileOffsets + tile + 1)
     for entry in range(entry_begin, entry_end):
         fields = Entries + entry * ENTRY_STRIDE
-        k_start = tl.load(fields)
-        k_end = tl.load(fields + 1)
-        k_segment = tl.load(fields + 2)
-        k_segment_start = tl.load(fields + 3)
-        masked = tl.load(fields + 4)
+        k_start = tl.load(fields + ENTRY_K_START)
+        k_end = tl.load(fields + ENTRY_K_END)
+        k_segment = tl.load(fields + ENTRY_K_SEGMENT)
+        k_segment_start = tl.load(fields + ENTRY_K_SEGMENT_START)
+        masked = tl.load(fields + ENTRY_MASKED)
 
         cols = k_start + offs_n
         col_valid = cols < k_end
@@ -154,8 +165,8 @@ def _graph_attention_fwd(
             # a key tile lies inside one key segment: one visibility value per row
             relation = tl.load(visibility_row + k_segment)
             key_offset = cols - k_segment_start
-            visible = (relation[:, None] == 1) | (
-                (relation[:, None] == 2) & (key_offset[None, :] <= q_offset[:, None])
+            visible = (relation[:, None] == FULL) | (
+                (relation[:, None] == CAUSAL) & (key_offset[None, :] <= q_offset[:, None])
             )
             scores = tl.where(visible & col_valid[None, :], scores, float("-inf"))
 

@@ -1,25 +1,23 @@
-"""Pure-PyTorch twin of `spiffy_triton/kernels/marginals.py`: marginals, Philox Gumbel noise, ranks.
+"""The contract of the marginals kernel and its PyTorch twin: what both must agree on.
 
-Semantics (the contract both backends implement; docs/MARGINALS.md has the full table):
+Ground floor (imports only torch): `kernels/marginals.py`,
+`reference/marginals.py`, the decoding rules, the noise-aware filler, the settings and the
+calibration traces read it; neither twin defines any of it (docs/DESIGN.md §4).
 
-- ``token``: argmax of the logits at ``temperature == 0``; at ``temperature > 0`` the argmax
-  of ``logits * fp32(1 / T) + g`` (Gumbel-max), computed in float32, where ``g`` is the
-  Gumbel noise of `gumbel_noise`, keyed by ``(seed, step, positions[row], vocab id)``.
-- ``prob``: softmax probability (T = 1) of ``token``; ``topk_tokens`` / ``topk_probs``: the
-  ``top_k`` largest logits and their softmax probabilities; ``lse``: log-sum-exp;
-  ``entropy``: entropy of softmax(row) in nats.
-- Ranking (argmax, Gumbel argmax, top-k) is exact: values compare as IEEE numbers with
-  ``-0.0 == +0.0``, NaN above ``+inf``, ties to the lowest vocab id.
-- A row with a NaN: token = the lowest NaN id, every float output NaN. A row with ``+inf``
-  (and no NaN): token = the lowest ``+inf`` id, ``lse = +inf``, probabilities and entropy
-  NaN. A row that is all ``-inf``: token 0, probabilities 0, ``lse = -inf``, entropy 0.
-- ``top_k > V``: slots past V hold token -1 and probability 0.
-
-Philox keying (shared bit for bit with the kernel): Philox4x32-10 with key
-``(seed mod 2**32, seed >> 32)`` and counter ``(c0, position mod 2**32, step, stream)``; the
-vocabulary id ``v`` reads output word ``(v // 256) % 4`` of the counter
-``c0 = (v // 1024) * 256 + v % 256`` (four vocabulary ids share one Philox call, each lane of
-256 ids contiguous so the kernel loads stay contiguous). Gumbel noise uses stream 0.
+- Limits: `MAX_TOP_K`, `MAX_VOCAB`, `SUPPORTED_DTYPES`.
+- Validation: `validate_marginals_args`, `validate_rank_args` (both backends raise the same
+  messages), `inverse_temperature` (the one fp32 rounding of 1 / T).
+- Shared host-side rule: `count_above_threshold` (no kernel of its own).
+- Ranking keys: a packed top-k key holds an order-preserving key of the value in its high word
+  and ``MAX_VOCAB - id`` in its low word (ties to the lowest id); `KEY_SENTINEL` is below every
+  real packed key (an empty slot, an ineligible position).
+- The random stream, defined here by executable code (`philox_uint32`, `gumbel_noise`) that
+  the kernels reproduce bit for bit: Philox4x32-10 with key ``(seed mod 2**32, seed >> 32)``
+  and counter ``(c0, position mod 2**32, step, stream)``; vocabulary id ``v`` reads output word
+  ``(v // 256) % 4`` of the counter ``c0 = (v // 1024) * 256 + v % 256`` (`noise_counter`:
+  four ids share one Philox call, each lane of 256 ids contiguous so kernel loads stay
+  contiguous). Gumbel noise uses stream `GUMBEL_STREAM`; decoders use others (random
+  remasking).
 """
 
 from __future__ import annotations
@@ -29,10 +27,9 @@ import numbers
 
 import torch
 
-from spiffy_triton.types import MarginalsOutput
-
 MAX_TOP_K = 8
-MAX_VOCAB = 2**31 - 1
+MAX_VOCAB = 2**31 - 1  # ids fit the low word of a packed key as MAX_VOCAB - id >= 0
+KEY_SENTINEL = -(2**63)  # below every real packed key
 
 # Philox4x32-10 constants (Salmon et al., SC'11).
 PHILOX_M0 = 0xD2511F53
@@ -54,12 +51,10 @@ GUMBEL_STREAM = 0
 TWO_POW_M32 = 2.0**-32
 SERIES_CUTOFF = 2.0**-7  # below it -log(1 - w) is evaluated by its series, not by log(1 - w)
 
-_FLOAT_KEY_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SUPPORTED_DTYPES = (*_FLOAT_KEY_DTYPES, torch.float64)
-
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 # --------------------------------------------------------------------------------------------
-# Validation shared by the kernel launcher and this reference (identical messages).
+# Validation shared by the kernel launcher and the reference (identical messages).
 # --------------------------------------------------------------------------------------------
 
 
@@ -163,7 +158,6 @@ def inverse_temperature(temperature: float) -> float:
 
 # --------------------------------------------------------------------------------------------
 # Philox4x32-10 in int64 arithmetic masked to 32 bits.
-# --------------------------------------------------------------------------------------------
 
 
 def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,6 +180,30 @@ def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int) -> tuple[torch.Tensor, ...]:
         k0 = (k0 + PHILOX_W0) & MASK32
         k1 = (k1 + PHILOX_W1) & MASK32
     return c0, c1, c2, c3
+
+
+def noise_counter(vocab_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Philox counter word ``c0`` and the output lane that vocabulary ids read (int64)."""
+    ids = vocab_ids.to(torch.int64)
+    return (ids // NOISE_CHUNK) * LANE_SPAN + ids % LANE_SPAN, (ids // LANE_SPAN) % LANES
+
+
+def philox_words_at(
+    seed: int, step: int, positions: torch.Tensor, vocab_ids: torch.Tensor, stream: int
+) -> torch.Tensor:
+    """The 32-bit words (int64 ``[N, K]``) of ``(positions[n], vocab_ids[n, k])``: the entries
+    of `philox_uint32` for just those ids."""
+    counter0, lane = noise_counter(vocab_ids)
+    device = counter0.device
+    words = philox4x32_10(
+        counter0,
+        (positions.to(torch.int64) & MASK32)[:, None],
+        torch.tensor(step & MASK32, dtype=torch.int64, device=device),
+        torch.tensor(stream & MASK32, dtype=torch.int64, device=device),
+        seed & MASK32,
+        (seed >> 32) & MASK32,
+    )
+    return torch.stack(words, dim=-1).gather(-1, lane[..., None])[..., 0]
 
 
 def philox_uint32(
@@ -212,9 +230,7 @@ def philox_uint32(
     )
     # Vocabulary id v reads word (v // LANE_SPAN) % LANES of counter (v // NOISE_CHUNK) *
     # LANE_SPAN + v % LANE_SPAN: one Philox call serves four ids.
-    vocab = torch.arange(num_values, device=device, dtype=torch.int64)
-    lane = (vocab // LANE_SPAN) % LANES
-    counter_of_vocab = (vocab // NOISE_CHUNK) * LANE_SPAN + vocab % LANE_SPAN
+    counter_of_vocab, lane = noise_counter(torch.arange(num_values, device=device))
     flat_index = lane * num_counters + counter_of_vocab
     stacked = torch.cat(words, dim=1)  # [N, 4 * num_counters], word-major
     return stacked[:, flat_index]
@@ -239,128 +255,10 @@ def gumbel_noise(
 
 
 # --------------------------------------------------------------------------------------------
-# Exact ranking keys.
-# --------------------------------------------------------------------------------------------
-
-
-def ordered_key(values: torch.Tensor) -> torch.Tensor:
-    """An integer key with the order of the IEEE values: -0 == +0, NaN above +inf.
-
-    int64 key of the float32 bits for float16 / bfloat16 / float32 (all exact in float32),
-    of the float64 bits for float64.
-    """
-    if values.dtype == torch.float64:
-        int_dtype, flip, nan_key = torch.int64, 0x7FFFFFFFFFFFFFFF, 2**63 - 1
-    else:
-        values = values.to(torch.float32)
-        int_dtype, flip, nan_key = torch.int32, 0x7FFFFFFF, 2**31 - 1
-    values = torch.where(values == 0, torch.zeros_like(values), values)
-    bits = values.view(int_dtype)
-    key = torch.where(bits < 0, bits ^ flip, bits)
-    key = torch.where(torch.isnan(values), torch.full_like(key, nan_key), key)
-    return key.to(torch.int64)
-
-
-def _top_ids(key: torch.Tensor, count: int, key_is_32_bit: bool) -> torch.Tensor:
-    """Ids of the `count` largest keys per row, ties to the lowest id, in rank order."""
-    vocab = key.shape[-1]
-    if key_is_32_bit:
-        ids = torch.arange(vocab, device=key.device, dtype=torch.int64)
-        packed = (key << 32) | (MAX_VOCAB - ids)  # unique: topk order is exact
-        return MAX_VOCAB - (torch.topk(packed, count, dim=-1).values & MASK32)
-    return torch.sort(key, dim=-1, descending=True, stable=True).indices[..., :count]
-
 
 # --------------------------------------------------------------------------------------------
-# marginals
+# The threshold rule both backends share (host-side, no kernel)
 # --------------------------------------------------------------------------------------------
-
-
-def marginals(logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=None):
-    """Reference of `spiffy_triton.marginals` (see the module docstring for the semantics)."""
-    positions = validate_marginals_args(logits, top_k, temperature, seed, step, positions)
-    num_rows, vocab = logits.shape
-    device = logits.device
-    k_real = min(top_k, vocab)
-
-    values = logits.detach()
-    compute = values.to(torch.float64 if values.dtype == torch.float64 else torch.float32)
-    key_is_32_bit = compute.dtype == torch.float32
-    topk_tokens = _top_ids(ordered_key(compute), k_real, key_is_32_bit)
-
-    if temperature > 0:
-        inv_t = inverse_temperature(temperature)
-        tokens = torch.empty(num_rows, dtype=torch.int64, device=device)
-        # Chunk the rows so the int64 Philox temporaries stay bounded.
-        rows_per_chunk = max(1, (1 << 22) // vocab)
-        for start in range(0, num_rows, rows_per_chunk):
-            stop = min(num_rows, start + rows_per_chunk)
-            noise = gumbel_noise(seed, step, positions[start:stop], vocab).to(compute.dtype)
-            scores = compute[start:stop] * inv_t + noise
-            tokens[start:stop] = _top_ids(ordered_key(scores), 1, key_is_32_bit)[:, 0]
-    else:
-        tokens = topk_tokens[:, 0].clone()
-
-    # Softmax statistics in float64 on the finite / -inf part; +inf and NaN poison the row.
-    x = compute.to(torch.float64)
-    is_nan = torch.isnan(x)
-    is_pinf = torch.isposinf(x)
-    row_nan = is_nan.any(dim=-1)
-    row_poisoned = row_nan | is_pinf.any(dim=-1)
-    clean = torch.where(is_nan | is_pinf, torch.full_like(x, -math.inf), x)
-    row_max = clean.amax(dim=-1) if vocab else torch.full((num_rows,), -math.inf)
-    has_mass = row_max > -math.inf
-    shift = torch.where(has_mass, row_max, torch.zeros_like(row_max))
-    exp_shifted = torch.exp(clean - shift[:, None])
-    total = exp_shifted.sum(dim=-1)
-    lse = torch.where(has_mass, shift + torch.log(total), torch.full_like(shift, -math.inf))
-    p = torch.exp(clean - torch.where(has_mass, lse, torch.zeros_like(lse))[:, None])
-    p = torch.where(has_mass[:, None], p, torch.zeros_like(p))
-    plogp = torch.where(p > 0, p * (clean - lse[:, None]), torch.zeros_like(p))
-    entropy = 0.0 - plogp.sum(dim=-1)  # 0.0 - keeps an empty sum at +0.0
-
-    nan = torch.full_like(lse, math.nan)
-    lse = torch.where(row_nan, nan, torch.where(row_poisoned, torch.full_like(lse, math.inf), lse))
-    entropy = torch.where(row_poisoned, nan, entropy)
-
-    def prob_of(ids: torch.Tensor) -> torch.Tensor:
-        chosen = p.gather(1, ids)
-        return torch.where(row_poisoned[:, None], nan[:, None].expand_as(chosen), chosen)
-
-    prob = prob_of(tokens[:, None])[:, 0]
-    topk_probs = prob_of(topk_tokens)
-    if k_real < top_k:  # top_k > V: pad with token -1, probability 0
-        pad = top_k - k_real
-        topk_tokens = torch.cat(
-            [topk_tokens, torch.full((num_rows, pad), -1, dtype=torch.int64, device=device)], 1
-        )
-        topk_probs = torch.cat([topk_probs, torch.zeros((num_rows, pad), device=device)], 1)
-
-    return MarginalsOutput(
-        token=tokens.contiguous(),
-        prob=prob.to(torch.float32),
-        topk_tokens=topk_tokens.contiguous(),
-        topk_probs=topk_probs.to(torch.float32).contiguous(),
-        lse=lse.to(torch.float32),
-        entropy=entropy.to(torch.float32),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Position ranking and threshold rules
-# --------------------------------------------------------------------------------------------
-
-
-def rank_positions(confidence, eligible):
-    """Positions per row (int64 [G, L]) in descending confidence, ties to the lower position,
-    ineligible positions last (in position order). NaN confidence ranks with -inf."""
-    validate_rank_args(confidence, eligible)
-    if confidence.dtype != torch.float64:
-        confidence = confidence.to(torch.float32)
-    conf = torch.where(torch.isnan(confidence), torch.full_like(confidence, -math.inf), confidence)
-    key = ordered_key(conf)
-    key = torch.where(eligible, key, torch.full_like(key, -(2**63)))
-    return torch.sort(key, dim=-1, descending=True, stable=True).indices
 
 
 def count_above_threshold(confidence, eligible, threshold: float, *, at_least_one: bool = True):

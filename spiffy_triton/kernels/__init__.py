@@ -1,1 +1,0 @@
-"""Triton kernels, one file per kernel family (installed as spiffy_triton.kernels)."""
