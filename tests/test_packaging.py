@@ -145,7 +145,8 @@ def claimed_top_level_names() -> dict:
                     getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
                 )
                 if getattr(target, "id", None) in ("MAPPING", "NAMESPACES"):
-                    names |= set(ast.literal_eval(node.value))
+                    # dotted keys (spiffy_triton.kernels) map subpackages, not top-level names
+                    names |= {key.split(".")[0] for key in ast.literal_eval(node.value)}
         elif file.suffix == ".pth":
             for line in open(path, encoding="utf-8").read().splitlines():
                 line = line.strip()
