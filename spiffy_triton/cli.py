@@ -342,11 +342,23 @@ def cmd_generate(args) -> int:
         if args.method in ("simsd", "simsd-exact"):
             mode = f"{args.method} (draft: {out.stats.draft})"
         print(
-            f"[{mode}] NFE {out.nfe}, steps {out.steps}, steps/NFE "
-            f"{out.stats.steps_per_nfe:.3f}, {out.stats.total_time_s:.2f} s",
+            f"[{mode}] NFE {out.nfe}{_nfe_detail(out.stats)}, steps {out.steps}, steps/NFE "
+            f"{out.stats.steps_per_nfe:.3f}, tokens/NFE {args.gen_length / out.nfe:.3f}, "
+            f"{out.stats.total_time_s:.2f} s",
             file=sys.stderr,
         )
     return 0
+
+
+def _nfe_detail(stats) -> str:
+    """What the NFE of a SimSD run is made of (every target forward counts)."""
+    if not hasattr(stats, "verify_forwards"):
+        return ""
+    if stats.draft_is_target:
+        return (
+            f" (target forwards: {stats.verify_forwards} verify + {stats.draft_forwards} drafting)"
+        )
+    return f" (draft model forwards: {stats.draft_forwards}, not counted)"
 
 
 def _draft_argument(args):

@@ -300,6 +300,18 @@ def test_generate_method_simsd(capsys, sdar_dir, monkeypatch):
         outputs[method] = json.loads(out)
     assert outputs["simsd"]["method"] == "simsd" and outputs["simsd"]["draft"] == "self, 1 step"
     assert outputs["simsd-exact"]["completion"] == outputs["vanilla"]["completion"]
+    for method in ("simsd", "simsd-exact"):  # every target forward counts (issue #21)
+        o = outputs[method]
+        assert o["draft_is_target"] and o["draft_forwards"] > 0
+        assert o["nfe"] == o["verify_forwards"] + o["draft_forwards"]
+        assert o["tokens_per_forward"] == pytest.approx(8 / o["nfe"])
+    status, _, err = run(capsys, "generate", "--prompt", "Q: 1+2=?", "--method", "simsd", *common)
+    o = outputs["simsd"]
+    assert status == 0 and (
+        f"NFE {o['nfe']} (target forwards: {o['verify_forwards']} verify + "
+        f"{o['draft_forwards']} drafting)" in err
+    )
+    assert f"tokens/NFE {8 / o['nfe']:.3f}" in err
     status, out, _ = run(capsys, "generate", "--prompt", "Q", "--method", "simsd", "--draft",
                          "previous", "--json", *common)  # fmt: skip
     assert status == 0 and json.loads(out)["draft"] == "previous forward"
