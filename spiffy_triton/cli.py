@@ -347,6 +347,8 @@ def cmd_generate(args) -> int:
             f"{out.stats.total_time_s:.2f} s",
             file=sys.stderr,
         )
+        if out.stats.draft_budget is not None:  # max_drafts="auto": what it chose and why
+            print(f"[auto] {out.stats.draft_budget['decision']['reason']}", file=sys.stderr)
     return 0
 
 

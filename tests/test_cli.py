@@ -222,6 +222,35 @@ def test_generate_bad_input(capsys):
     assert status == 2 and "budget" in err
 
 
+def test_generate_says_what_auto_did_and_keeps_the_probe_on_disk(
+    capsys, tmp_path, model_dir, monkeypatch
+):
+    """issue #21: with max_drafts auto the command says how many drafts it verified and why,
+    and a second call (a new process: memory cache cleared) reads the probe from the disk
+    cache instead of measuring again."""
+    from spiffy_triton.decoding import budget, methods
+
+    probes = []
+    real_probe = methods.probe_verify_cost
+    monkeypatch.setattr(
+        methods, "probe_verify_cost", lambda *a, **k: probes.append(1) or real_probe(*a, **k)
+    )
+    monkeypatch.setenv("SPIFFY_TRITON_COST_CACHE", str(tmp_path / "cache"))
+    common = ["--model", model_dir, "--gen-length", 16, "--block-length", 8, "--backend", "torch"]
+    for _call in range(2):
+        budget.clear_cost_cache()
+        status, _, err = run(capsys, "generate", "--prompt", "Q: 1+2=?", "--budget", 4, *common)
+        assert status == 0
+        line = next(x for x in err.splitlines() if x.startswith("[auto] "))
+        assert "auto verified" in line and "root-only forward" in line
+        assert "--max-drafts all" in line
+    assert len(probes) == 1 and (tmp_path / "cache" / "verify_cost_models.json").is_file()
+    status, out, _ = run(capsys, "generate", "--prompt", "Q", "--budget", 4, "--json", *common)
+    decision = json.loads(out)["draft_budget"]["decision"]
+    assert decision["drafts_verified"] == json.loads(out)["drafts_verified"]
+    budget.clear_cost_cache()
+
+
 def test_read_prompts_formats(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(["x\ny", {"prompt": "z"}]))
     assert cli.read_prompts(tmp_path / "a.json") == ["x\ny", "z"]
