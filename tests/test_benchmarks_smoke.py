@@ -94,6 +94,45 @@ def test_run_all_runs_the_performance_model(tmp_path):
     assert json.loads((out / "run_all.json").read_text())["studies"][0]["status"] == "ok"
 
 
+def test_run_all_writes_to_the_user_cache_not_the_tracked_results(tmp_path, monkeypatch):
+    """issue #21: without --out-dir a run goes to a new folder of the user's cache
+    ($XDG_CACHE_HOME/spiffy-triton/bench/run-<time>), never over benchmarks/results/."""
+    tracked = run_all.BENCH_DIR / "results"
+    before = {p: p.stat().st_mtime_ns for p in tracked.rglob("*") if p.is_file()}
+    monkeypatch.delenv("SPIFFY_BENCH_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert run_all.main(["--only", "perf_model", "--quick", "--no-plots"]) == 0
+    (out,) = (tmp_path / "xdg" / "spiffy-triton" / "bench").iterdir()
+    assert out.name.startswith("run-") and (out / "perf_model.json").is_file()
+    assert (out / "run_all.json").is_file() and (out / "SUMMARY.md").is_file()
+    after = {p: p.stat().st_mtime_ns for p in tracked.rglob("*") if p.is_file()}
+    assert after == before
+    monkeypatch.setenv("SPIFFY_BENCH_RESULTS_DIR", str(tmp_path / "env"))
+    assert run_all.default_out_dir() == (tmp_path / "env").resolve()
+
+
+def test_run_all_help_lists_options_defaults_and_study_times(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_all.main(["--help"], prog="spiffy-triton bench")
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: spiffy-triton bench")
+    for option in ("--quick", "--only", "--skip", "--timeout", "--out-dir", "--summary-only"):
+        assert option in out
+    assert "(default: all)" in out
+    for study in run_all.STUDIES:
+        line = next(x for x in out.splitlines() if x.strip().startswith(study.name + " "))
+        assert f"timeout {study.timeout_s:.0f} s" in line
+        full, quick = run_all.MEASURED_SECONDS[study.name]
+        assert f"--quick {quick:.0f} s" in line
+        if full is not None:
+            assert f"full {full:.0f} s" in line
+    assert {s.name: s.timeout_s for s in run_all.STUDIES}["nfe"] == 1800.0
+    with pytest.raises(SystemExit):
+        run_all.main(["--summary-only"])
+    assert "--summary-only needs --out-dir" in capsys.readouterr().err
+
+
 def test_run_all_rejects_unknown_study_names():
     with pytest.raises(SystemExit, match="unknown studies"):
         run_all.select("perf_model,nope", None)

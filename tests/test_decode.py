@@ -347,3 +347,24 @@ def test_vanilla_steps_match_float64_ranking_with_near_ties(prompt, kwargs):
         model, prompt, gen_length=16, block_length=8, graph=4, max_drafts=None, **kwargs
     )
     assert torch.equal(spiffy.tokens, expected) and spiffy.nfe <= nfe
+
+
+def test_api_takes_the_command_lines_spellings(model, prompt):
+    """issue #21: cache='none' is None and max_drafts='all' is None, as the CLI spells them."""
+    kw = dict(gen_length=16, block_length=8)
+    a = generate(model, prompt, cache=None, graph=4, max_drafts=None, **kw)
+    b = generate(model, prompt, cache="none", graph=4, max_drafts="all", **kw)
+    assert torch.equal(a.tokens, b.tokens) and a.nfe == b.nfe and b.stats.cache is None
+    assert b.stats.draft_budget is None  # "all" is not auto
+    with pytest.raises(ValueError, match="cache must be one of"):
+        generate(model, prompt, cache="None", **kw)
+    with pytest.raises(ValueError, match="max_drafts must be 'auto'"):
+        generate(model, prompt, graph=4, max_drafts="every", **kw)
+
+
+def test_meta_device_prompt_or_model_is_a_clear_error(prompt):
+    model = tiny_random_llada(3)
+    with pytest.raises(ValueError, match="prompt_ids is on the meta device"):
+        generate(model, prompt.to("meta"), gen_length=8, block_length=8)
+    with pytest.raises(ValueError, match="model is on the meta device"):
+        generate(model.to("meta"), prompt, gen_length=8, block_length=8)

@@ -222,6 +222,14 @@ def test_exact_variant_saves_forwards_with_a_good_draft():
     assert exact.nfe < vanilla.nfe  # candidates were accepted: the equality is not vacuous
 
 
+def test_simsd_draft_defaults_to_self_as_on_the_command_line():
+    model = tiny()
+    default = generate(model, PROMPT, method="simsd", **KW)
+    explicit = generate(model, PROMPT, method="simsd", draft="self", **KW)
+    assert torch.equal(default.tokens, explicit.tokens) and default.nfe == explicit.nfe
+    assert default.stats.draft == "self, 1 step"
+
+
 @pytest.mark.parametrize("method", ["simsd", "simsd-exact"])
 @pytest.mark.parametrize("cache", [None, "prefix"])
 def test_nfe_counts_the_targets_drafting_forwards(method, cache):
@@ -309,7 +317,6 @@ def test_simsd_rejects_a_draft_with_another_tokenizer():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"method": "simsd"}, "needs draft="),
         ({"method": "simsd", "draft": "other"}, "draft must be 'self'"),
         ({"method": "simsd", "draft": 3}, "draft must be a model"),
         ({"method": "simsd", "draft": "self", "graph": 4}, "graph is Spiffy's"),
