@@ -118,6 +118,13 @@ STUDIES = (
 # --quick` (issue #21). Shown by --help and --list; the timeout is the hard limit.
 MEASURED_SECONDS = {
     # study: (full, quick)
+    "graph_attention": (72.31, None),
+    "marginals": (26.69, None),
+    "compile_report": (175.14, None),
+    "nfe": (541.37, None),
+    "calibration": (436.18, None),
+    "wallclock": (196.0, None),
+    "perf_model": (11.55, None),
 }
 
 

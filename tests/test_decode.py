@@ -368,3 +368,21 @@ def test_meta_device_prompt_or_model_is_a_clear_error(prompt):
         generate(model, prompt.to("meta"), gen_length=8, block_length=8)
     with pytest.raises(ValueError, match="model is on the meta device"):
         generate(model.to("meta"), prompt, gen_length=8, block_length=8)
+
+
+def test_forwards_without_packed_drafts_take_the_plain_attention_path(model, prompt, monkeypatch):
+    """issue #21: a root-only forward (vanilla, no cache), and drafts as batch rows, see the
+    whole sequence: the model's plain attention (SDPA), not the graph-masked path, as
+    upstream's vanilla runs; packed drafts still need the graph layout."""
+    from spiffy_triton.models import llada
+
+    calls = []
+    real = llada.graph_attention
+    monkeypatch.setattr(llada, "graph_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = dict(gen_length=16, block_length=8)
+    vanilla = generate(model, prompt, **kw)
+    batch = generate(model, prompt, graph=4, max_drafts=None, verify="batch", **kw)
+    assert calls == [] and torch.equal(batch.tokens, vanilla.tokens)
+    assert batch.stats.drafts_verified > 0
+    generate(model, prompt, graph=4, max_drafts=None, verify="packed", **kw)
+    assert calls  # packed drafts: graph attention

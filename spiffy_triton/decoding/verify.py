@@ -87,8 +87,11 @@ class Verifier:
 
     def _uncached(self, x, s, e, drafts):
         t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
-        packed = self.verify == "packed"
-        layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0)
+        packed = self.verify == "packed" and d > 0
+        # Every row sees the whole sequence when no draft is packed behind the root (a root-only
+        # forward, or drafts as batch rows): the model's plain attention (SDPA), as upstream's
+        # vanilla runs, not the graph-masked path (issue #21).
+        layout = SegmentLayout.spiffy(s, length, t - e, d) if packed else None
         if packed:
             ids = torch.cat([x[0], drafts.reshape(-1)])[None]
             pos = torch.cat([torch.arange(t), torch.arange(s, e).repeat(d)]).to(device)
@@ -106,7 +109,8 @@ class Verifier:
     def _dual(self, x, s, e, drafts):
         t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
         packed = self.verify == "packed"
-        layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0, cached=True)
+        # no draft packed behind the root: the model's plain attention (layout None)
+        layout = SegmentLayout.spiffy(s, length, t - e, d, cached=True) if packed and d else None
         if packed:
             ids = torch.cat([x[0, s:e], drafts.reshape(-1)])[None]
             pos = torch.arange(s, e, device=device).repeat(1 + d)
@@ -124,12 +128,13 @@ class Verifier:
         real = t - s
         suffix = x[0, e:]
         if self.verify == "packed":
-            layout = prefix_cache_layout(s, real, d)
+            # no draft packed behind the root: the model's plain attention (layout None)
+            layout = prefix_cache_layout(s, real, d) if d else None
             rows = [x[0, s:]] + [torch.cat([draft, suffix]) for draft in drafts]
             ids = torch.cat(rows)[None]
             pos = torch.arange(s, t, device=device).repeat(1 + d)
         else:
-            layout = prefix_cache_layout(s, real, 0)
+            layout = None  # drafts as batch rows: each row sees the prefix and its own rows
             ids = x[:, s:].repeat(1 + d, 1)
             ids[1:, :length] = drafts
             pos = torch.arange(s, t, device=device)
