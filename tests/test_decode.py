@@ -386,3 +386,20 @@ def test_forwards_without_packed_drafts_take_the_plain_attention_path(model, pro
     assert batch.stats.drafts_verified > 0
     generate(model, prompt, graph=4, max_drafts=None, verify="packed", **kw)
     assert calls  # packed drafts: graph attention
+    # With a cache the root-only forward keeps the layout: it then does the arithmetic of a
+    # packed draft row, so vanilla equals Spiffy bit for bit (docs/PERFORMANCE.md).
+    calls.clear()
+    generate(model, prompt, cache="dual", **kw)
+    assert calls
+
+
+def test_batch_row_drafts_on_the_plain_path_stay_exact_in_bfloat16(prompt):
+    """The plain path (SDPA) is batch-invariant: a draft's batch row gives the logits vanilla's
+    root-only forward gives for that state, in bf16 too, so Spiffy's tokens are vanilla's."""
+    model = tiny_random_llada(5, std=0.2).to(torch.bfloat16)
+    kw = dict(gen_length=16, block_length=8)
+    for rule in ({}, {"threshold": 0.5}, {"temperature": 0.8, "seed": 3}):
+        vanilla = generate(model, prompt, **kw, **rule)
+        spiffy = generate(model, prompt, graph=6, max_drafts=None, verify="batch", **kw, **rule)
+        assert torch.equal(spiffy.tokens, vanilla.tokens) and spiffy.steps == vanilla.steps
+        assert spiffy.stats.drafts_verified > 0

@@ -88,9 +88,11 @@ class Verifier:
     def _uncached(self, x, s, e, drafts):
         t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
         packed = self.verify == "packed" and d > 0
-        # Every row sees the whole sequence when no draft is packed behind the root (a root-only
-        # forward, or drafts as batch rows): the model's plain attention (SDPA), as upstream's
-        # vanilla runs, not the graph-masked path (issue #21).
+        # Without a cache, every row sees the whole sequence when no draft is packed behind the
+        # root (a root-only forward, or drafts as batch rows, the exact default): the model's
+        # plain attention (SDPA), as upstream's vanilla runs, not the graph-masked path (issue
+        # #21). SDPA is batch-invariant (a row's logits do not depend on the other batch rows,
+        # checked in float32 and bf16), so batch-row drafts stay exact.
         layout = SegmentLayout.spiffy(s, length, t - e, d) if packed else None
         if packed:
             ids = torch.cat([x[0], drafts.reshape(-1)])[None]
@@ -109,8 +111,11 @@ class Verifier:
     def _dual(self, x, s, e, drafts):
         t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
         packed = self.verify == "packed"
-        # no draft packed behind the root: the model's plain attention (layout None)
-        layout = SegmentLayout.spiffy(s, length, t - e, d, cached=True) if packed and d else None
+        # Cached modes keep the layout even without drafts: the root-only forward then does the
+        # arithmetic of a packed draft row (same kernel, same key order), so vanilla's logits
+        # equal Spiffy's draft logits bit for bit (the plain SDPA path differs: up to 0.125 in
+        # bf16 logits on the bundled model; docs/PERFORMANCE.md).
+        layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0, cached=True)
         if packed:
             ids = torch.cat([x[0, s:e], drafts.reshape(-1)])[None]
             pos = torch.arange(s, e, device=device).repeat(1 + d)
@@ -128,13 +133,12 @@ class Verifier:
         real = t - s
         suffix = x[0, e:]
         if self.verify == "packed":
-            # no draft packed behind the root: the model's plain attention (layout None)
-            layout = prefix_cache_layout(s, real, d) if d else None
+            layout = prefix_cache_layout(s, real, d)
             rows = [x[0, s:]] + [torch.cat([draft, suffix]) for draft in drafts]
             ids = torch.cat(rows)[None]
             pos = torch.arange(s, t, device=device).repeat(1 + d)
         else:
-            layout = None  # drafts as batch rows: each row sees the prefix and its own rows
+            layout = prefix_cache_layout(s, real, 0)
             ids = x[:, s:].repeat(1 + d, 1)
             ids[1:, :length] = drafts
             pos = torch.arange(s, t, device=device)

@@ -313,13 +313,9 @@ class LLaDAModel(nn.Module):
             raise ValueError(f"cache batch {cache.batch_size} does not match input_ids ({b})")
         n_extra = n_q - real
         n_k = cache.prefix_len + real + cache.suffix_len + n_extra
-        # Only real rows and no layout: every row sees every key, the plain attention (SDPA)
-        # path, as a forward without drafts takes (issue #21).
-        plain = layout is None and n_extra == 0
-        if layout is None and not plain:
+        if layout is None:
             layout = default_cached_layout(cache, n_extra)
-        if layout is not None:
-            self._check_layout(layout, n_q, n_k)
+        self._check_layout(layout, n_q, n_k)
         pos = self._position_ids(position_ids, b, n_q)
         x = self.transformer.wte(input_ids)
         cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta, x.dtype)
