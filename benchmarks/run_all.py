@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -199,7 +200,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def run_study(study: Study, *, out_dir: Path, quick: bool, timeout_s: float | None) -> dict:
+def run_study(
+    study: Study, *, out_dir: Path, quick: bool, timeout_s: float | None, echo: bool = True
+) -> dict:
     """Run one study in a subprocess; returns its status record (never raises for the study's
     own failures)."""
     record = {"study": study.name, "what": study.what, "status": "missing", "seconds": 0.0}
@@ -220,23 +223,38 @@ def run_study(study: Study, *, out_dir: Path, quick: bool, timeout_s: float | No
     record["command"] = " ".join(
         Path(command[0]).name if i == 0 else c for i, c in enumerate(command)
     )
+    env["PYTHONUNBUFFERED"] = "1"  # the study's progress lines as they come
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+
+        def pump():  # into the log, and onto the console: long studies show progress inside
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                if echo:
+                    print(f"  [{study.name}] {line.rstrip()}", flush=True)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
         try:
-            proc = subprocess.run(
-                command,
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=limit,
-                check=False,
-            )
+            proc.wait(timeout=limit)
             record["status"] = "ok" if proc.returncode == 0 else "failed"
             record["returncode"] = proc.returncode
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
             record["status"] = "timeout"
             record["detail"] = f"killed after {limit:.0f} s"
+        reader.join(timeout=10)
     record["seconds"] = round(time.perf_counter() - start, 2)
     record["log"] = str(log_path.relative_to(out_dir))
     if record["status"] == "failed":

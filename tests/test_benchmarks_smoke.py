@@ -136,6 +136,18 @@ def test_run_all_help_lists_options_defaults_and_study_times(capsys):
     assert "--summary-only needs --out-dir" in capsys.readouterr().err
 
 
+def test_run_all_shows_a_studys_progress_as_it_runs(tmp_path, capsys):
+    """issue #21: long studies show progress: each line a study prints reaches the console
+    (prefixed with its name) as well as its log."""
+    body = "import time\nfor k in range(3):\n    print(f'round {k} of 3')\n    time.sleep(0.2)\n"
+    out = tmp_path / "results"
+    (record,) = run_all.run([_study(tmp_path, "chatty", body)], out_dir=out, plots=False)
+    assert record["status"] == "ok"
+    console = capsys.readouterr().out
+    assert all(f"  [chatty] round {k} of 3" in console for k in range(3))
+    assert "round 2 of 3" in (out / "logs" / "chatty.log").read_text()
+
+
 def test_run_all_rejects_unknown_study_names():
     with pytest.raises(SystemExit, match="unknown studies"):
         run_all.select("perf_model,nope", None)
