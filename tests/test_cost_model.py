@@ -47,7 +47,9 @@ class RecordingModel(LLaDAModel):
     """Records (batch, query rows, key rows) of every non-prefill forward."""
 
     def forward(self, input_ids, position_ids=None, layout=None, cache=None):
-        self.shapes.append((input_ids.shape[0], input_ids.shape[1], layout.num_k_rows))
+        # no layout: the plain attention path, every row sees every row (no cache)
+        keys = input_ids.shape[1] if layout is None else layout.num_k_rows
+        self.shapes.append((input_ids.shape[0], input_ids.shape[1], keys))
         return super().forward(input_ids, position_ids=position_ids, layout=layout, cache=cache)
 
 
@@ -65,7 +67,7 @@ def prompt():
 
 @pytest.fixture(autouse=True)
 def fresh_cost_cache(monkeypatch):
-    monkeypatch.delenv(cost_module.CACHE_ENV, raising=False)
+    monkeypatch.setenv(cost_module.CACHE_ENV, "off")  # memory only: no test reads another's
     cm.clear_cost_cache()
     yield
     cm.clear_cost_cache()
