@@ -12,8 +12,10 @@ same KV cache setting for every row. Rows:
 - ``simsd-exact (draft)``: the exact variant (reference-chain candidates walked by vanilla's
   rule), references ``self`` or ``previous``.
 
-Columns: target forwards (NFE), generated tokens per target forward, draft forwards, block
-rows per target forward (the block, its drafts or references; not the context), CPU wall
+Columns: target forwards (NFE: every forward of the target, its drafting forwards included
+when the draft is the target itself, ``self``), generated tokens per target forward, draft
+forwards (of ``self``: already in NFE; of another model: not), block rows per target forward
+(the block, its drafts or references; not the context), CPU wall
 clock (every configuration decodes a prompt back to back), prompts and tokens identical to
 vanilla's, and held-out answer accuracy (the number after ``####`` equals the reference;
 arithmetic and word problems, as the model card's evaluation).
@@ -173,10 +175,11 @@ def run(args) -> list[dict]:
             generated = out.tokens[0, ids.shape[1] :]
             reference = generated if reference is None else reference  # vanilla runs first
             t = totals[name]
-            t["nfe"] += out.nfe
+            t["nfe"] += out.nfe  # every target forward (drafting ones of draft="self" too)
             t["wall"] += wall
             t["draft"] += getattr(out.stats, "draft_forwards", 0)
-            # rows of the block, its drafts or its references (not the context's)
+            # rows of the block, its drafts or its references (not the context's); a drafting
+            # forward of the target runs the block's rows
             extra = out.stats.drafts_verified * block
             t["rows"] += out.nfe * block + extra + getattr(out.stats, "references_verified", 0)
             t["same"] += bool(torch.equal(generated, reference))

@@ -14,13 +14,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from .types import BACKENDS, CACHE_MODES, METHODS, REMASKINGS
 
-MODEL_HELP = "bundled model name ('tiny') or a LLaDA checkpoint directory (default: tiny)"
+MODEL_HELP = (
+    "a bundled model: 'tiny' (LLaDA-style, bidirectional) or 'tiny-sdar' (SDAR-style, "
+    "block-causal); or a checkpoint directory of a LLaDA, Dream or SDAR model (config.json, "
+    "*.safetensors or a sharded index, tokenizer.json)"
+)
+THRESHOLD_HELP = (
+    "Fast-dLLM confidence threshold in [0, 1]: commit every masked position whose confidence "
+    "is >= it (at least one per step); 1.0 commits only certain positions, in practice one "
+    "token per step; off when not given"
+)
+
+
+class FORMATTER(argparse.ArgumentDefaultsHelpFormatter):
+    """Every --help shows the defaults: ``(default: X)`` where the help does not say it
+    already and the default is a value (not None / off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 class CLIError(Exception):
@@ -64,13 +85,31 @@ def _add_decode_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="LLaDA schedule steps (default: gen-length)",
     )
-    group.add_argument("--temperature", type=float, default=0.0)
-    group.add_argument("--remasking", choices=REMASKINGS, default="low_confidence")
     group.add_argument(
-        "--threshold", type=float, default=None, help="Fast-dLLM confidence threshold"
+        "--temperature", type=float, default=0.0, help="0: argmax; > 0: Gumbel-max sampling"
     )
-    group.add_argument("--cache", choices=("none", *CACHE_MODES), default="none")
-    group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--remasking",
+        choices=REMASKINGS,
+        default="low_confidence",
+        help="which masked positions a schedule step commits",
+    )
+    rule = group.add_mutually_exclusive_group()
+    rule.add_argument("--threshold", type=float, default=None, help=THRESHOLD_HELP)
+    rule.add_argument(
+        "--factor",
+        type=float,
+        default=None,
+        help="Fast-dLLM factor rule (> 0): commit the n most confident positions with "
+        "(k + 1)(1 - c_k) < factor for every k <= n; off when not given",
+    )
+    group.add_argument(
+        "--cache",
+        choices=("none", *CACHE_MODES),
+        default="none",
+        help="KV cache; 'none' is the API's cache=None (either spelling works in both)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of sampling and random remasking")
     group.add_argument("--backend", choices=BACKENDS, default="auto", help="kernel backend")
 
 
@@ -85,6 +124,7 @@ def _decode_kwargs(args, model) -> dict:
         "temperature": args.temperature,
         "remasking": args.remasking,
         "threshold": args.threshold,
+        "factor": args.factor,
         "cache": None if args.cache == "none" else args.cache,
         "seed": args.seed,
         "backend": args.backend,
@@ -92,14 +132,19 @@ def _decode_kwargs(args, model) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="spiffy-triton",
         description="Spiffy lossless speculative decoding for diffusion LMs.",
+        formatter_class=FORMATTER,
     )
+    parser.add_argument("--version", action="version", version=f"spiffy-triton {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     cal = sub.add_parser(
         "calibrate",
+        formatter_class=FORMATTER,
         help="calibrate a draft graph on vanilla decoding of prompts",
         description="Run vanilla decoding on calibration prompts, record the true future "
         "states as formulas, and select a draft graph of BUDGET nodes (docs/CALIBRATION.md).",
@@ -116,38 +161,56 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("arith", "word", "code"),
         help="the bundled model's calibration prompts of this kind",
     )
-    cal.add_argument(
-        "--num-prompts", type=_positive_int, default=30, help="prompts to use (default 30)"
-    )
+    cal.add_argument("--num-prompts", type=_positive_int, default=30, help="prompts to use")
     cal.add_argument("--budget", type=int, required=True, help="number of graph nodes D (>= 1)")
     cal.add_argument("--out", type=Path, required=True, help="output graph JSON")
-    cal.add_argument("--objective", choices=("steps", "degree1"), default="steps")
+    cal.add_argument(
+        "--objective",
+        choices=("steps", "degree1"),
+        default="steps",
+        help="expected steps per forward, or the paper's degree-1 objective",
+    )
     cal.add_argument(
         "--phases", type=_positive_int, default=None, help="one graph per masked-count range"
     )
-    cal.add_argument("--max-token-rank", type=_positive_int, default=4)
+    cal.add_argument(
+        "--max-token-rank", type=_positive_int, default=4, help="deepest token rank recorded"
+    )
     cal.add_argument("--draw", type=Path, default=None, help="also write a PNG of the graph")
     cal.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_decode_options(cal)
 
     gen = sub.add_parser(
         "generate",
+        formatter_class=FORMATTER,
         help="decode a prompt, vanilla or Spiffy",
         description="Decode a prompt with the bundled or a given model; with --graph or "
         "--budget, Spiffy decoding (same output as vanilla, fewer forwards).",
     )
     text = gen.add_mutually_exclusive_group(required=True)
     text.add_argument("--prompt", help="prompt text (\\n is a newline)")
-    text.add_argument("--prompt-file", type=Path, help="file holding the prompt text")
+    text.add_argument(
+        "--prompt-file",
+        type=Path,
+        help="file holding the prompt: text (read as calibrate reads prompt files: \\n is a "
+        "newline, the final line break is dropped; the file's own line breaks are kept), or "
+        ".json / .jsonl holding one prompt",
+    )
     drafts = gen.add_mutually_exclusive_group()
-    drafts.add_argument("--graph", type=Path, help="draft graph JSON (from calibrate)")
-    drafts.add_argument("--budget", type=int, help="use the built-in default graph of D nodes")
+    drafts.add_argument(
+        "--graph", type=Path, help="draft graph JSON (from calibrate); vanilla without it"
+    )
+    drafts.add_argument(
+        "--budget", type=int, help="use the built-in default graph of D nodes; vanilla without it"
+    )
     gen.add_argument(
         "--max-drafts",
         type=_max_drafts,
         default="auto",
-        help="drafts verified per forward: 'auto' (cost-aware, the default), 'all' (every "
-        "filled node), or N (dynamic pruning to the best N)",
+        help="drafts verified per forward: 'auto' (cost-aware: the drafts worth their measured "
+        "cost on this machine; it says what it chose and why), 'all' (every filled node: the "
+        "fewest forwards; the API's None, 'all' works there too), or N (dynamic pruning to "
+        "the best N)",
     )
     gen.add_argument(
         "--method",
@@ -159,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--draft",
         default=None,
-        help="SimSD's reference source: 'self' (the default: the target at one step), "
+        help="SimSD's reference source (API: draft=, the same spellings): 'self' (the "
+        "default, as in the API: the target at one step), "
         "'previous' (the target's tokens from its previous forward), a bundled model name or "
         "a checkpoint directory of the same vocabulary",
     )
@@ -170,13 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run the benchmark studies (benchmarks/run_all.py)",
         description="Run every benchmark study of the repository checkout "
-        "(python -m benchmarks.run_all); arguments after 'bench' are passed on, e.g. --quick.",
+        "(python -m benchmarks.run_all); arguments after 'bench' are passed on, e.g. --quick. "
+        "Results go to a new folder of the user's cache unless --out-dir names one.",
+        add_help=False,  # `bench --help` shows run_all's options and studies (cmd_bench)
     )
 
     graph = sub.add_parser("graph", help="draft graph tools", description="Draft graph tools.")
     graph_sub = graph.add_subparsers(dest="graph_command", required=True, metavar="TOOL")
     draw = graph_sub.add_parser(
         "draw",
+        formatter_class=FORMATTER,
         help="draw a graph as a PNG",
         description="A PNG of a draft graph: nodes as formulas (position rank, token rank), "
         "edges parent to child, node counts when the JSON has them.",
@@ -185,35 +252,57 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("graph", nargs="?", type=Path, help="graph JSON")
     which.add_argument("--default", type=int, help="draw the built-in default graph of D nodes")
     draw.add_argument("--out", type=Path, required=True, help="output PNG")
-    draw.add_argument("--title", default=None)
+    draw.add_argument("--title", default=None, help="title above the drawing")
     return parser
 
 
 # ------------------------------------------------------------------------------ commands
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Prompts from a .json, .jsonl or text file (see `calibrate --help`)."""
+def _read_text(path: Path, option: str) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as err:
-        raise CLIError(f"--prompts: cannot read {path}: {err.strerror}") from None
+        raise CLIError(f"{option}: cannot read {path}: {err.strerror}") from None
     except UnicodeDecodeError:
-        raise CLIError(f"--prompts: {path} is not UTF-8 text") from None
+        raise CLIError(f"{option}: {path} is not UTF-8 text") from None
+
+
+def read_prompt_file(path: Path) -> str:
+    """`generate --prompt-file`: one prompt. A .json / .jsonl file as `read_prompts` reads it
+    (exactly one prompt); a text file as calibrate reads its prompt files: ``\\n`` is a
+    newline and the line break ending the file is dropped (the file's own line breaks are
+    kept: the whole file is the prompt)."""
+    if path.suffix.lower() in (".json", ".jsonl"):
+        prompts = read_prompts(path, "--prompt-file")
+        if len(prompts) != 1:
+            raise CLIError(f"--prompt-file: {path} holds {len(prompts)} prompts; give one")
+        return prompts[0]
+    text = _read_text(path, "--prompt-file")
+    for ending in ("\r\n", "\n"):
+        if text.endswith(ending):
+            text = text[: -len(ending)]
+            break
+    return text.replace("\\n", "\n")
+
+
+def read_prompts(path: Path, option: str = "--prompts") -> list[str]:
+    """Prompts from a .json, .jsonl or text file (see `calibrate --help`)."""
+    text = _read_text(path, option)
 
     def as_prompt(item, where: str) -> str:
         if isinstance(item, dict) and isinstance(item.get("prompt"), str):
             return item["prompt"]
         if isinstance(item, str):
             return item
-        raise CLIError(f"--prompts: {where} must be a string or an object with a 'prompt' string")
+        raise CLIError(f"{option}: {where} must be a string or an object with a 'prompt' string")
 
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
             data = json.loads(text)
             if not isinstance(data, list):
-                raise CLIError(f"--prompts: {path} must hold a JSON list of prompts")
+                raise CLIError(f"{option}: {path} must hold a JSON list of prompts")
             prompts = [as_prompt(item, f"item {k}") for k, item in enumerate(data)]
         elif suffix == ".jsonl":
             lines = [(k, line) for k, line in enumerate(text.splitlines(), 1) if line.strip()]
@@ -221,10 +310,10 @@ def read_prompts(path: Path) -> list[str]:
         else:
             prompts = [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as err:
-        raise CLIError(f"--prompts: {path} is not valid JSON: {err}") from None
+        raise CLIError(f"{option}: {path} is not valid JSON: {err}") from None
     prompts = [p for p in prompts if p]
     if not prompts:
-        raise CLIError(f"--prompts: no prompts in {path}")
+        raise CLIError(f"{option}: no prompts in {path}")
     return prompts
 
 
@@ -249,6 +338,9 @@ def cmd_calibrate(args) -> int:
 
     if args.budget < 1:
         raise CLIError(f"--budget must be >= 1 (nodes of the graph), got {args.budget}")
+    # before the traces, which take minutes: the outputs must be writable
+    check_output_path(args.out, "--out")
+    check_output_path(args.draw, "--draw")
     if args.prompts is not None:
         prompts = read_prompts(args.prompts)[: args.num_prompts]
     else:
@@ -256,6 +348,9 @@ def cmd_calibrate(args) -> int:
 
         prompts = [e.prompt for e in calibration_prompts(args.num_prompts)[args.builtin]]
     model = _load_model(args.model, args.backend)
+    if model.tokenizer is not None:
+        for k, prompt in enumerate(prompts):
+            encode_prompt(model, prompt, f"--prompts: prompt {k}")
     kwargs = _decode_kwargs(args, model)
     traces = collect_traces(
         model,
@@ -289,6 +384,32 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def encode_prompt(model, text: str, option: str) -> list[int]:
+    """The prompt's ids; characters the tokenizer cannot encode are an error naming them (a
+    character tokenizer would turn them into unk, which decodes to nothing)."""
+    tokenizer = model.tokenizer
+    if hasattr(tokenizer, "unknown_characters"):
+        try:
+            return tokenizer.encode(text, strict=True)
+        except ValueError as err:
+            raise CLIError(f"{option}: {err}") from None
+    return tokenizer.encode(text)
+
+
+def check_output_path(path: Path | None, option: str) -> None:
+    """Fail before the work when `path` cannot be written: its folder missing or not
+    writable, or the path itself a folder."""
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir():
+        raise CLIError(f"{option}: {path} is a folder; give a file name")
+    if not folder.is_dir():
+        raise CLIError(f"{option}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CLIError(f"{option}: the folder {folder} is not writable")
+
+
 def _graph_argument(args):
     from .graph import DraftGraph
 
@@ -308,12 +429,7 @@ def cmd_generate(args) -> int:
     from .graph import PhasedDraftGraph
 
     if args.prompt_file is not None:
-        try:
-            prompt = args.prompt_file.read_text(encoding="utf-8")
-        except OSError as err:
-            raise CLIError(
-                f"--prompt-file: cannot read {args.prompt_file}: {err.strerror}"
-            ) from None
+        prompt = read_prompt_file(args.prompt_file)
     else:
         prompt = args.prompt.replace("\\n", "\n")
     if not prompt:
@@ -328,7 +444,8 @@ def cmd_generate(args) -> int:
     model = _load_model(args.model, args.backend)
     if model.tokenizer is None:
         raise CLIError(f"--model: {args.model} has no tokenizer.json; cannot encode text")
-    prompt_ids = torch.tensor([model.tokenizer.encode(prompt)], dtype=torch.int64)
+    option = "--prompt" if args.prompt is not None else "--prompt-file"
+    prompt_ids = torch.tensor([encode_prompt(model, prompt, option)], dtype=torch.int64)
     filler = (
         phased_filler(graph, backend=args.backend) if isinstance(graph, PhasedDraftGraph) else None
     )
@@ -351,11 +468,25 @@ def cmd_generate(args) -> int:
         if args.method in ("simsd", "simsd-exact"):
             mode = f"{args.method} (draft: {out.stats.draft})"
         print(
-            f"[{mode}] NFE {out.nfe}, steps {out.steps}, steps/NFE "
-            f"{out.stats.steps_per_nfe:.3f}, {out.stats.total_time_s:.2f} s",
+            f"[{mode}] NFE {out.nfe}{_nfe_detail(out.stats)}, steps {out.steps}, steps/NFE "
+            f"{out.stats.steps_per_nfe:.3f}, tokens/NFE {args.gen_length / out.nfe:.3f}, "
+            f"{out.stats.total_time_s:.2f} s",
             file=sys.stderr,
         )
+        if out.stats.draft_budget is not None:  # max_drafts="auto": what it chose and why
+            print(f"[auto] {out.stats.draft_budget['decision']['reason']}", file=sys.stderr)
     return 0
+
+
+def _nfe_detail(stats) -> str:
+    """What the NFE of a SimSD run is made of (every target forward counts)."""
+    if not hasattr(stats, "verify_forwards"):
+        return ""
+    if stats.draft_is_target:
+        return (
+            f" (target forwards: {stats.verify_forwards} verify + {stats.draft_forwards} drafting)"
+        )
+    return f" (draft model forwards: {stats.draft_forwards}, not counted)"
 
 
 def _draft_argument(args):
@@ -384,6 +515,13 @@ def cmd_bench(args) -> int:
             "spiffy-triton repository, install it with `pip install -e .`, and run "
             "`spiffy-triton bench` (or `python -m benchmarks.run_all`) from there"
         )
+    if any(a in ("-h", "--help") for a in args.bench_args):
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        from benchmarks import run_all
+
+        run_all.build_parser("spiffy-triton bench").print_help()
+        return 0
     command = [sys.executable, "-m", "benchmarks.run_all", *args.bench_args]
     return subprocess.call(command, cwd=root)
 

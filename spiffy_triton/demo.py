@@ -116,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"         NFE {out.nfe:3d}, steps {out.steps}, "
                 f"{out.stats.tokens_per_second:7.1f} tokens/s"
             )
+            if out.stats.draft_budget is not None:  # auto: what it verified and why
+                print(f"         {out.stats.draft_budget['decision']['reason']}")
             totals[name][0] += out.nfe
             totals[name][1] += out.stats.total_time_s
         spiffy = outs["spiffy"]

@@ -22,6 +22,11 @@ if interpreter_active():
 
     bf16_shim.install()
 
+# The verify cost models of max_drafts="auto" persist on disk by default (a user cache
+# directory): the suite keeps them in memory, so that no test reads another run's measurement
+# or writes to the user's cache (tests of the disk cache set the variable themselves).
+os.environ.setdefault("SPIFFY_TRITON_COST_CACHE", "off")
+
 # pytest-xdist runs one worker per core; one intra-op thread each avoids oversubscription.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -94,6 +94,60 @@ def test_run_all_runs_the_performance_model(tmp_path):
     assert json.loads((out / "run_all.json").read_text())["studies"][0]["status"] == "ok"
 
 
+def test_run_all_writes_to_the_user_cache_not_the_tracked_results(tmp_path, monkeypatch):
+    """issue #21: without --out-dir a run goes to a new folder of the user's cache
+    ($XDG_CACHE_HOME/spiffy-triton/bench/run-<time>), never over benchmarks/results/."""
+    tracked = run_all.BENCH_DIR / "results"
+    before = {p: p.stat().st_mtime_ns for p in tracked.rglob("*") if p.is_file()}
+    monkeypatch.delenv("SPIFFY_BENCH_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert run_all.main(["--only", "perf_model", "--quick", "--no-plots"]) == 0
+    (out,) = (tmp_path / "xdg" / "spiffy-triton" / "bench").iterdir()
+    assert out.name.startswith("run-") and (out / "perf_model.json").is_file()
+    assert (out / "run_all.json").is_file() and (out / "SUMMARY.md").is_file()
+    after = {p: p.stat().st_mtime_ns for p in tracked.rglob("*") if p.is_file()}
+    assert after == before
+    monkeypatch.setenv("SPIFFY_BENCH_RESULTS_DIR", str(tmp_path / "env"))
+    assert run_all.default_out_dir() == (tmp_path / "env").resolve()
+
+
+def test_run_all_help_lists_options_defaults_and_study_times(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_all.main(["--help"], prog="spiffy-triton bench")
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: spiffy-triton bench")
+    for option in ("--quick", "--only", "--skip", "--timeout", "--out-dir", "--summary-only"):
+        assert option in out
+    assert "(default: all)" in out
+    for study in run_all.STUDIES:
+        line = next(x for x in out.splitlines() if x.strip().startswith(study.name + " "))
+        assert f"timeout {study.timeout_s:.0f} s" in line
+        full, quick = run_all.MEASURED_SECONDS.get(study.name, (None, None))
+        for label, seconds in (("full", full), ("--quick", quick)):
+            if seconds is not None:
+                assert f"{label} {seconds:.0f} s" in line
+        if full is None and quick is None:
+            assert "not timed" in line
+    assert any(v != (None, None) for v in run_all.MEASURED_SECONDS.values())
+    assert {s.name: s.timeout_s for s in run_all.STUDIES}["nfe"] == 1800.0
+    with pytest.raises(SystemExit):
+        run_all.main(["--summary-only"])
+    assert "--summary-only needs --out-dir" in capsys.readouterr().err
+
+
+def test_run_all_shows_a_studys_progress_as_it_runs(tmp_path, capsys):
+    """issue #21: long studies show progress: each line a study prints reaches the console
+    (prefixed with its name) as well as its log."""
+    body = "import time\nfor k in range(3):\n    print(f'round {k} of 3')\n    time.sleep(0.2)\n"
+    out = tmp_path / "results"
+    (record,) = run_all.run([_study(tmp_path, "chatty", body)], out_dir=out, plots=False)
+    assert record["status"] == "ok"
+    console = capsys.readouterr().out
+    assert all(f"  [chatty] round {k} of 3" in console for k in range(3))
+    assert "round 2 of 3" in (out / "logs" / "chatty.log").read_text()
+
+
 def test_run_all_rejects_unknown_study_names():
     with pytest.raises(SystemExit, match="unknown studies"):
         run_all.select("perf_model,nope", None)

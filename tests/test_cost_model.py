@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,7 +47,9 @@ class RecordingModel(LLaDAModel):
     """Records (batch, query rows, key rows) of every non-prefill forward."""
 
     def forward(self, input_ids, position_ids=None, layout=None, cache=None):
-        self.shapes.append((input_ids.shape[0], input_ids.shape[1], layout.num_k_rows))
+        # no layout: the plain attention path, every row sees every row (no cache)
+        keys = input_ids.shape[1] if layout is None else layout.num_k_rows
+        self.shapes.append((input_ids.shape[0], input_ids.shape[1], keys))
         return super().forward(input_ids, position_ids=position_ids, layout=layout, cache=cache)
 
 
@@ -64,7 +67,7 @@ def prompt():
 
 @pytest.fixture(autouse=True)
 def fresh_cost_cache(monkeypatch):
-    monkeypatch.delenv(cost_module.CACHE_ENV, raising=False)
+    monkeypatch.setenv(cost_module.CACHE_ENV, "off")  # memory only: no test reads another's
     cm.clear_cost_cache()
     yield
     cm.clear_cost_cache()
@@ -455,6 +458,87 @@ def test_expensive_drafts_give_vanilla(model, prompt):
     assert summary["mean_drafts"] == 0 and summary["backoff_steps"] > 0
     # back-off: fills are 1 + 2 + 4 + 8 ... plain steps apart, so few of the forwards fill
     assert sum(summary["selections"].values()) < out.nfe / 2
+
+
+def test_auto_says_what_it_verified_and_why(model, prompt):
+    """issue #21: the stats say how many drafts auto verified, what one costs in plain steps
+    (from the cost model it used), what the best draft was expected to save, and how to verify
+    every node."""
+    # every row costs the same: one draft row costs a plain forward; nothing can pay
+    dear = AutoDraftBudget({"intercept_ms": 0.0, "per_row_ms": 1.0})
+    out = generate(model, prompt, graph=6, max_drafts=dear, **KW)
+    d = out.stats.draft_budget["decision"]
+    assert d["drafts_verified"] == out.stats.drafts_verified == 0
+    assert d["forwards"] == out.nfe
+    # no cache, batch rows: a root-only forward has 6 + 16 rows (22 ms at 1 ms a row), and a
+    # draft is a whole copy of the sequence: it costs at least a whole step
+    assert d["forward_ms"] == 22.0 and d["draft_ms"] >= 22.0
+    assert d["draft_cost_in_steps"] == pytest.approx(d["draft_ms"] / 22.0)
+    assert 0 < d["best_draft_expected_steps_saved"] <= d["best_draft_bound"] <= 1
+    assert d["best_draft_expected_steps_saved"] < d["draft_cost_in_steps"]
+    reason = d["reason"]
+    assert reason.startswith(f"auto verified 0 drafts over {out.nfe} forwards")
+    assert "less than it costs" in reason and "max_drafts=None" in reason
+    assert "--max-drafts all" in reason
+    # free drafts: auto verifies some, and says how many
+    free = AutoDraftBudget(VerifyCostModel(1e9, 0.0, 0.0))
+    out = generate(model, prompt, graph=6, max_drafts=free, **KW)
+    d = out.stats.to_dict()["draft_budget"]["decision"]
+    assert d["drafts_verified"] == out.stats.drafts_verified > 0
+    assert d["draft_cost_in_steps"] < 1e-3 and "less than it costs" not in d["reason"]
+    assert d["reason"].startswith(f"auto verified {out.stats.drafts_verified} drafts")
+
+
+def test_cost_models_persist_in_the_user_cache_by_default(tmp_path, monkeypatch):
+    """issue #21: on disk by default ($XDG_CACHE_HOME/spiffy-triton), overridable by
+    SPIFFY_TRITON_COST_CACHE, which 'off' disables; cache_dir=False keeps memory only."""
+    builds = []
+
+    def build():
+        builds.append(1)
+        return VerifyCostModel(2.0, 0.1, 0.0, "probe")
+
+    monkeypatch.delenv(cost_module.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cost_module.default_cache_dir() == tmp_path / "xdg" / "spiffy-triton"
+    cm.clear_cost_cache()
+    cached_cost_model("k", build)
+    assert (tmp_path / "xdg" / "spiffy-triton" / cost_module.CACHE_FILE).is_file()
+    cm.clear_cost_cache()  # a new process (a second command-line call): not measured again
+    cached_cost_model("k", build)
+    assert len(builds) == 1
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cost_module.default_cache_dir() == Path.home() / ".cache" / "spiffy-triton"
+    monkeypatch.setenv(cost_module.CACHE_ENV, str(tmp_path / "mine"))
+    assert cost_module.default_cache_dir() == tmp_path / "mine"
+    for off in ("off", "0", "", "None"):
+        monkeypatch.setenv(cost_module.CACHE_ENV, off)
+        assert cost_module.default_cache_dir() is None
+    cm.clear_cost_cache()
+    cached_cost_model("j", build, cache_dir=False)
+    monkeypatch.setenv(cost_module.CACHE_ENV, str(tmp_path / "mine"))
+    cm.clear_cost_cache()
+    cached_cost_model("j", build, cache_dir=False)
+    assert len(builds) == 3 and not (tmp_path / "mine").exists()
+    with pytest.raises(ValueError, match="cache_dir must be a directory path"):
+        cached_cost_model("j", build, cache_dir=3)
+    # an unwritable cache directory warns and keeps the model in memory
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cm.clear_cost_cache()
+    with pytest.warns(UserWarning, match="cannot write the verify cost cache"):
+        model = cached_cost_model("u", build, cache_dir=blocker / "sub")
+    assert model.per_row_ms == 0.1
+    cm.clear_cost_cache()
+
+
+def test_cache_key_names_the_host_and_version(model):
+    import platform
+
+    import spiffy_triton
+
+    key = cost_model_key(model, "dual", "packed")
+    assert f"host={platform.node()}" in key and f"version={spiffy_triton.__version__}" in key
 
 
 @pytest.mark.parametrize("cache", [None, "prefix", "dual"])

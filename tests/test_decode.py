@@ -13,6 +13,7 @@ from utils import TINY_MASK_ID, tiny_random_llada
 from spiffy_triton.decoding import GenerateOutput, default_verify, generate, is_exact
 from spiffy_triton.decoding.drafting import fill_drafts, geometric_mean_score, rank_masked_positions
 from spiffy_triton.graph import DraftGraph
+from spiffy_triton.models import LLaDAModel
 from spiffy_triton.types import MarginalsOutput
 
 MASK = TINY_MASK_ID
@@ -232,14 +233,20 @@ def test_graph_too_deep_for_block(model, prompt):
         generate(model, prompt, gen_length=16, block_length=8, graph=graph)
 
 
-def upstream_llada_generate(model, prompt, *, gen_length, block_length, steps, threshold=None):
+def upstream_llada_generate(
+    model, prompt, *, gen_length, block_length, steps, threshold=None, rank_dtype=torch.float64
+):
     """LLaDA's generate() at temperature 0 with low-confidence remasking (and Fast-dLLM's
-    threshold variant), transcribed independently: full forward per step, float64 softmax,
-    confidence -inf outside the current block, top-k commit."""
+    threshold variant), transcribed independently: full forward per step, float64 softmax and
+    ranking as Fast-dLLM (`rank_dtype` float32 rounds the confidence as LLaDA's float32 softmax
+    would), confidence -inf outside the current block, top-k commit, Fast-dLLM's threshold
+    keeping every confidence >= threshold (at least one). Returns the final ids, the forwards
+    and the state after every step."""
     x = torch.full((1, prompt.shape[1] + gen_length), MASK, dtype=torch.long)
     x[:, : prompt.shape[1]] = prompt
     num_blocks = gen_length // block_length
     nfe = 0
+    states = []
     for b in range(num_blocks):
         start = prompt.shape[1] + b * block_length
         end = start + block_length
@@ -254,19 +261,21 @@ def upstream_llada_generate(model, prompt, *, gen_length, block_length, steps, t
             logits[..., MASK] = float("-inf")  # generate() never commits the mask token
             x0 = logits.argmax(-1)
             p = torch.softmax(logits, dim=-1)
-            conf = torch.gather(p, -1, x0[..., None])[..., 0].float()
+            conf = torch.gather(p, -1, x0[..., None])[..., 0].to(rank_dtype)
             conf[:, end:] = float("-inf")
-            conf = torch.where(x == MASK, conf, torch.tensor(float("-inf")))
+            conf = torch.where(x == MASK, conf, torch.tensor(float("-inf"), dtype=rank_dtype))
             if threshold is None:
                 n = counts[k]
             else:
                 masked = int((x[:, start:end] == MASK).sum())
-                n = max(1, int((conf[0] > threshold).sum()))
+                n = max(1, int((conf[0] >= threshold).sum()))
                 n = min(n, masked)
-            chosen = torch.topk(conf[0], n).indices
+            # torch.topk's order among exact ties is unspecified: sort stably (lower position)
+            chosen = torch.sort(conf[0], descending=True, stable=True).indices[:n]
             x[0, chosen] = x0[0, chosen]
+            states.append(x.clone())
             k += 1
-    return x, nfe
+    return x, nfe, states
 
 
 @pytest.mark.parametrize(
@@ -275,7 +284,7 @@ def upstream_llada_generate(model, prompt, *, gen_length, block_length, steps, t
     ids=["1tok", "2tok", "threshold"],
 )
 def test_vanilla_matches_upstream_llada_loop(model, prompt, kwargs):
-    expected, nfe = upstream_llada_generate(
+    expected, nfe, _ = upstream_llada_generate(
         model,
         prompt,
         gen_length=16,
@@ -287,3 +296,111 @@ def test_vanilla_matches_upstream_llada_loop(model, prompt, kwargs):
     assert torch.equal(out.tokens, expected) and out.nfe == nfe
     if "threshold" in kwargs:
         assert out.nfe < 16  # several tokens in some steps
+
+
+class NearTieLLaDA(LLaDAModel):
+    """A random LLaDA whose every row is near-certain: the base model's argmax token gets
+    probability 1 / (1 + eps), eps in [3.0e-7, 3.6e-7) a function of the position and the
+    input ids, so float32 rounds most confidences of a step to the same one or two values."""
+
+    def forward(self, input_ids, position_ids=None, layout=None, cache=None):
+        logits = super().forward(input_ids, position_ids, layout, cache)
+        b, t, v = logits.shape
+        pos = torch.arange(t, dtype=torch.float64)
+        salt = input_ids.to(torch.float64).sum(-1, keepdim=True)
+        eps = 3.0e-7 + 6e-9 * torch.remainder(pos * 7 + salt * 3, 10)  # [b, t]
+        out = torch.log(eps / (v - 2))[..., None].expand(b, t, v).clone()
+        out.scatter_(-1, logits.argmax(-1, keepdim=True), 0.0)
+        out[..., MASK] = 5.0  # excluded by every decoder
+        return out.to(logits.dtype)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"steps": 16}, {"steps": 8}, {"threshold": 0.99999966}], ids=["1tok", "2tok", "tau"]
+)
+def test_vanilla_steps_match_float64_ranking_with_near_ties(prompt, kwargs):
+    """Step by step, vanilla's states are those of an independent float64 implementation of
+    the rule, on a model whose confidences tie in float32 (issue #21); the float32 ranking
+    would walk other states, so the test can tell the two apart."""
+    model = tiny_random_llada(3, std=0.2, model_class=NearTieLLaDA)
+    seen = []
+    original = model.forward
+
+    def recording(input_ids, *args, **kw):
+        seen.append(input_ids.clone())
+        return original(input_ids, *args, **kw)
+
+    model.forward = recording
+    args = dict(gen_length=16, block_length=8, steps=kwargs.get("steps", 16))
+    expected, nfe, states = upstream_llada_generate(
+        model, prompt, threshold=kwargs.get("threshold"), **args
+    )
+    _, _, float32_states = upstream_llada_generate(
+        model, prompt, threshold=kwargs.get("threshold"), rank_dtype=torch.float32, **args
+    )
+    assert [s.tolist() for s in states] != [s.tolist() for s in float32_states]
+    seen.clear()
+    out = generate(model, prompt, gen_length=16, block_length=8, **kwargs)
+    assert out.nfe == nfe and torch.equal(out.tokens, expected)
+    # each forward's input is the state after the previous step
+    assert [s.tolist() for s in seen[1:]] == [s.tolist() for s in states[:-1]]
+    spiffy = generate(
+        model, prompt, gen_length=16, block_length=8, graph=4, max_drafts=None, **kwargs
+    )
+    assert torch.equal(spiffy.tokens, expected) and spiffy.nfe <= nfe
+
+
+def test_api_takes_the_command_lines_spellings(model, prompt):
+    """issue #21: cache='none' is None and max_drafts='all' is None, as the CLI spells them."""
+    kw = dict(gen_length=16, block_length=8)
+    a = generate(model, prompt, cache=None, graph=4, max_drafts=None, **kw)
+    b = generate(model, prompt, cache="none", graph=4, max_drafts="all", **kw)
+    assert torch.equal(a.tokens, b.tokens) and a.nfe == b.nfe and b.stats.cache is None
+    assert b.stats.draft_budget is None  # "all" is not auto
+    with pytest.raises(ValueError, match="cache must be one of"):
+        generate(model, prompt, cache="None", **kw)
+    with pytest.raises(ValueError, match="max_drafts must be 'auto'"):
+        generate(model, prompt, graph=4, max_drafts="every", **kw)
+
+
+def test_meta_device_prompt_or_model_is_a_clear_error(prompt):
+    model = tiny_random_llada(3)
+    with pytest.raises(ValueError, match="prompt_ids is on the meta device"):
+        generate(model, prompt.to("meta"), gen_length=8, block_length=8)
+    with pytest.raises(ValueError, match="model is on the meta device"):
+        generate(model.to("meta"), prompt, gen_length=8, block_length=8)
+
+
+def test_forwards_without_packed_drafts_take_the_plain_attention_path(model, prompt, monkeypatch):
+    """issue #21: a root-only forward (vanilla, no cache), and drafts as batch rows, see the
+    whole sequence: the model's plain attention (SDPA), not the graph-masked path, as
+    upstream's vanilla runs; packed drafts still need the graph layout."""
+    from spiffy_triton.models import llada
+
+    calls = []
+    real = llada.graph_attention
+    monkeypatch.setattr(llada, "graph_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = dict(gen_length=16, block_length=8)
+    vanilla = generate(model, prompt, **kw)
+    batch = generate(model, prompt, graph=4, max_drafts=None, verify="batch", **kw)
+    assert calls == [] and torch.equal(batch.tokens, vanilla.tokens)
+    assert batch.stats.drafts_verified > 0
+    generate(model, prompt, graph=4, max_drafts=None, verify="packed", **kw)
+    assert calls  # packed drafts: graph attention
+    # With a cache the root-only forward keeps the layout: it then does the arithmetic of a
+    # packed draft row, so vanilla equals Spiffy bit for bit (docs/PERFORMANCE.md).
+    calls.clear()
+    generate(model, prompt, cache="dual", **kw)
+    assert calls
+
+
+def test_batch_row_drafts_on_the_plain_path_stay_exact_in_bfloat16(prompt):
+    """The plain path (SDPA) is batch-invariant: a draft's batch row gives the logits vanilla's
+    root-only forward gives for that state, in bf16 too, so Spiffy's tokens are vanilla's."""
+    model = tiny_random_llada(5, std=0.2).to(torch.bfloat16)
+    kw = dict(gen_length=16, block_length=8)
+    for rule in ({}, {"threshold": 0.5}, {"temperature": 0.8, "seed": 3}):
+        vanilla = generate(model, prompt, **kw, **rule)
+        spiffy = generate(model, prompt, graph=6, max_drafts=None, verify="batch", **kw, **rule)
+        assert torch.equal(spiffy.tokens, vanilla.tokens) and spiffy.steps == vanilla.steps
+        assert spiffy.stats.drafts_verified > 0

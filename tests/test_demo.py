@@ -16,6 +16,8 @@ def test_demo_decodes_vanilla_spiffy_and_auto_identically(capsys):
     assert out.count("\nidentical: True") == 2  # per prompt
     assert "all outputs identical: True (verification mode exact: True)" in out
     assert "total on cpu: vanilla NFE 64" in out and "auto NFE" in out
+    # the auto row says what it verified and why, once per prompt (issue #21)
+    assert out.count("auto verified ") == 2 and "max_drafts=None" in out
 
 
 def test_demo_with_auto_as_the_spiffy_row(capsys):

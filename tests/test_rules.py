@@ -3,6 +3,8 @@ factor, temperature, the mask token never chosen, bad input."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -93,20 +95,23 @@ def test_schedule_follows_block_step():
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("tau", [0.3, 0.6, 0.9])
+@pytest.mark.parametrize("tau", [0.0, 0.3, 0.6, 0.9, 1.0])
 def test_threshold_rule(seed, tau):
     logits, state, positions = make_case(seed)
     rule = TransitionRule(mask_id=MASK, threshold=tau, backend="torch")
     new, _ = rule(logits, state, step=0, block_step=5, positions=positions)
-    _, conf = expected_probs(logits)
-    conf32 = conf.to(torch.float32).to(torch.float64)  # marginals report float32 confidence
+    _, conf = expected_probs(logits)  # float64, as Fast-dLLM's softmax(logits.double())
     masked = (state == MASK).nonzero().flatten().tolist()
-    above = {p for p in masked if conf32[p] > tau}
-    best = min(masked, key=lambda p: (-float(conf32[p]), p))
-    assert committed(state, new) == (above or {best})
+    kept = {p for p in masked if conf[p] >= tau}  # Fast-dLLM drops only conf < threshold
+    best = min(masked, key=lambda p: (-float(conf[p]), p))
+    assert committed(state, new) == (kept or {best})
+    if tau == 0.0:
+        assert committed(state, new) == set(masked)
+    if tau == 1.0:  # no probability is exactly 1 here: one token per step
+        assert committed(state, new) == {best}
 
 
-def test_threshold_is_strict():
+def test_threshold_keeps_a_confidence_equal_to_it():
     logits = torch.full((3, V), -3.0, dtype=torch.float64)
     logits[:, 5] = 0.0
     logits[0, 6] = 0.0  # position 0: two equal top tokens, confidence < 0.5
@@ -116,9 +121,62 @@ def test_threshold_is_strict():
     # positions 1 and 2 have confidence 1 / (1 + 9 e^-3) = 0.69 > 0.6
     assert committed(state, new) == {1, 2}
     tau = float(marg.prob[1])
+    assert tau == float(marg.prob[2]) and marg.prob.dtype == torch.float64
     rule = TransitionRule(mask_id=MASK, threshold=tau, backend="torch")
     new, _ = rule(logits, state, step=0, block_step=0, positions=torch.arange(3))
-    assert committed(state, new) == {1}  # ties at tau are not above tau: at least one
+    assert committed(state, new) == {1, 2}  # equal to tau: kept, as Fast-dLLM keeps it
+    above = torch.nextafter(torch.tensor(tau, dtype=torch.float64), torch.tensor(2.0)).item()
+    rule = TransitionRule(mask_id=MASK, threshold=above, backend="torch")
+    new, _ = rule(logits, state, step=0, block_step=0, positions=torch.arange(3))
+    assert committed(state, new) == {1}  # just below tau: only the (lowest) most confident
+
+
+def test_threshold_one_commits_only_certain_positions():
+    logits = torch.full((3, V), -3.0, dtype=torch.float64)
+    logits[:, 5] = 0.0
+    logits[2, :] = -math.inf  # position 2: one finite logit, probability exactly 1
+    logits[2, 7] = 0.0
+    state = torch.full((3,), MASK)
+    rule = TransitionRule(mask_id=MASK, threshold=1.0, backend="torch")
+    new, marg = rule(logits, state, step=0, block_step=0, positions=torch.arange(3))
+    assert float(marg.prob[2]) == 1.0 and committed(state, new) == {2}
+
+
+def near_tie_logits(eps: list[float]) -> torch.Tensor:
+    """float64 logits whose top token (id 5) has probability 1 / (1 + eps[p]) at position p."""
+    rows = []
+    for e in eps:
+        row = torch.full((V,), math.log(e / (V - 2)), dtype=torch.float64)  # V - 2: not mask, 5
+        row[5] = 0.0
+        row[MASK] = 3.0  # the mask token is excluded before the softmax
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def test_near_one_confidences_keep_their_float64_order():
+    # 0.999999640 and 0.999999665 both round to 0.99999964 in float32: a float32 ranking ties
+    # them and the lower position would win; Fast-dLLM ranks in float64.
+    eps = [3.60e-7, 3.35e-7, 3.50e-7]
+    logits = near_tie_logits(eps)
+    exact = 1.0 / (1.0 + torch.tensor(eps, dtype=torch.float64))
+    assert len(set(exact.to(torch.float32).tolist())) == 1  # the case is a float32 tie
+    state = torch.full((3,), MASK)
+    for remasking, extra in [
+        ("low_confidence", {}),
+        ("maskgit_plus", {}),
+        ("low_confidence_static", {}),
+    ]:
+        rule = TransitionRule(
+            mask_id=MASK, remasking=remasking, schedule=(1, 1, 1), backend="torch", **extra
+        )
+        new, marg = rule(logits, state, step=0, block_step=0, positions=torch.arange(3))
+        assert committed(state, new) == {1}, remasking
+        assert torch.allclose(marg.prob, exact, rtol=0, atol=1e-14)
+        new2, _ = rule(logits, new, step=1, block_step=1, positions=torch.arange(3))
+        assert committed(new, new2) == {2}, remasking
+    rule = TransitionRule(mask_id=MASK, threshold=0.99999966, backend="torch")
+    new, _ = rule(logits, state, step=0, block_step=0, positions=torch.arange(3))
+    assert committed(state, new) == {1}  # float32: 0.99999964 < tau everywhere, position 0
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -196,6 +254,9 @@ def test_mask_token_is_never_committed():
         ({"temperature": float("nan"), "schedule": (1,)}, "temperature"),
         ({"threshold": 0.5, "factor": 1.0}, "not both"),
         ({"threshold": 1.5}, "threshold"),
+        ({"threshold": -0.1}, r"threshold must be a number in \[0, 1\]"),
+        ({"threshold": True}, "threshold"),
+        ({"threshold": "0.9"}, "threshold"),
         ({"factor": 0.0}, "factor"),
         ({"threshold": 0.5, "remasking": "random"}, "low_confidence"),
         ({"threshold": 0.5, "schedule": (1,)}, "no step schedule"),

@@ -211,7 +211,7 @@ def test_exact_variant_equals_vanilla(cache, rule, draft):
     vanilla = generate(model, PROMPT, cache=cache, **KW, **rule)
     exact = generate(model, PROMPT, cache=cache, method="simsd-exact", draft=draft, **KW, **rule)
     assert torch.equal(exact.tokens, vanilla.tokens) and exact.steps == vanilla.steps
-    assert exact.stats.exact and exact.nfe <= vanilla.nfe
+    assert exact.stats.exact and exact.stats.verify_forwards <= vanilla.nfe
 
 
 def test_exact_variant_saves_forwards_with_a_good_draft():
@@ -220,6 +220,39 @@ def test_exact_variant_saves_forwards_with_a_good_draft():
     exact = generate(model, PROMPT, method="simsd-exact", draft=FixedDraft(vanilla.tokens[0]), **KW)
     assert torch.equal(exact.tokens, vanilla.tokens)
     assert exact.nfe < vanilla.nfe  # candidates were accepted: the equality is not vacuous
+
+
+def test_simsd_draft_defaults_to_self_as_on_the_command_line():
+    model = tiny()
+    default = generate(model, PROMPT, method="simsd", **KW)
+    explicit = generate(model, PROMPT, method="simsd", draft="self", **KW)
+    assert torch.equal(default.tokens, explicit.tokens) and default.nfe == explicit.nfe
+    assert default.stats.draft == "self, 1 step"
+
+
+@pytest.mark.parametrize("method", ["simsd", "simsd-exact"])
+@pytest.mark.parametrize("cache", [None, "prefix"])
+def test_nfe_counts_the_targets_drafting_forwards(method, cache):
+    """Every forward of the target counts (issue #21): with draft='self' NFE is the verify
+    forwards plus the drafting forwards; a separate draft model's forwards stay apart."""
+    model = tiny()
+    out = generate(model, PROMPT, method=method, draft="self", cache=cache, **KW)
+    st = out.stats
+    assert st.draft_is_target and st.draft_forwards > 0
+    assert out.nfe == st.nfe == st.verify_forwards + st.draft_forwards
+    assert st.to_dict()["tokens_per_forward"] == pytest.approx(8 / out.nfe)
+    calls = []
+    forward, prefill = model.forward, model.prefill
+    model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    model.prefill = lambda *a, **k: calls.append(1) or prefill(*a, **k)
+    try:
+        again = generate(model, PROMPT, method=method, draft="self", cache=cache, **KW)
+    finally:
+        del model.forward, model.prefill
+    assert len(calls) == again.nfe == out.nfe  # NFE is what the target ran
+    other = generate(model, PROMPT, method=method, draft=other_sdar(), cache=cache, **KW)
+    assert not other.stats.draft_is_target and other.stats.draft_forwards > 0
+    assert other.nfe == other.stats.verify_forwards
 
 
 def test_draft_models_smaller_or_bidirectional():
@@ -284,7 +317,6 @@ def test_simsd_rejects_a_draft_with_another_tokenizer():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"method": "simsd"}, "needs draft="),
         ({"method": "simsd", "draft": "other"}, "draft must be 'self'"),
         ({"method": "simsd", "draft": 3}, "draft must be a model"),
         ({"method": "simsd", "draft": "self", "graph": 4}, "graph is Spiffy's"),

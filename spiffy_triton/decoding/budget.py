@@ -89,8 +89,8 @@ class AutoDraftBudget:
         prior: per graph node prior walk-through rate (`calibration_prior`); None uses the
             graph prior.
         max_drafts: most drafts per forward (None: the graph's filled nodes).
-        cache_dir: where fitted cost models persist (None: ``SPIFFY_TRITON_COST_CACHE`` or
-            memory only).
+        cache_dir: where fitted cost models persist (None: the default cache,
+            `spiffy_triton.decoding.cost_model.default_cache_dir`; False: memory only).
         adapt: refit the cost model on the run's own verify forwards (`record_forward`);
             None: only when it was measured (a given `cost_model` is kept as given).
     """
@@ -102,7 +102,7 @@ class AutoDraftBudget:
         prior: Sequence[float] | None = None,
         prior_strength: float = DEFAULT_PRIOR_STRENGTH,
         max_drafts: int | None = None,
-        cache_dir: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | bool | None = None,
         adapt: bool | None = None,
     ):
         if isinstance(cost_model, dict):
@@ -125,6 +125,7 @@ class AutoDraftBudget:
         self.expected_advance = 0.0
         self.iteration: Iteration | None = None  # the open iteration (class docstring)
         self.runs = 0  # decode runs bound so far: how much history the estimates carry
+        self.best_estimates: list[float] = []  # per selection: its best draft's estimate
         self.backoff = BackOff()
         self.host_ms: float | None = None  # running mean of filling + selecting time
         self.adapt = cost_model is None if adapt is None else bool(adapt)
@@ -150,6 +151,7 @@ class AutoDraftBudget:
         counters of `summary` and the back-off start afresh."""
         self.chosen_counts = Counter()
         self.expected_advance = 0.0
+        self.best_estimates = []
         self.backoff.start_run()
         self.iteration = self._may_pay = None
         self.runs += 1
@@ -206,6 +208,7 @@ class AutoDraftBudget:
             min_gain=self.cost_model.standard_error,
         )
         self.chosen_counts[len(selection.chosen)] += 1
+        self.best_estimates.append(max(estimates, default=0.0))
         self.expected_advance += selection.expected_advance
         # the realized ratio compares with the estimator's own expectation, not the corrected
         chosen = {c.node for c in selection.chosen}
@@ -330,13 +333,55 @@ class AutoDraftBudget:
         complete = bool(path) and mask_id not in path[-1]
         self.estimator.observe(candidates, sets, complete=complete)
 
-    def summary(self) -> dict:
+    def decision(self, forwards: int | None = None) -> dict:
+        """Why auto verified what it did (issue #21): the drafts verified over the run's
+        forwards, the predicted cost of one draft (its rows in the verify forward plus the
+        filling) in steps: over a root-only forward, the cost of a step (the host time per step
+        is paid whichever way a step is made, `select_drafts`), and the
+        steps the best filled draft was expected to save (the estimate `select` decides on,
+        mean over the run's selections; ``best_draft_bound``: the optimistic bound of
+        `drafts_may_pay`). A draft pays when the steps it saves exceed its cost in steps.
+        `forwards`: the run's forwards (the decoder's NFE; default: those auto decided on)."""
+        if forwards is None:
+            forwards = sum(self.chosen_counts.values()) + self.skipped
+        drafts = sum(k * v for k, v in self.chosen_counts.items())
+        out = {
+            "forwards": forwards,
+            "drafts_verified": drafts,
+            "mean_drafts_per_forward": drafts / forwards if forwards else 0.0,
+            "forward_ms": None,
+            "draft_ms": None,
+            "draft_cost_in_steps": None,
+            "best_draft_expected_steps_saved": None,
+            "best_draft_bound": None,
+            "verify_every_node": "max_drafts=None (command line: --max-drafts all)",
+        }
+        if self._shape_of is not None and self.cost_model is not None:
+            root_ms = self.cost_model.predict_ms(self._shape_of(0))
+            draft_ms = self.cost_model.predict_ms(self._shape_of(1)) - root_ms
+            draft_ms += self.host_ms or 0.0
+            out.update(
+                forward_ms=root_ms,
+                draft_ms=draft_ms,
+                draft_cost_in_steps=draft_ms / root_ms if root_ms > 0 else None,
+            )
+        if self.best_estimates:  # the estimates select decided on, mean over its selections
+            out["best_draft_expected_steps_saved"] = sum(self.best_estimates) / len(
+                self.best_estimates
+            )
+        if self.estimator is not None:
+            out["best_draft_bound"] = max(self.estimator.upper_bounds(), default=0.0)
+        out["reason"] = _decision_reason(out)
+        return out
+
+    def summary(self, run_forwards: int | None = None) -> dict:
         """Selections made (drafts chosen -> count), plain steps taken in back-off, and the
         mean drafts and expected advance over both."""
         forwards = sum(self.chosen_counts.values()) + self.skipped
         drafts = sum(k * v for k, v in self.chosen_counts.items())
         advance = self.expected_advance + self.skipped
         return {
+            "decision": self.decision(run_forwards),
             "cost_model": None if self.cost_model is None else self.cost_model.to_dict(),
             "realized_over_expected_extra_steps": self.realized_advance.ratio,
             "host_ms_per_step": self.host_step_ms,
@@ -346,6 +391,31 @@ class AutoDraftBudget:
             "mean_drafts": drafts / forwards if forwards else 0.0,
             "expected_advance_per_forward": advance / forwards if forwards else 0.0,
         }
+
+
+def _decision_reason(d: dict) -> str:
+    """`AutoDraftBudget.decision` in words."""
+    what = (
+        f"auto verified {d['drafts_verified']} drafts over {d['forwards']} forwards "
+        f"({d['mean_drafts_per_forward']:.2f} per forward)"
+    )
+    if d["draft_cost_in_steps"] is None:
+        why = "no draft was filled (no draft cost measured for this run)"
+    else:
+        cost = d["draft_cost_in_steps"]
+        why = (
+            f"one draft costs {d['draft_ms']:.2f} ms = {cost:.2f} steps (a root-only forward: "
+            f"{d['forward_ms']:.2f} ms; measured on this machine)"
+        )
+        saved = d["best_draft_expected_steps_saved"]
+        if saved is not None:
+            why += (
+                f", the best filled draft was expected to save {saved:.2f} steps (at most "
+                f"{d['best_draft_bound']:.2f})"
+            )
+            if saved <= cost:
+                why += ": less than it costs"
+    return f"{what}; {why}. To verify every node pass {d['verify_every_node']}"
 
 
 # ------------------------------------------------------------------------- process memory

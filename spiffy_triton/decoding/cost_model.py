@@ -17,8 +17,12 @@ the user (`VerifyCostModel(...)`, `.from_dict`) or fitted by `probe_verify_cost`
 that times the decoder's own verify forward at a few draft counts and two context lengths (the
 minimum of a few repeats per shape, robust to a busy machine), fitted by non-negative least
 squares. Fitted models are cached per (model class and config, device, dtype, torch threads,
-cache mode, verify mode) in memory, and on disk under ``~/.cache/spiffy_triton`` when asked
-(`cached_cost_model(..., cache_dir=...)`, or ``SPIFFY_TRITON_COST_CACHE=<dir>``).
+cache mode, verify mode, host, package version) in memory, and on disk by default, so that
+each command-line call does not measure again (`default_cache_dir`): ``SPIFFY_TRITON_COST_CACHE``
+if set (a directory, or ``off`` to keep them in memory only), else
+``$XDG_CACHE_HOME/spiffy-triton`` (``~/.cache/spiffy-triton``); `cached_cost_model(...,
+cache_dir=...)` names a directory, ``cache_dir=False`` keeps memory only. Delete
+``verify_cost_models.json`` there to measure again.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ import hashlib
 import json
 import math
 import os
+import platform
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +44,7 @@ import torch
 from ..types import VERIFY_MODES
 
 CACHE_ENV = "SPIFFY_TRITON_COST_CACHE"
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "spiffy_triton"
+CACHE_OFF = ("off", "0", "false", "no", "none")  # values of CACHE_ENV that disable the disk
 CACHE_FILE = "verify_cost_models.json"
 PROBE_DRAFT_COUNTS = (0, 1, 3, 6)
 PROBE_REPEATS = 3
@@ -299,6 +305,12 @@ _MEMORY_CACHE: dict[str, VerifyCostModel] = {}
 _LOCK = threading.Lock()
 
 
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
 def cost_model_key(model, cache: str | None, verify: str) -> str:
     """Identity of a cost measurement: model class and config, device, dtype, threads, modes."""
     config = getattr(model, "config", None)
@@ -324,27 +336,54 @@ def cost_model_key(model, cache: str | None, verify: str) -> str:
             f"threads={torch.get_num_threads()}",
             f"cache={cache}",
             f"verify={verify}",
+            f"host={platform.node()}",
+            f"version={_version()}",
         ]
     )
 
 
-def _cache_file(cache_dir: str | os.PathLike | None) -> Path | None:
-    directory = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV)
-    return Path(directory) / CACHE_FILE if directory else None
+def default_cache_dir() -> Path | None:
+    """Where fitted cost models persist by default: ``SPIFFY_TRITON_COST_CACHE`` when set (None
+    for ``off``, ``0``, ``false``, ``no``, ``none`` or empty), else
+    ``$XDG_CACHE_HOME/spiffy-triton`` or ``~/.cache/spiffy-triton``."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        if value.strip().lower() in CACHE_OFF + ("",):
+            return None
+        return Path(value).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "spiffy-triton"
+
+
+def _cache_file(cache_dir: str | os.PathLike | bool | None) -> Path | None:
+    if cache_dir is False:
+        return None
+    if cache_dir is None or cache_dir is True:
+        directory = default_cache_dir()
+    elif isinstance(cache_dir, (str, os.PathLike)):
+        directory = Path(cache_dir)
+    else:
+        raise ValueError(
+            f"cache_dir must be a directory path, None (the default cache) or False (memory "
+            f"only), got {cache_dir!r}"
+        )
+    return directory / CACHE_FILE if directory is not None else None
 
 
 def cached_cost_model(
     key: str,
     build: Callable[[], VerifyCostModel],
     *,
-    cache_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | bool | None = None,
 ) -> VerifyCostModel:
-    """The cost model stored under `key` (memory, then disk when a cache directory is given or
-    ``SPIFFY_TRITON_COST_CACHE`` is set), else ``build()`` stored under it."""
+    """The cost model stored under `key` (memory, then the disk cache: `cache_dir`, or
+    `default_cache_dir` when None, none when False), else ``build()`` stored under it. A disk
+    cache that cannot be written is left out (a warning), never fatal."""
+    path = _cache_file(cache_dir)
     with _LOCK:
         if key in _MEMORY_CACHE:
             return _MEMORY_CACHE[key]
-    path = _cache_file(cache_dir)
     stored = {}
     if path is not None and path.exists():
         try:
@@ -364,11 +403,18 @@ def cached_cost_model(
     with _LOCK:
         _MEMORY_CACHE[key] = model
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         stored[key] = model.to_dict()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stored, indent=1) + "\n")
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(stored, indent=1) + "\n")
+            tmp.replace(path)
+        except OSError as err:
+            warnings.warn(
+                f"cannot write the verify cost cache {path}: {err}; set {CACHE_ENV}=off or to "
+                "a writable directory",
+                stacklevel=2,
+            )
     return model
 
 

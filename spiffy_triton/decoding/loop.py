@@ -184,7 +184,8 @@ def generate(
         temperature: 0 for argmax, > 0 for Gumbel-max sampling keyed by (seed, step, position).
         remasking: ``"low_confidence"`` or ``"random"`` (schedule rules).
         threshold / factor: Fast-dLLM parallel unmasking rules (instead of the schedule).
-        cache: None, ``"prefix"`` or ``"dual"``.
+        cache: None (or ``"none"``, as the command line spells it), ``"prefix"`` or
+            ``"dual"``.
         graph: None (vanilla), a `DraftGraph`, a path to a graph JSON file, or an int budget
             (the default graph of that many nodes that fits the block,
             ``DraftGraph.default(budget, block_length=block_length)``).
@@ -195,7 +196,8 @@ def generate(
             `forget_shared_budgets`); an `AutoDraftBudget` to give its cost
             model or acceptance prior, or to keep a run apart; an int: at most this many drafts
             per forward
-            (dynamic pruning); None: every filled node of the graph.
+            (dynamic pruning); None (or ``"all"``, as the command line spells it): every filled
+            node of the graph.
         verify: ``"packed"`` or ``"batch"``; default the exact mode of `cache`.
         backend: backend of the marginals and ranking calls (the model's attention backend is
             fixed when the model is loaded).
@@ -205,13 +207,22 @@ def generate(
             ``"simsd"`` (SimSD's token-level acceptance of a draft's reference tokens; not
             vanilla's output) or ``"simsd-exact"`` (vanilla's output, the references as
             candidate states); SimSD needs a block-causal model (`decoding.simsd`).
-        draft: SimSD's reference tokens: ``"self"`` (the target, one step), ``"previous"``
+        draft: SimSD's reference tokens: ``"self"`` (the default: the target, one step),
+            ``"previous"``
             (the target's tokens from its previous forward of the block), a draft model of the
             same vocabulary, or a `spiffy_triton.decoding.simsd.DraftSource`.
 
     Returns `GenerateOutput(tokens [1, P + gen_length], nfe, steps, stats)`.
     """
     method = resolve_method(method, graph, draft, threshold, factor)
+    # The command line's spellings are the API's too (issue #21): cache "none" is None,
+    # max_drafts "all" is None (every node), SimSD's draft defaults to "self".
+    if cache == "none":
+        cache = None
+    if isinstance(max_drafts, str) and max_drafts == "all":
+        max_drafts = None
+    if method in SIMSD_METHODS and draft is None:
+        draft = "self"
     settings = resolve_settings(
         model,
         prompt_ids,

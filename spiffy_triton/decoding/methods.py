@@ -316,7 +316,7 @@ class SpiffyMethod(DecodeMethod):
 
     def finish(self, stats) -> None:
         if self.auto is not None:
-            stats.draft_budget = self.auto.summary()
+            stats.draft_budget = self.auto.summary(run_forwards=stats.nfe)
 
 
 def probe_contexts(prompt_len: int, total_len: int, block_length: int, max_len: int):

@@ -147,7 +147,7 @@ class NoiseAwareFiller:
             best = rank[:, :1]
             marginals = MarginalsOutput(
                 token=cand_tokens.gather(1, best)[:, 0],
-                prob=confidence_probs.gather(1, best)[:, 0].to(torch.float32),
+                prob=confidence_probs.gather(1, best)[:, 0],
                 topk_tokens=p_last.topk_tokens.to(device),
                 topk_probs=p_last.topk_probs.to(device),
                 lse=p_last.lse.to(device),

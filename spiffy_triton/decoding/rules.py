@@ -15,12 +15,19 @@ Which masked positions are committed:
   softmax probability (T = 1) of the chosen token. ``remasking="random"`` ranks masked
   positions by a uniform number keyed by ``(seed, step, position)`` instead (counter-based, not
   torch's RNG, so the same state at the same step always makes the same choice).
-- ``threshold=tau`` (Fast-dLLM): every masked position whose confidence is ``> tau``; at least
-  the most confident one.
+- ``threshold=tau`` (Fast-dLLM): every masked position whose confidence is ``>= tau``; at least
+  the most confident one. A confidence exactly equal to ``tau`` is kept, as Fast-dLLM keeps it
+  (it drops a candidate only when ``confidence < threshold``). ``tau`` is in ``[0, 1]``:
+  ``tau = 0`` commits every masked position in one step, ``tau = 1`` only positions whose
+  float64 probability is exactly 1 (in practice one token per step, the most confident).
 - ``factor=f`` (Fast-dLLM): with masked confidences sorted ``c_1 >= c_2 >= ...``, the largest
   ``n`` such that ``(k + 1) * (1 - c_k) < f`` for every ``k <= n``; at least one.
 
-Ties in confidence go to the lower position (`spiffy_triton.dispatch.rank_positions`). A rule
+Confidence (the probability of the chosen token, for every probability-based kind) is computed
+from the logits in float64, as Fast-dLLM's ``softmax(logits.to(torch.float64))``: a float32
+probability rounds every value within ~6e-8 of 1.0 to the same few numbers, so near-certain
+positions would tie and the order upstream computes would be lost (issue #21). Exact ties in
+float64 go to the lower position (`spiffy_triton.dispatch.rank_positions`). A rule
 sees only the block's positions, so future blocks are never chosen. The mask token is never a
 candidate token (its logit is set to -inf before the marginals).
 """
@@ -59,6 +66,10 @@ TEMPERED_CONFIDENCE = DREAM_REMASKING + SDAR_REMASKING
 SCHEDULE_THRESHOLD_RULES = ("low_confidence_dynamic",)
 REMASKING = REMASKINGS  # LLADA_REMASKING + TEMPERED_CONFIDENCE, in that order
 # --- end of Dream and SDAR kinds ---------------------------------------------------------
+
+# Kinds whose confidence is the probability of the chosen token: `TransitionRule.marginals`
+# reports it in float64 (module docstring).
+PROBABILITY_CONFIDENCE = ("low_confidence", "maskgit_plus") + SDAR_REMASKING
 
 # Philox stream of random remasking (stream 0 is the Gumbel noise of token sampling).
 RANDOM_REMASK_STREAM = 1
@@ -125,6 +136,20 @@ def block_marginals(
     )
 
 
+def chosen_probability_f64(
+    logits: torch.Tensor, token: torch.Tensor, mask_id: int | None = None
+) -> torch.Tensor:
+    """float64 ``softmax(logits)[row, token[row]]`` (the mask id excluded), computed as
+    ``exp(logit - logsumexp)`` in float64 like Fast-dLLM's ``softmax(logits.to(float64))``, so
+    confidences near 1 keep their order (module docstring)."""
+    rows = logits.to(torch.float64)
+    if mask_id is not None and 0 <= mask_id < rows.shape[-1]:
+        rows = rows.clone()
+        rows[:, mask_id] = -math.inf
+    chosen = rows.gather(1, token.to(rows.device, torch.int64)[:, None])[:, 0]
+    return torch.exp(chosen - torch.logsumexp(rows, dim=-1))
+
+
 @dataclass(frozen=True)
 class TransitionRule:
     """The unmasking rule of one decode run; see the module docstring.
@@ -151,8 +176,15 @@ class TransitionRule:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if self.threshold is not None and self.factor is not None:
             raise ValueError("give threshold or factor, not both")
-        if self.threshold is not None and not 0.0 <= self.threshold < 1.0:
-            raise ValueError(f"threshold must be in [0, 1), got {self.threshold!r}")
+        if self.threshold is not None and (
+            isinstance(self.threshold, bool)
+            or not isinstance(self.threshold, (int, float))
+            or not 0.0 <= self.threshold <= 1.0
+        ):
+            raise ValueError(
+                f"threshold must be a number in [0, 1] (1.0: one token per step), "
+                f"got {self.threshold!r}"
+            )
         if self.factor is not None and not self.factor > 0:
             raise ValueError(f"factor must be > 0, got {self.factor!r}")
         scheduled_threshold = self.remasking in SCHEDULE_THRESHOLD_RULES  # SDAR dynamic
@@ -185,7 +217,8 @@ class TransitionRule:
         """Token choice and confidence of the block's rows at global step `step`.
 
         `top_k`: top tokens to return besides (at least those the rule needs itself). They
-        never change ``token`` or ``prob``; a drafter reads them (`p_last_from`)."""
+        never change ``token`` or ``prob``; a drafter reads them (`p_last_from`). For the
+        probability-based kinds ``prob`` is float64 (`chosen_probability_f64`)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
         temperature = float(self.temperature)
@@ -193,7 +226,7 @@ class TransitionRule:
             # Dream / SDAR: confidence of softmax(logits / T); Gumbel-max of (logits / T) / 1
             # picks what Gumbel-max of logits / T picks.
             logits, temperature = logits / temperature, 1.0
-        return block_marginals(
+        marginals = block_marginals(
             logits,
             top_k=max(top_k, 2 if self.remasking == "topk_margin" else 1),
             temperature=temperature,
@@ -203,6 +236,10 @@ class TransitionRule:
             mask_id=self.mask_id,
             backend=self.backend,
         )
+        if self.remasking in PROBABILITY_CONFIDENCE:
+            prob = chosen_probability_f64(logits, marginals.token, self.mask_id)
+            marginals = marginals._replace(prob=prob)
+        return marginals
 
     @property
     def p_last_from_supported(self) -> bool:
@@ -277,7 +314,8 @@ class TransitionRule:
             return count
         ranked = confidence[order[:num_masked]].tolist()
         if self.threshold is not None:
-            return max(1, sum(1 for c in ranked if c > self.threshold))
+            # >=: Fast-dLLM keeps a confidence equal to the threshold (module docstring).
+            return max(1, sum(1 for c in ranked if c >= self.threshold))
         count = 1
         for k, c in enumerate(ranked, start=1):
             if (k + 1) * (1.0 - c) >= self.factor:

@@ -70,11 +70,6 @@ def resolve_method(method, graph, draft, threshold=None, factor=None) -> str:
     if method.startswith("simsd"):
         if graph is not None:
             raise ValueError(f"graph is Spiffy's draft graph; method={method!r} takes draft=")
-        if draft is None:
-            raise ValueError(
-                f"method={method!r} needs draft=: 'self' (the target at one step), 'previous', "
-                "a draft model of the same vocabulary, or a decoding.simsd.DraftSource"
-            )
     elif draft is not None:
         raise ValueError(f"draft is SimSD's reference source; method={method!r} does not use it")
     if method == "vanilla" and graph is not None:
@@ -107,6 +102,17 @@ def validate_prompt(model, prompt_ids) -> torch.Tensor:
         )
     if prompt_ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"prompt_ids must be int64 or int32, got {prompt_ids.dtype}")
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device) and device.type == "meta":
+        raise ValueError(
+            "model is on the meta device: its weights hold no data (load it with load_model, "
+            "or model.to_empty(device=...) and load a state dict)"
+        )
+    if prompt_ids.device.type == "meta":
+        raise ValueError(
+            "prompt_ids is on the meta device: it holds no token ids (build it with "
+            "torch.tensor([tokenizer.encode(text)]))"
+        )
     if prompt_ids.shape[1] == 0:
         raise ValueError("prompt_ids is empty: the prompt needs at least one token")
     mask_id = model.config.mask_token_id
@@ -245,7 +251,10 @@ def resolve_budget(max_drafts, model, setting) -> AutoDraftBudget | None:
     if max_drafts == "auto":
         return shared_budget(model, setting)
     if isinstance(max_drafts, str):
-        raise ValueError(f"max_drafts must be 'auto', an int >= 1 or None, got {max_drafts!r}")
+        raise ValueError(
+            "max_drafts must be 'auto', an int >= 1, None or 'all' (every node), "
+            f"got {max_drafts!r}"
+        )
     return None
 
 

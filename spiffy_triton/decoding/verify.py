@@ -87,8 +87,13 @@ class Verifier:
 
     def _uncached(self, x, s, e, drafts):
         t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
-        packed = self.verify == "packed"
-        layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0)
+        packed = self.verify == "packed" and d > 0
+        # Without a cache, every row sees the whole sequence when no draft is packed behind the
+        # root (a root-only forward, or drafts as batch rows, the exact default): the model's
+        # plain attention (SDPA), as upstream's vanilla runs, not the graph-masked path (issue
+        # #21). SDPA is batch-invariant (a row's logits do not depend on the other batch rows,
+        # checked in float32 and bf16), so batch-row drafts stay exact.
+        layout = SegmentLayout.spiffy(s, length, t - e, d) if packed else None
         if packed:
             ids = torch.cat([x[0], drafts.reshape(-1)])[None]
             pos = torch.cat([torch.arange(t), torch.arange(s, e).repeat(d)]).to(device)
@@ -106,6 +111,10 @@ class Verifier:
     def _dual(self, x, s, e, drafts):
         t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
         packed = self.verify == "packed"
+        # Cached modes keep the layout even without drafts: the root-only forward then does the
+        # arithmetic of a packed draft row (same kernel, same key order), so vanilla's logits
+        # equal Spiffy's draft logits bit for bit (the plain SDPA path differs: up to 0.125 in
+        # bf16 logits on the bundled model; docs/PERFORMANCE.md).
         layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0, cached=True)
         if packed:
             ids = torch.cat([x[0, s:e], drafts.reshape(-1)])[None]

@@ -553,7 +553,8 @@ class BidirectionalVerifier:
                 ids = x.repeat(1 + d, 1)
                 ids[1:, w:e] = copies
                 pos = torch.arange(t, device=device)
-            layout = _spiffy_layout(w, n, t - e, d if packed else 0, False)
+            # no draft packed behind the root: full attention, the model's plain path (SDPA)
+            layout = _spiffy_layout(w, n, t - e, d, False) if packed and d else None
             self._lap("layout")
             out = self.model(ids, position_ids=pos, layout=layout)
             self._lap("model")

@@ -39,7 +39,12 @@ class SafetensorsFile:
         (length,) = struct.unpack("<Q", data[:8])
         if 8 + length > len(data):
             raise ValueError(f"{path}: header length {length} runs past the end of the file")
-        header = json.loads(data[8 : 8 + length])
+        try:
+            header = json.loads(data[8 : 8 + length])
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: corrupt safetensors header ({err})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
         header.pop("__metadata__", None)
         self.path, self._header, self._body = path, header, memoryview(data)[8 + length :]
 
@@ -51,6 +56,11 @@ class SafetensorsFile:
         if entry["dtype"] not in DTYPES:
             raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
         begin, end = entry["data_offsets"]
+        if not 0 <= begin <= end <= len(self._body):
+            raise ValueError(
+                f"{self.path}: tensor {name!r} lies at bytes [{begin}, {end}) of a body of "
+                f"{len(self._body)}: the file is truncated or corrupt"
+            )
         dtype = DTYPES[entry["dtype"]]
         raw = bytes(self._body[begin:end])  # a copy: the tensor owns its memory
         flat = torch.frombuffer(bytearray(raw), dtype=dtype) if raw else torch.empty(0, dtype=dtype)
@@ -69,4 +79,11 @@ def open_safetensors(path: str):
         from safetensors import safe_open
     except ImportError:
         return SafetensorsFile(path)
-    return safe_open(path, framework="pt")
+    try:
+        return safe_open(path, framework="pt")
+    except OSError:
+        raise
+    except Exception as err:  # safetensors' own SafetensorError: a truncated or corrupt file
+        raise ValueError(
+            f"{path}: not a readable safetensors file, truncated or corrupt ({err})"
+        ) from None

@@ -44,10 +44,27 @@ class CharTokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
-    def encode(self, text: str) -> list[int]:
-        """Ids of the characters of `text`; characters outside the vocabulary map to unk."""
+    def unknown_characters(self, text: str) -> list[str]:
+        """The distinct characters of `text` outside the vocabulary, in order of appearance."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return list(dict.fromkeys(ch for ch in text if ch not in self.piece_to_id))
+
+    def encode(self, text: str, *, strict: bool = False) -> list[int]:
+        """Ids of the characters of `text`; characters outside the vocabulary map to unk
+        (which decodes to nothing), or with `strict` raise a ValueError naming them."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if strict:
+            unknown = self.unknown_characters(text)
+            if unknown:
+                shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in unknown[:8])
+                more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+                raise ValueError(
+                    f"text has characters the tokenizer cannot encode: {shown}{more}; its "
+                    f"vocabulary is {len(self.characters)} characters (printable ASCII and "
+                    "newline for the bundled models)"
+                )
         table = self.piece_to_id
         unk = self.unk_token_id
         return [table.get(ch, unk) for ch in text]

@@ -55,11 +55,15 @@ def check_block_causal(model, method: str) -> None:
 class SimSDStats(DecodeStats):
     """`DecodeStats` of a SimSD run. ``steps`` counts committed tokens (``simsd``) or
     vanilla's transitions (``simsd-exact``); ``query_rows``: target query rows over all
-    forwards; ``draft_forwards``: forwards of the draft model."""
+    forwards; ``draft_forwards``: forwards of the draft model. ``nfe`` counts every forward
+    of the target: its verify forwards (``verify_forwards``) plus, when the draft is the
+    target itself (``draft="self"``, ``draft_is_target``), its drafting forwards."""
 
     method: str = "simsd"
     draft: str = ""
     draft_forwards: int = 0
+    draft_is_target: bool = False
+    verify_forwards: int = 0
     query_rows: int = 0
     references_verified: int = 0
     references_accepted: int = 0
@@ -74,6 +78,8 @@ class SimSDStats(DecodeStats):
             method=self.method,
             draft=self.draft,
             draft_forwards=self.draft_forwards,
+            draft_is_target=self.draft_is_target,
+            verify_forwards=self.verify_forwards,
             query_rows=self.query_rows,
             rows_per_forward=self.query_rows / self.nfe if self.nfe else 0.0,
             references_verified=self.references_verified,
@@ -94,6 +100,7 @@ class SimSDMethod(DecodeMethod):
         check_block_causal(model, self.name)
         self.source = resolve_draft(draft, model, backend=settings.backend)
         self.draft_forwards = 0  # the source's forwards before this run
+        self.target = model
         self.committed = 0  # tokens of the current block committed so far
         self.references: torch.Tensor | None = None  # of the next forward (None: prefill)
 
@@ -109,6 +116,7 @@ class SimSDMethod(DecodeMethod):
         )
 
     def bind(self, run) -> None:
+        self.target = run.model
         self.source.start(run.model, self.settings.prompt_length)
         self.draft_forwards = self.source.forwards
         # SimSD's forwards are its own: the block-causal verifier in its exact packed mode.
@@ -179,6 +187,12 @@ class SimSDMethod(DecodeMethod):
 
     def finish(self, stats) -> None:
         stats.draft_forwards = self.source.forwards - self.draft_forwards
+        stats.verify_forwards = stats.nfe
+        # Every forward of the target counts (issue #21): with draft="self" the drafting
+        # forwards are the target's too.
+        stats.draft_is_target = getattr(self.source, "model", None) is self.target
+        if stats.draft_is_target:
+            stats.nfe += stats.draft_forwards
 
 
 class SimSDExactMethod(SimSDMethod):
