@@ -182,7 +182,8 @@ def resolve_verify(model, cache, verify) -> tuple[str, object | None]:
     (docs/MODELS.md): a model with its own verification (Dream's shifted logits, SDAR's
     block-causal attention) builds its verifier, which resolves `verify` and says if exact."""
     if cache is not None and cache not in CACHE_MODES:
-        raise ValueError(f"cache must be None or one of {CACHE_MODES}, got {cache!r}")
+        choices = (None, "none", *CACHE_MODES)  # "none" is the command line's None
+        raise ValueError(f"cache must be one of {choices}, got {cache!r}")
     model_verifier = None
     if hasattr(model, "spiffy_verifier"):
         model_verifier = model.spiffy_verifier(cache, verify)
