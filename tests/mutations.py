@@ -110,7 +110,7 @@ MUTANTS = (
         "prefix-cache-layout-draft-sees-root",
         "spiffy_triton.decoding.verify",
         (("row = [FULL, NONE] + [NONE] * d", "row = [FULL, FULL] + [NONE] * d"),),
-        ("tests/test_walk.py::test_llada_walk_through_non_first_drafts",),
+        ("tests/test_walk.py::test_llada_verifier_gives_each_draft_its_own_logits",),
         "prefix cache, packed: a draft (with its suffix) sees the prefix and itself only",
     ),
     # ---------------------------------------------------------- mask visibility: kernel side
@@ -147,16 +147,17 @@ MUTANTS = (
     ),
     # ------------------------------------------------------------------------ top-k insertion
     Mutant(
-        "kernel-topk-insert-into-padding",
+        "kernel-topk-insert-even-when-smaller",
         "spiffy_triton.kernels.marginals",
         (
             (
-                "live = tl.where(slots < K, topk, 9223372036854775807)\n    smallest",
-                "live = topk\n    smallest",
+                "return tl.where((slots == slot) & (candidate > smallest), candidate, topk)",
+                "return tl.where((slots == slot), candidate, topk)",
             ),
         ),
         ("tests/test_marginals.py::test_marginals_parity",),
-        "top-k insertion replaces the smallest of the first K slots, not a padding slot",
+        "top-k insertion replaces the smallest slot only by a larger key (a block's later "
+        "keys may fall below the ones it just inserted)",
     ),
     Mutant(
         "kernel-topk-one-insert-short",

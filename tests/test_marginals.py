@@ -271,9 +271,9 @@ def test_rank_bad_inputs(backend):
 @pytest.mark.parametrize("case, device", parity_params(cases_of("marginals")))
 def test_marginals_parity(case, device):
     """Kernel vs reference on CPU (interpreter) and CUDA: small shapes with ties / -inf /
-    strided rows, vocabularies 126464 and 152064 with 1 to 2048 rows (CUDA; one row in the
-    interpreter), 262144, strided vocabulary, split invariance, the Philox stream, row packing,
-    special rows and rank_positions."""
+    strided rows, vocabularies 126464 and 152064 with 1 to 2048 rows (CUDA; one row of each
+    at T = 0 and T = 0.7, default splits, in the interpreter), 262144, strided vocabulary,
+    split invariance, the Philox stream, row packing, special rows and rank_positions."""
     case.run(device)
 
 

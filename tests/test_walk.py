@@ -16,11 +16,13 @@ import functools
 
 import pytest
 import torch
-from utils import tiny_qwen_config
+from utils import TINY_MASK_ID, assert_close, tiny_qwen_config, tiny_random_llada
 from walk_oracle import check_walk, vanilla_trajectory
 
 from spiffy_triton.decoding import generate
 from spiffy_triton.decoding.simsd import Proposal
+from spiffy_triton.decoding.stats import PHASES, PhaseClock
+from spiffy_triton.decoding.verify import Verifier
 from spiffy_triton.models import DreamModel, load_model
 from spiffy_triton.training.tinydata import heldout_prompts
 
@@ -210,3 +212,40 @@ def test_simsd_exact_walks_its_whole_candidate_chain(prompt, rule, cache):
     assert torch.equal(exact.tokens, reference.tokens) and exact.steps == reference.steps
     assert max(exact.stats.steps_per_forward) >= 4, exact.stats.steps_per_forward
     assert exact.nfe < reference.nfe
+
+
+# ------------------------------------------------------------------ verifier rows, one by one
+
+
+@pytest.mark.parametrize(
+    "cache, verify",
+    [(None, "batch"), ("prefix", "packed"), ("prefix", "batch"), ("dual", "packed")],
+)
+def test_llada_verifier_gives_each_draft_its_own_logits(cache, verify):
+    """The LLaDA verifier's draft rows are the logits of each draft state alone (the forward
+    vanilla would run on it), on a random model where any leak between rows shows: the
+    trained model is sharp enough that a draft seeing the root as well still picks the same
+    tokens, so the lossless tests alone do not catch a layout that lets it."""
+    model = tiny_random_llada(3, std=0.5)
+    generator = torch.Generator().manual_seed(4)
+    prompt = torch.randint(3, 24, (1, 6), generator=generator)
+    s, e, t = 6, 10, 14
+    x = torch.cat([prompt, torch.full((1, t - 6), TINY_MASK_ID)], dim=1)
+    x[0, e + 1] = 7  # a suffix that is not all masks
+    drafts = x[0, s:e].repeat(3, 1)
+    drafts[0, 0], drafts[1, 1:3], drafts[2, :] = 5, torch.tensor([8, 9]), torch.arange(10, 14)
+    verifier = Verifier(model, cache, verify, PhaseClock(dict.fromkeys(PHASES, 0.0), x.device))
+    if cache is not None:
+        verifier.prefill(x, s, e)
+    root, draft_logits, _ = verifier(x, s, e, drafts)
+    for i, state in enumerate([x[0, s:e], *drafts]):
+        y = x.clone()
+        y[0, s:e] = state
+        if cache is None:
+            alone = model(y)[0, s:e]
+        else:
+            first = e if cache == "dual" else t
+            alone = model(y[:, s:first], position_ids=torch.arange(s, first), cache=verifier.kv)
+            alone = alone[0, : e - s]
+        got = root if i == 0 else draft_logits[i - 1]
+        assert_close(got, alone, atol=1e-9, rtol=1e-9, name=f"row {i}")
