@@ -71,6 +71,7 @@ def run_mutant(copy: Path, mutant, timeout: float) -> tuple[str, float, str]:
         return "error", 0.0, f"{relative}: {error}"
     path.write_text(mutated)
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+    env.setdefault("OMP_NUM_THREADS", "1")  # tiny models: threads only contend
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider"]
     command += list(mutant.tests)
     try:
