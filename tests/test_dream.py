@@ -15,6 +15,7 @@ from utils import (
     tiny_qwen_config,
     transformers_qwen_kwargs,
 )
+from walk_oracle import decoy_first
 
 from spiffy_triton.decoding import generate
 from spiffy_triton.decoding.rules import TransitionRule, num_transfer_tokens
@@ -417,3 +418,65 @@ def test_load_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="model_type 'mamba' is not one of"):
         load_model(tmp_path)
+
+
+# ------------------------------------------------ lossless matrix (issue #25: LLaDA's level)
+
+MATRIX_PROMPTS = (
+    PROMPT,
+    torch.tensor([[11, 2, 60, 33, 7]]),
+    torch.tensor([[40, 41, 1, 0, 12, 19, 25, 62, 3, 8, 14]]),
+)
+MATRIX_RULES = {
+    "maskgit": {"remasking": "maskgit_plus"},
+    "maskgit-T0.7": {"remasking": "maskgit_plus", "temperature": 0.7, "seed": 51},
+    "margin": {"remasking": "topk_margin"},
+    "entropy-T0.7": {"remasking": "entropy", "temperature": 0.7, "seed": 52},
+    "2tok": {"remasking": "maskgit_plus", "steps": 8},
+    "thr0.5-T0.7": {"threshold": 0.5, "temperature": 0.7, "seed": 53},
+    "random-T0.7": {"remasking": "random", "temperature": 0.7, "seed": 54},
+}
+MATRIX_MODES = ((None, "batch"), ("prefix", "packed"), ("prefix", "batch"), ("dual", "packed"))
+MATRIX_MODES += (("dual", "batch"),)
+MATRIX_GRAPHS = (4, 8, 16)
+
+
+def matrix_cases():
+    cases = []
+    for p in range(len(MATRIX_PROMPTS)):
+        for r, rule in enumerate(MATRIX_RULES):
+            for offset in (0, 2):
+                m = (p + r + offset) % len(MATRIX_MODES)
+                cases.append((p, rule, *MATRIX_MODES[m], MATRIX_GRAPHS[(p + r + m) % 3]))
+    return cases
+
+
+MATRIX = matrix_cases()
+
+
+def test_matrix_covers_every_rule_in_every_mode():
+    assert {(c[1], c[2], c[3]) for c in MATRIX} == {
+        (rule, *mode) for rule in MATRIX_RULES for mode in MATRIX_MODES
+    }
+
+
+@pytest.mark.parametrize(
+    "case", MATRIX, ids=[f"p{p}-{r}-{c or 'nocache'}-{v}-D{g}" for p, r, c, v, g in MATRIX]
+)
+def test_spiffy_equals_vanilla_matrix(case):
+    """Three prompts x Dream's rules (its three confidence kinds, greedy and sampled, two
+    tokens per step, Fast-dLLM threshold, random remasking) x every exact mode; a decoy in
+    row 0 (`walk_oracle.decoy_first`) so that the walk must read the row it matched."""
+    p, rule, cache, verify, graph = case
+    model = tiny()
+    kwargs = dict(gen_length=16, block_length=8, cache=cache, verify=verify, backend="torch")
+    kwargs.update(MATRIX_RULES[rule])
+    vanilla = generate(model, MATRIX_PROMPTS[p], **kwargs)
+    filler = decoy_first(model.config.vocab_size)
+    spiffy = generate(
+        model, MATRIX_PROMPTS[p], graph=graph, max_drafts=None, filler=filler, **kwargs
+    )
+    assert spiffy.stats.exact and spiffy.stats.verify == verify
+    mismatch = (spiffy.tokens != vanilla.tokens).nonzero()[:, 1].tolist()
+    assert not mismatch, f"tokens differ from vanilla at positions {mismatch}"
+    assert spiffy.steps == vanilla.steps and spiffy.nfe <= vanilla.nfe

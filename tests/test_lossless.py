@@ -18,6 +18,7 @@ import functools
 
 import pytest
 import torch
+from walk_oracle import decoy_first
 
 from spiffy_triton.decoding import generate
 from spiffy_triton.graph import DraftGraph
@@ -111,10 +112,24 @@ def vanilla(prompt_index, rule, cache, dtype, backend, gen_length, block_length)
 
 
 def check_lossless(
-    case, dtype=torch.float64, backend="torch", gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH
+    case,
+    dtype=torch.float64,
+    backend="torch",
+    gen_length=GEN_LENGTH,
+    block_length=BLOCK_LENGTH,
+    decoy=True,
 ):
+    """Spiffy equals vanilla on `case`. With `decoy` (not for the cost-aware budget, which
+    picks its own drafts), row 0 of every forward is a decoy state the walk never looks up
+    (`walk_oracle.decoy_first`) and the graph's drafts follow: a walk that read any row but the
+    one it matched would diverge as soon as a draft is accepted."""
     p, rule, cache, verify, graph = case
     reference = vanilla(p, rule, cache, dtype, backend, gen_length, block_length)
+    model = bundled(dtype, backend)
+    if decoy and GRAPHS[graph].get("max_drafts", "auto") != "auto":
+        filler = decoy_first(model.config.vocab_size, backend=backend)
+    else:
+        filler = None
     spiffy = generate(
         bundled(dtype, backend),
         prompts()[p],
@@ -123,6 +138,7 @@ def check_lossless(
         cache=cache,
         verify=verify,
         backend=backend,
+        filler=filler,
         **RULES[rule],
         **GRAPHS[graph],
     )
@@ -155,7 +171,7 @@ def test_spiffy_saves_forwards_on_the_trained_model():
     # Over the greedy 1-token pairs the trained model's drafts are accepted: fewer forwards.
     saved = []
     for p in range(NUM_PROMPTS):
-        reference, spiffy = check_lossless((p, "greedy", "dual", "packed", "D8"))
+        reference, spiffy = check_lossless((p, "greedy", "dual", "packed", "D8"), decoy=False)
         saved.append(reference.nfe - spiffy.nfe)
     assert sum(saved) > 0, saved
 
@@ -170,3 +186,24 @@ def test_spiffy_equals_vanilla_triton_backend(case):
     # Attention and marginals through the Triton kernels (interpreter on CPU), float32; one
     # block of 8 keeps the interpreter's time small.
     check_lossless(case, dtype=torch.float32, backend="triton", gen_length=8, block_length=8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case",
+    [(0, "greedy", None, "batch", "D3"), (2, "T0.7", "dual", "packed", "D8")],
+    ids=case_id,
+)
+def test_triton_backend_two_blocks_equals_torch_backend(case):
+    # Two blocks of 8 on the Triton backend (interpreter on CPU), float32: without a cache the
+    # drafts are batch rows and the second block starts from the first's hint rows; with the
+    # dual cache the prefill moves the cache into the second block. Vanilla on the Triton
+    # backend gives the torch backend's tokens, and Spiffy gives vanilla's.
+    p, rule, cache, _, _ = case
+    reference, spiffy = check_lossless(
+        case, dtype=torch.float32, backend="triton", gen_length=16, block_length=8
+    )
+    on_torch = vanilla(p, rule, cache, torch.float32, "torch", 16, 8)
+    assert torch.equal(reference.tokens, on_torch.tokens)
+    assert reference.steps == on_torch.steps == 16
+    assert spiffy.nfe < reference.nfe

@@ -104,6 +104,104 @@ def chi_square_p_value(chi2: float, dof: int) -> float:
     return float(torch.special.gammaincc(half, torch.tensor(chi2 / 2, dtype=torch.float64)))
 
 
+def chi_square_critical(dof: int, alpha: float) -> float:
+    """The chi-square value whose upper tail is `alpha` (bisection on the p-value)."""
+    lo, hi = 0.0, 1000.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if chi_square_p_value(mid, dof) > alpha else (lo, mid)
+    return hi
+
+
+def noncentral_chi_square_power(noncentrality: float, dof: int, critical: float) -> float:
+    """P(chi-square with `dof` degrees and this noncentrality > critical), by simulation."""
+    z = torch.randn(200_000, dof, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z[:, 0] += math.sqrt(noncentrality)
+    return float(((z**2).sum(1) > critical).double().mean())
+
+
+# The sized temperature test: 4 tokens, T = 0.7, N draws. Pearson's statistic against the
+# expected p0 = softmax(row / T) has, when the sampler uses T + dT instead, noncentrality
+# N * sum((p1 - p0)**2 / p0) (p1 = softmax(row / (T + dT))); N is the smallest round number
+# that rejects |dT| = 0.01 with probability >= 0.99 at the test's level 1e-3.
+SIZED_ROW = (-2.0, -1.0, 0.0, 1.0)
+SIZED_T, SIZED_DT, SIZED_DRAWS, SIZED_ALPHA = 0.7, 0.01, 300_000, 1e-3
+
+
+def pearson(observed: torch.Tensor, probabilities: torch.Tensor) -> float:
+    expected = probabilities * observed.sum()
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+def test_gumbel_chi_square_is_sized_for_a_temperature_error_of_0_01():
+    """Design, then the draws: power >= 0.99 against T +- 0.01 (the 8-token test above with
+    60k draws has about 14%); the reference's tokens at T fit softmax(row / T); the same
+    tokens are rejected against T +- 0.01. The kernel's noise words are bitwise the
+    reference's (test_kernel_gumbel_noise_matches_reference_to_a_few_ulps, the philox_stream
+    parity case), so this covers its sampling distribution too; at this size the kernel's
+    own draws would take minutes in the interpreter."""
+    row = torch.tensor(SIZED_ROW, dtype=torch.float64)
+    dof = len(SIZED_ROW) - 1
+    critical = chi_square_critical(dof, SIZED_ALPHA)
+    p0 = torch.softmax(row / SIZED_T, 0)
+    for dt in (SIZED_DT, -SIZED_DT):
+        p1 = torch.softmax(row / (SIZED_T + dt), 0)
+        noncentrality = SIZED_DRAWS * float(((p1 - p0) ** 2 / p0).sum())
+        power = noncentral_chi_square_power(noncentrality, dof, critical)
+        assert power >= 0.99, f"dT={dt}: power {power:.3f} (noncentrality {noncentrality:.1f})"
+    logits = row.float().expand(SIZED_DRAWS, -1)
+    tokens = run(logits, "torch", temperature=SIZED_T, seed=17, step=9).token
+    observed = torch.bincount(tokens, minlength=len(SIZED_ROW)).double()
+    chi2 = pearson(observed, p0)
+    assert chi_square_p_value(chi2, dof) > SIZED_ALPHA, f"chi2={chi2:.2f} ({dof} dof)"
+    for dt in (SIZED_DT, -SIZED_DT):
+        wrong = pearson(observed, torch.softmax(row / (SIZED_T + dt), 0))
+        assert chi_square_p_value(wrong, dof) < SIZED_ALPHA, f"T{dt:+}: chi2={wrong:.2f}"
+
+
+INDEPENDENCE_DRAWS = 40_000
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        dict(step=6),  # the same positions one step later
+        dict(shift=1),  # the next positions, same step
+        dict(step=6, shift=1),  # both
+        dict(step=5 + 2**16, shift=2**20),  # far away in both
+        dict(seed=4),  # another seed
+        dict(uniform=True),  # random remasking's uniform stream at the same keys
+    ],
+    ids=["next-step", "next-position", "diagonal", "far", "next-seed", "remasking-stream"],
+)
+def test_draws_are_pairwise_independent_across_positions_and_steps(other):
+    """Tokens drawn at T = 1 from 4 equally likely ids at keys (seed 3, step 5, position p)
+    and at another key: the 4 x 4 table of pairs against the independent uniform table
+    (Pearson, 15 dof, level 1e-3). With 40k pairs the test rejects any change of 0.01 in
+    two cells' probabilities (noncentrality 128)."""
+    from spiffy_triton.decoding.rules import remasking_uniform
+
+    positions = torch.arange(INDEPENDENCE_DRAWS) * 7919
+    logits = torch.zeros(INDEPENDENCE_DRAWS, 4)
+    first = run(logits, "torch", temperature=1.0, seed=3, step=5, positions=positions).token
+    if other.get("uniform"):
+        uniform = remasking_uniform(3, 5, positions).to(torch.float64)
+        second = torch.clamp((uniform * 4).long(), max=3)
+    else:
+        second = run(
+            logits,
+            "torch",
+            temperature=1.0,
+            seed=other.get("seed", 3),
+            step=other.get("step", 5),
+            positions=positions + other.get("shift", 0),
+        ).token
+    table = torch.bincount(first * 4 + second, minlength=16).double()
+    chi2 = pearson(table, torch.full((16,), 1 / 16, dtype=torch.float64))
+    assert chi_square_p_value(chi2, 15) > 1e-3, f"chi2={chi2:.2f} (15 dof)"
+    assert (first != second).any()
+
+
 def test_noise_is_a_function_of_seed_step_position_vocab():
     positions = torch.tensor([5, 9, 5, 1_000_000, 2**32 + 5])
     noise = contract.gumbel_noise(7, 2, positions, 3000)
@@ -273,9 +371,9 @@ def test_rank_bad_inputs(backend):
 @pytest.mark.parametrize("case, device", parity_params(cases_of("marginals")))
 def test_marginals_parity(case, device):
     """Kernel vs reference on CPU (interpreter) and CUDA: small shapes with ties / -inf /
-    strided rows, vocabularies 126464 and 152064 with 1 to 2048 rows (CUDA; one row in the
-    interpreter), 262144, strided vocabulary, split invariance, the Philox stream, row packing,
-    special rows and rank_positions."""
+    strided rows, vocabularies 126464 and 152064 with 1 to 2048 rows (CUDA; one row of each
+    at T = 0 and T = 0.7, default splits, in the interpreter), 262144, strided vocabulary,
+    split invariance, the Philox stream, row packing, special rows and rank_positions."""
     case.run(device)
 
 
@@ -301,7 +399,9 @@ def test_kernel_gumbel_noise_matches_reference_to_a_few_ulps():
 
 
 def test_kernel_noise_samples_follow_softmax():
-    """Chi-square on the kernel's own noise: Gumbel-max over groups of 8 logits."""
+    """Chi-square on the kernel's own noise: Gumbel-max over groups of 8 logits (2560 draws:
+    a smoke test of the kernel's transform; the sized test is
+    test_gumbel_chi_square_is_sized_for_a_temperature_error_of_0_01, on the same words)."""
     from spiffy_triton.kernels import marginals as kernel_module
 
     temperature = 0.6

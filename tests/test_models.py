@@ -97,13 +97,33 @@ def test_gqa_equals_multi_head_with_repeated_kv_heads():
     assert_close(gqa(ids, layout=layout), mha(ids, layout=layout), name="graph_attention path")
 
 
-def test_bf16_forward_runs_and_tracks_float32():
-    ids = random_ids(10, 6)
-    reference = tiny_model(dtype=torch.float32)(ids)
-    logits = tiny_model(dtype=torch.bfloat16)(ids)
+BF16_UNIT_ROUNDOFF = 2.0**-8  # 8 significant bits
+BF16_ERROR_PER_LAYER = 4.0  # in units of u per (layer + 1): measured 1.7 to 2.9 (see below)
+
+
+@pytest.mark.parametrize("n_layers, seed", [(1, 0), (2, 0), (2, 1), (4, 0), (4, 1)])
+def test_bf16_forward_runs_and_tracks_float32(n_layers, seed):
+    """The bf16 model (weights and activations in bf16, fp32 accumulation) against the same
+    weights in float32. The bound comes from the dtype and the depth: bf16 rounds to 8
+    significant bits (u = 2**-8) at a fixed number of points per layer (weights, norms,
+    projections, attention, MLP, residual), and each layer's rounding enters the residual
+    stream and is carried by every later layer, so the relative RMS error of the logits grows
+    linearly with depth. Measured on these random models (2 seeds, depths 1, 2, 4, 8): 1.7u to
+    2.9u per (layers + 1), half of it from rounding the weights alone. Bound: 4u (L + 1)
+    relative RMS (3.1% at 2 layers, 7.8% at 4) and 4x that for the worst logit over the RMS
+    logit (the largest of 480 roughly Gaussian errors is about 3.3 of their RMS); the former
+    test allowed 10% of max|logit| at 2 layers."""
+    ids = random_ids(10, 6 + seed)
+    reference = tiny_model(n_layers=n_layers, dtype=torch.float32, seed=seed)(ids).detach()
+    logits = tiny_model(n_layers=n_layers, dtype=torch.bfloat16, seed=seed)(ids).detach()
     assert logits.dtype == torch.bfloat16
-    scale = reference.abs().max()
-    assert (logits.float() - reference).abs().max() < 0.1 * scale
+    error = logits.float() - reference
+    rms = reference.pow(2).mean().sqrt()
+    bound = BF16_ERROR_PER_LAYER * BF16_UNIT_ROUNDOFF * (n_layers + 1)
+    relative_rms = float(error.pow(2).mean().sqrt() / rms)
+    assert relative_rms < bound, f"relative RMS error {relative_rms:.4f} >= {bound:.4f}"
+    worst = float(error.abs().max() / rms)
+    assert worst < 4 * bound, f"worst logit error {worst:.4f} RMS logits >= {4 * bound:.4f}"
 
 
 # --------------------------------------------------------------------------- KV cache

@@ -17,6 +17,7 @@ from utils import (
     transformers_qwen_kwargs,
 )
 from utils import random_token_ids as ids
+from walk_oracle import decoy_first
 
 from spiffy_triton.decoding import generate
 from spiffy_triton.decoding.rules import TransitionRule, num_transfer_tokens
@@ -330,3 +331,76 @@ def test_loads_a_transformers_qwen3_checkpoint_with_sdar_keys(tmp_path):
     loaded = load_sdar(tmp_path, dtype=torch.float64, backend="torch")
     with torch.no_grad():
         assert torch.equal(loaded(ids(9)), model(ids(9)))
+
+
+# ------------------------------------------------ lossless matrix (issue #25: LLaDA's level)
+
+
+@functools.cache
+def tiny8() -> SDARModel:
+    """Blocks of 8 (two per generation of 16), other weights than `tiny`."""
+    config = tiny_config(block_size=8)
+    return SDARModel(config, backend="torch").init_weights(2, std=0.5).double().eval()
+
+
+MATRIX_PROMPTS = (
+    torch.tensor([[5, 17, 3, 40, 22]]),  # ends inside a block
+    PROMPT,  # a whole block
+    torch.tensor([[40, 41, 1, 0, 12, 19, 25, 62, 3, 8, 14]]),
+)
+MATRIX_RULES = {
+    "static": {"remasking": "low_confidence_static"},
+    "static-T0.7": {"remasking": "low_confidence_static", "temperature": 0.7, "seed": 61},
+    "dynamic-0.3": {"remasking": "low_confidence_dynamic", "threshold": 0.3},
+    "dynamic-0.3-T0.7": {
+        "remasking": "low_confidence_dynamic",
+        "threshold": 0.3,
+        "temperature": 0.7,
+        "seed": 62,
+    },
+    "2tok": {"remasking": "low_confidence_static", "steps": 8},
+    "lowconf-T0.7": {"remasking": "low_confidence", "temperature": 0.7, "seed": 63},
+}
+MATRIX_MODES = ((None, "packed"), (None, "batch"), ("prefix", "packed"), ("prefix", "batch"))
+MATRIX_GRAPHS = (4, 8, 3)
+
+
+def matrix_cases():
+    cases = []
+    for p in range(len(MATRIX_PROMPTS)):
+        for r, rule in enumerate(MATRIX_RULES):
+            for offset in (0, 2):
+                m = (p + r + offset) % len(MATRIX_MODES)
+                cases.append((p, rule, *MATRIX_MODES[m], MATRIX_GRAPHS[(p + r + m) % 3]))
+    return cases
+
+
+MATRIX = matrix_cases()
+
+
+def test_matrix_covers_every_rule_in_every_mode():
+    assert {(c[1], c[2], c[3]) for c in MATRIX} == {
+        (rule, *mode) for rule in MATRIX_RULES for mode in MATRIX_MODES
+    }
+
+
+@pytest.mark.parametrize(
+    "case", MATRIX, ids=[f"p{p}-{r}-{c or 'nocache'}-{v}-D{g}" for p, r, c, v, g in MATRIX]
+)
+def test_spiffy_equals_vanilla_matrix(case):
+    """Three prompts x SDAR's rules (static and dynamic, greedy and sampled, two tokens per
+    step, LLaDA's low confidence) x every exact mode (no dual cache on a block-causal model),
+    two blocks of 8; a decoy in row 0 (`walk_oracle.decoy_first`)."""
+    p, rule, cache, verify, graph = case
+    model = tiny8()
+    kwargs = dict(gen_length=16, block_length=8, cache=cache, verify=verify, backend="torch")
+    kwargs.update(MATRIX_RULES[rule])
+    vanilla = generate(model, MATRIX_PROMPTS[p], **kwargs)
+    filler = decoy_first(model.config.vocab_size)
+    spiffy = generate(
+        model, MATRIX_PROMPTS[p], graph=graph, max_drafts=None, filler=filler, **kwargs
+    )
+    assert spiffy.stats.exact and spiffy.stats.verify == verify
+    mismatch = (spiffy.tokens != vanilla.tokens).nonzero()[:, 1].tolist()
+    assert not mismatch, f"tokens differ from vanilla at positions {mismatch}"
+    assert spiffy.steps == vanilla.steps and spiffy.nfe <= vanilla.nfe
