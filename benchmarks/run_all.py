@@ -98,6 +98,17 @@ STUDIES = (
         1800.0,
     ),
     Study("perf_model", "MODEL of LLaDA-8B on H100 / H200", BENCH_DIR / "perf_model.py", 300.0),
+    Study(
+        "hf_mask_memory",
+        "dense 4-D mask vs segment layout bytes at LLaDA-8B verify shapes",
+        BENCH_DIR / "hf_mask_memory.py",
+    ),
+    Study(
+        "compile_verify",
+        "torch.compile of the verify forward: compile seconds, eager vs compiled ms",
+        BENCH_DIR / "compile_verify.py",
+        1800.0,
+    ),
 )
 
 

@@ -117,3 +117,20 @@ def test_hook_errors_name_what_is_missing():
     unregistered.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="register_hf_attention"):
         HFDiffusionModel(unregistered, mask_token_id=MASK)
+
+
+def test_mask_memory_benchmark_counts_what_it_builds():
+    """benchmarks/hf_mask_memory.py: the dense additive mask is Mq x Mk bf16 (2 bytes each),
+    the layout O(segments); shapes agree with the cost model's verify_shape."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.hf_mask_memory import measure
+
+    row = measure("dual", 256, 8)
+    assert (row["mq"], row["mk"]) == (9 * 32, 256 + 256 + 8 * 32)
+    assert row["dense_additive"] == 2 * row["dense_bool"] == 2 * row["mq"] * row["mk"]
+    # 9 query segments (root, 8 drafts), 11 key ones: int64 lengths and order, int8 matrix
+    assert row["layout"] == 8 * (9 + 11 + 11) + 9 * 11
+    assert row["saved"] == row["dense_additive"] - row["layout"] - row["schedule"] > 0
