@@ -24,6 +24,10 @@ _EXPORTS = {
     "GenerateOutput": ".decoding",
     "AutoDraftBudget": ".decoding.budget",
     "VerifyCostModel": ".decoding.cost_model",
+    "graph_attention_op": ".ops",
+    "marginals_op": ".ops",
+    "register_hf_attention": ".models.hf_adapter",
+    "SpiffyStepper": ".decoding.steps",
 }
 
 __all__ = sorted(_EXPORTS)
