@@ -16,11 +16,14 @@ the decoder a verifier of the same interface through ``model.spiffy_verifier(cac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ..layout import FULL, NONE, SegmentLayout
+from ..verify_inputs import (  # noqa: F401  (re-exported: decoding's names)
+    VerifyInputs,
+    additive_mask,
+    prefix_cache_layout,
+    verify_inputs,
+)
 from .stats import PhaseClock
 
 CACHE_MODES = (None, "prefix", "dual")
@@ -35,117 +38,6 @@ def default_verify(cache: str | None) -> str:
 def is_exact(cache: str | None, verify: str) -> bool:
     """Whether a draft's logits equal vanilla's for the same state (section 2, Lossless)."""
     return not (cache is None and verify == "packed")
-
-
-def prefix_cache_layout(prefix_len: int, real_rows: int, num_drafts: int) -> SegmentLayout:
-    """Prefix-cache verification: query rows ``[real, draft_1 .. draft_D]``, each ``real_rows``
-    long (block + suffix); keys ``[prefix, real, draft_1 .. draft_D]``. A draft sees the cached
-    prefix and its own rows, visited in the slot of the real rows (same arithmetic)."""
-    d = num_drafts
-    visibility = [[FULL, FULL] + [NONE] * d]
-    for i in range(d):
-        row = [FULL, NONE] + [NONE] * d
-        row[2 + i] = FULL
-        visibility.append(row)
-    return SegmentLayout(
-        (real_rows,) * (1 + d),
-        (prefix_len, real_rows) + (real_rows,) * d,
-        visibility,
-        key_order=(0, 1) + (1,) * d,
-    )
-
-
-@dataclass
-class VerifyInputs:
-    """One verify forward's inputs and how to read its logits (`verify_inputs`).
-
-    ``input_ids`` ``[B, Mq]`` (the query rows), ``position_ids`` ``[Mq]``, ``layout`` (the
-    `SegmentLayout` of the attention; `layout.to_dense()` or `additive_mask` for a model
-    without the kernel); ``split(logits [B, Mq, V])`` gives ``(root [L, V], drafts [D, L, V],
-    hint [L', V] or None)``: the root block's logits, each draft's, and the next block's rows
-    from the root's forward (uncached and prefix modes).
-    """
-
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    layout: SegmentLayout
-    cache: str | None
-    verify: str
-    start: int
-    end: int
-    num_drafts: int
-    total_length: int
-
-    def split(self, out: torch.Tensor):
-        s, e, d, t = self.start, self.end, self.num_drafts, self.total_length
-        length, packed = e - s, self.verify == "packed"
-        if self.cache is None:
-            if packed:
-                root, drafts = out[0, s:e], out[0, t:].view(d, length, out.shape[-1])
-            else:
-                root, drafts = out[0, s:e], out[1:, s:e]
-            return root, drafts, out[0, e : min(t, e + length)]
-        if self.cache == "dual":
-            if packed:
-                return out[0, :length], out[0, length:].view(d, length, out.shape[-1]), None
-            return out[0], out[1:], None
-        real = t - s
-        hint = out[0, length : min(real, 2 * length)]
-        if packed:
-            per_row = out[0].view(1 + d, real, -1)
-            return per_row[0, :length], per_row[1:, :length], hint
-        return out[0, :length], out[1:, :length], hint
-
-
-def verify_inputs(
-    x: torch.Tensor, s: int, e: int, drafts: torch.Tensor, cache: str | None, verify: str
-) -> VerifyInputs:
-    """The verify forward of the block ``[s, e)`` of ``x [1, T]`` and ``drafts [D, L]``: the
-    one builder of verify inputs (the decoder's `Verifier`, the step API). Without cache the
-    query rows are the whole sequence (packed: the drafts' rows after it; batch: one row per
-    draft); with a cache the query rows start at the block (dual: the block; prefix: the block
-    and the suffix, each packed draft with its own copy of the suffix)."""
-    t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
-    packed = verify == "packed"
-    if cache is None:
-        layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0)
-        if packed:
-            ids = torch.cat([x[0], drafts.reshape(-1)])[None]
-            pos = torch.cat([torch.arange(t), torch.arange(s, e).repeat(d)]).to(device)
-        else:
-            ids = x.repeat(1 + d, 1)
-            ids[1:, s:e] = drafts
-            pos = torch.arange(t, device=device)
-    elif cache == "dual":
-        layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0, cached=True)
-        if packed:
-            ids = torch.cat([x[0, s:e], drafts.reshape(-1)])[None]
-            pos = torch.arange(s, e, device=device).repeat(1 + d)
-        else:
-            ids = torch.cat([x[:, s:e], drafts])
-            pos = torch.arange(s, e, device=device)
-    else:
-        real = t - s
-        suffix = x[0, e:]
-        if packed:
-            layout = prefix_cache_layout(s, real, d)
-            rows = [x[0, s:]] + [torch.cat([draft, suffix]) for draft in drafts]
-            ids = torch.cat(rows)[None]
-            pos = torch.arange(s, t, device=device).repeat(1 + d)
-        else:
-            layout = prefix_cache_layout(s, real, 0)
-            ids = x[:, s:].repeat(1 + d, 1)
-            ids[1:, :length] = drafts
-            pos = torch.arange(s, t, device=device)
-    return VerifyInputs(ids, pos, layout, cache, verify, s, e, d, t)
-
-
-def additive_mask(layout: SegmentLayout, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """The layout as an additive ``[1, 1, Mq, Mk]`` mask for attention without the kernel
-    (eager / SDPA): 0 where a query row sees a key, the dtype's minimum elsewhere."""
-    visible = layout.to_dense(device)
-    mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
-    return mask.masked_fill_(~visible, torch.finfo(dtype).min)[None, None]
 
 
 class Verifier:
