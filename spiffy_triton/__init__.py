@@ -28,6 +28,8 @@ _EXPORTS = {
     "marginals_op": ".ops",
     "register_hf_attention": ".models.hf_adapter",
     "SpiffyStepper": ".decoding.steps",
+    "generate_batch": ".decoding.batch",
+    "BatchGenerateOutput": ".decoding.batch",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -158,8 +158,13 @@ def generate(
     filler: Filler | str | None = None,
     method: str | None = None,
     draft=None,
-) -> GenerateOutput:
+    lengths=None,
+):
     """Decode `gen_length` tokens after `prompt_ids` ``[1, P]``; see the module docstring.
+
+    A batch (a list of 1-D prompts, or a padded ``[B, P]`` tensor with `lengths`) is decoded
+    by `spiffy_triton.decoding.batch.generate_batch`: each row exactly as alone, forwards
+    shared; it returns a `BatchGenerateOutput` (``.rows``: one `GenerateOutput` per prompt).
 
     Args:
         steps: total steps of LLaDA's schedule (split evenly over blocks); default
@@ -192,6 +197,63 @@ def generate(
 
     Returns `GenerateOutput(tokens [1, P + gen_length], nfe, steps, stats)`.
     """
+    arguments = dict(
+        gen_length=gen_length,
+        block_length=block_length,
+        steps=steps,
+        temperature=temperature,
+        remasking=remasking,
+        threshold=threshold,
+        factor=factor,
+        cache=cache,
+        graph=graph,
+        max_drafts=max_drafts,
+        verify=verify,
+        seed=seed,
+        backend=backend,
+        filler=filler,
+        method=method,
+        draft=draft,
+    )
+    if (
+        isinstance(prompt_ids, (list, tuple))
+        or lengths is not None
+        or (
+            isinstance(prompt_ids, torch.Tensor)
+            and prompt_ids.dim() == 2
+            and prompt_ids.shape[0] > 1
+        )
+    ):
+        from .batch import generate_batch
+
+        return generate_batch(model, prompt_ids, lengths=lengths, **arguments)
+    return decode(model, prompt_ids, **arguments)
+
+
+def decode(
+    model,
+    prompt_ids,
+    *,
+    gen_length,
+    block_length,
+    steps,
+    temperature,
+    remasking,
+    threshold,
+    factor,
+    cache,
+    graph,
+    max_drafts,
+    verify,
+    seed,
+    backend,
+    filler,
+    method,
+    draft,
+    wrap_verifier=None,
+) -> GenerateOutput:
+    """One prompt's decode (`generate`'s body); `wrap_verifier` wraps the run's verifier
+    (batched decoding shares its forwards, `decoding.batch`)."""
     method = resolve_method(method, graph, draft, threshold, factor)
     settings = resolve_settings(
         model,
@@ -212,6 +274,8 @@ def generate(
         filler=filler,
     )
     run = DecodeRun(model, settings, make_method(settings, model, method, draft))
+    if wrap_verifier is not None:
+        run.verifier = wrap_verifier(run.verifier)
     run.method.bind(run)
     hint = None  # next block's logits from the last root forward, if the mode computed them
     for start in settings.block_starts:
