@@ -109,6 +109,7 @@ STUDIES = (
         BENCH_DIR / "compile_verify.py",
         1800.0,
     ),
+    Study("batch", "batched generate: B = 1, 4, 16, vanilla vs Spiffy", BENCH_DIR / "batch.py"),
 )
 
 
