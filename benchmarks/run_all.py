@@ -111,6 +111,18 @@ STUDIES = (
         BENCH_DIR / "perf_model.py",
         timeout_s=300.0,
     ),
+    Study(
+        "hf_mask_memory",
+        "dense 4-D mask vs segment layout bytes at LLaDA-8B verify shapes",
+        BENCH_DIR / "hf_mask_memory.py",
+    ),
+    Study(
+        "compile_verify",
+        "torch.compile of the verify forward: compile seconds, eager vs compiled ms",
+        BENCH_DIR / "compile_verify.py",
+        1800.0,
+    ),
+    Study("batch", "batched generate: B = 1, 4, 16, vanilla vs Spiffy", BENCH_DIR / "batch.py"),
 )
 
 

@@ -32,6 +32,12 @@ _EXPORTS = {
     "GenerateOutput": ".decoding",
     "AutoDraftBudget": ".decoding.budget",
     "VerifyCostModel": ".decoding.cost_model",
+    "graph_attention_op": ".ops",
+    "marginals_op": ".ops",
+    "register_hf_attention": ".models.hf_adapter",
+    "SpiffyStepper": ".decoding.steps",
+    "generate_batch": ".decoding.batch",
+    "BatchGenerateOutput": ".decoding.batch",
 }
 
 __all__ = sorted(_EXPORTS)

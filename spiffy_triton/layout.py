@@ -195,6 +195,7 @@ class SegmentLayout:
         "num_k_rows",
         "_key",
         "_row_info",
+        "_tensors",
     )
 
     def __init__(self, q_lengths, k_lengths, visibility, *, key_order=None):
@@ -213,6 +214,7 @@ class SegmentLayout:
             self.key_order,
         )
         self._row_info = None
+        self._tensors = None
 
     # ---- constructors ---------------------------------------------------------------------
 
@@ -329,7 +331,29 @@ class SegmentLayout:
         num_k_rows = num_q_rows if num_k_rows is None else num_k_rows
         return cls((num_q_rows,), (num_k_rows,), [[FULL]])
 
+    @classmethod
+    def from_tensors(cls, q_lengths, k_lengths, visibility, key_order) -> SegmentLayout:
+        """The layout encoded by `to_tensors` (the form it takes through a torch op)."""
+        return cls(q_lengths, k_lengths, visibility, key_order=key_order)
+
     # ---- views ----------------------------------------------------------------------------
+
+    def to_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layout as four small CPU tensors, the form it takes through a torch op
+        (`spiffy_triton.ops`): ``q_lengths`` int64 ``[Sq]``, ``k_lengths`` int64 ``[Sk]``,
+        ``visibility`` int8 ``[Sq, Sk]``, ``key_order`` int64 ``[Sk]``. Its bytes are
+        O(segments), not O(rows x keys) like the dense mask. Inverse: `from_tensors`."""
+        if self._tensors is not None:
+            return self._tensors
+        tensors = (
+            torch.tensor(self.q_lengths, dtype=torch.int64),
+            torch.tensor(self.k_lengths, dtype=torch.int64),
+            torch.tensor(self._key[2], dtype=torch.int8).reshape(len(self.q_lengths), -1),
+            torch.tensor(self.key_order, dtype=torch.int64),
+        )
+        if not torch.compiler.is_compiling():  # a traced forward makes them graph constants
+            self._tensors = tensors
+        return tensors
 
     @property
     def num_q_segments(self) -> int:

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -51,6 +52,9 @@ from .simsd import SIMSD_METHODS, SimSDExactMethod, SimSDMethod
 from .simsd.draft import DraftSource
 from .stats import PHASES, DecodeStats, GenerateOutput, PhaseClock
 from .verify import Verifier, default_verify, is_exact
+
+if TYPE_CHECKING:  # batch.py imports this module (decode): the type only
+    from .batch import BatchGenerateOutput
 
 __all__ = ["PHASES", "DecodeStats", "GenerateOutput", "default_verify", "generate", "is_exact"]
 
@@ -171,8 +175,13 @@ def generate(
     filler: Filler | str | None = None,
     method: Method | None = None,
     draft: DraftSource | DiffusionModel | str | None = None,
-) -> GenerateOutput:
+    lengths: Sequence[int] | torch.Tensor | None = None,
+) -> GenerateOutput | BatchGenerateOutput:
     """Decode `gen_length` tokens after `prompt_ids` ``[1, P]``; see the module docstring.
+
+    A batch (a list of 1-D prompts, or a padded ``[B, P]`` tensor with `lengths`) is decoded
+    by `spiffy_triton.decoding.batch.generate_batch`: each row exactly as alone, forwards
+    shared; it returns a `BatchGenerateOutput` (``.rows``: one `GenerateOutput` per prompt).
 
     Args:
         block_length: positions per block (`gen_length` must be a multiple). None (default):
@@ -214,6 +223,63 @@ def generate(
 
     Returns `GenerateOutput(tokens [1, P + gen_length], nfe, steps, stats)`.
     """
+    arguments = dict(
+        gen_length=gen_length,
+        block_length=block_length,
+        steps=steps,
+        temperature=temperature,
+        remasking=remasking,
+        threshold=threshold,
+        factor=factor,
+        cache=cache,
+        graph=graph,
+        max_drafts=max_drafts,
+        verify=verify,
+        seed=seed,
+        backend=backend,
+        filler=filler,
+        method=method,
+        draft=draft,
+    )
+    if (
+        isinstance(prompt_ids, (list, tuple))
+        or lengths is not None
+        or (
+            isinstance(prompt_ids, torch.Tensor)
+            and prompt_ids.dim() == 2
+            and prompt_ids.shape[0] > 1
+        )
+    ):
+        from .batch import generate_batch
+
+        return generate_batch(model, prompt_ids, lengths=lengths, **arguments)
+    return decode(model, prompt_ids, **arguments)
+
+
+def decode(
+    model,
+    prompt_ids,
+    *,
+    gen_length,
+    block_length,
+    steps,
+    temperature,
+    remasking,
+    threshold,
+    factor,
+    cache,
+    graph,
+    max_drafts,
+    verify,
+    seed,
+    backend,
+    filler,
+    method,
+    draft,
+    wrap_verifier=None,
+) -> GenerateOutput:
+    """One prompt's decode (`generate`'s body); `wrap_verifier` wraps the run's verifier
+    (batched decoding shares its forwards, `decoding.batch`)."""
     method = resolve_method(method, graph, draft, threshold, factor)
     # The command line's spellings are the API's too (issue #21): cache "none" is None,
     # max_drafts "all" is None (every node), SimSD's draft defaults to "self".
@@ -242,6 +308,8 @@ def generate(
         filler=filler,
     )
     run = DecodeRun(model, settings, make_method(settings, model, method, draft))
+    if wrap_verifier is not None:
+        run.verifier = wrap_verifier(run.verifier)
     run.method.bind(run)
     hint = None  # next block's logits from the last root forward, if the mode computed them
     for start in settings.block_starts:

@@ -18,8 +18,13 @@ from __future__ import annotations
 
 import torch
 
-from ..layout import FULL, NONE, SegmentLayout
 from ..types import CACHE_MODES, VERIFY_MODES, CacheMode, VerifyMode
+from ..verify_inputs import (  # noqa: F401  (re-exported: decoding's names)
+    VerifyInputs,
+    additive_mask,
+    prefix_cache_layout,
+    verify_inputs,
+)
 from .stats import PhaseClock
 
 __all__ = ["CACHE_MODES", "VERIFY_MODES", "Verifier", "default_verify", "is_exact"]
@@ -33,24 +38,6 @@ def default_verify(cache: CacheMode | None) -> VerifyMode:
 def is_exact(cache: CacheMode | None, verify: VerifyMode) -> bool:
     """Whether a draft's logits equal vanilla's for the same state (section 2, Lossless)."""
     return not (cache is None and verify == "packed")
-
-
-def prefix_cache_layout(prefix_len: int, real_rows: int, num_drafts: int) -> SegmentLayout:
-    """Prefix-cache verification: query rows ``[real, draft_1 .. draft_D]``, each ``real_rows``
-    long (block + suffix); keys ``[prefix, real, draft_1 .. draft_D]``. A draft sees the cached
-    prefix and its own rows, visited in the slot of the real rows (same arithmetic)."""
-    d = num_drafts
-    visibility = [[FULL, FULL] + [NONE] * d]
-    for i in range(d):
-        row = [FULL, NONE] + [NONE] * d
-        row[2 + i] = FULL
-        visibility.append(row)
-    return SegmentLayout(
-        (real_rows,) * (1 + d),
-        (prefix_len, real_rows) + (real_rows,) * d,
-        visibility,
-        key_order=(0, 1) + (1,) * d,
-    )
 
 
 class Verifier:
@@ -73,78 +60,14 @@ class Verifier:
     def __call__(self, x: torch.Tensor, s: int, e: int, drafts: torch.Tensor):
         """Logits of the root block ``[L, V]``, of each draft ``[D, L, V]``, and of the next
         block's positions from the root rows (``[L', V]`` or None when not computed)."""
-        if self.cache_mode is None:
-            return self._uncached(x, s, e, drafts)
-        if self.cache_mode == "dual":
-            return self._dual(x, s, e, drafts)
-        return self._prefix(x, s, e, drafts)
-
-    def _forward(self, ids, pos, layout, cache=None) -> torch.Tensor:
+        inputs = verify_inputs(x, s, e, drafts, self.cache_mode, self.verify)
         self.clock.lap("layout")
-        out = self.model(ids, position_ids=pos, layout=layout, cache=cache)
+        cache = None if self.cache_mode is None else self.kv
+        out = self.model(
+            inputs.input_ids,
+            position_ids=inputs.position_ids,
+            layout=inputs.attention_layout,
+            cache=cache,
+        )
         self.clock.lap("model")
-        return out
-
-    def _uncached(self, x, s, e, drafts):
-        t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
-        packed = self.verify == "packed" and d > 0
-        # Without a cache, every row sees the whole sequence when no draft is packed behind the
-        # root (a root-only forward, or drafts as batch rows, the exact default): the model's
-        # plain attention (SDPA), as upstream's vanilla runs, not the graph-masked path (issue
-        # #21). SDPA is batch-invariant (a row's logits do not depend on the other batch rows,
-        # checked in float32 and bf16), so batch-row drafts stay exact.
-        layout = SegmentLayout.spiffy(s, length, t - e, d) if packed else None
-        if packed:
-            ids = torch.cat([x[0], drafts.reshape(-1)])[None]
-            pos = torch.cat([torch.arange(t), torch.arange(s, e).repeat(d)]).to(device)
-        else:
-            ids = x.repeat(1 + d, 1)
-            ids[1:, s:e] = drafts
-            pos = torch.arange(t, device=device)
-        out = self._forward(ids, pos, layout)
-        if packed:
-            root, draft_logits = out[0, s:e], out[0, t:].view(d, length, out.shape[-1])
-        else:
-            root, draft_logits = out[0, s:e], out[1:, s:e]
-        return root, draft_logits, out[0, e : min(t, e + length)]
-
-    def _dual(self, x, s, e, drafts):
-        t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
-        packed = self.verify == "packed"
-        # Cached modes keep the layout even without drafts: the root-only forward then does the
-        # arithmetic of a packed draft row (same kernel, same key order), so vanilla's logits
-        # equal Spiffy's draft logits bit for bit (the plain SDPA path differs: up to 0.125 in
-        # bf16 logits on the bundled model; docs/PERFORMANCE.md).
-        layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0, cached=True)
-        if packed:
-            ids = torch.cat([x[0, s:e], drafts.reshape(-1)])[None]
-            pos = torch.arange(s, e, device=device).repeat(1 + d)
-        else:
-            ids = torch.cat([x[:, s:e], drafts])
-            pos = torch.arange(s, e, device=device)
-        out = self._forward(ids, pos, layout, self.kv)
-        if packed:
-            return out[0, :length], out[0, length:].view(d, length, out.shape[-1]), None
-        return out[0], out[1:], None
-
-    def _prefix(self, x, s, e, drafts):
-        # Real rows are the block and everything after it.
-        t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
-        real = t - s
-        suffix = x[0, e:]
-        if self.verify == "packed":
-            layout = prefix_cache_layout(s, real, d)
-            rows = [x[0, s:]] + [torch.cat([draft, suffix]) for draft in drafts]
-            ids = torch.cat(rows)[None]
-            pos = torch.arange(s, t, device=device).repeat(1 + d)
-        else:
-            layout = prefix_cache_layout(s, real, 0)
-            ids = x[:, s:].repeat(1 + d, 1)
-            ids[1:, :length] = drafts
-            pos = torch.arange(s, t, device=device)
-        out = self._forward(ids, pos, layout, self.kv)
-        hint = out[0, length : min(real, 2 * length)]
-        if self.verify == "packed":
-            per_row = out[0].view(1 + d, real, -1)
-            return per_row[0, :length], per_row[1:, :length], hint
-        return out[0, :length], out[1:, :length], hint
+        return inputs.split(out)

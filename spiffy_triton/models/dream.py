@@ -17,7 +17,6 @@ norms and block-causal attention.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -27,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layout import SegmentLayout
 from ..types import CACHE_MODES, VERIFY_MODES
+from ..verify_inputs import verify_inputs
 from .config import check_compatible_values, check_positive_ints, config_from_keys
 from .llada import LLaDAModel, RMSNorm, apply_rope
 
@@ -537,64 +536,16 @@ class BidirectionalVerifier:
 
     def __call__(self, x: torch.Tensor, s: int, e: int, drafts: torch.Tensor):
         """Logits of the root block ``[L, V]``, of each draft ``[D, L, V]``, and of the next
-        block's positions from the root rows (or None)."""
-        t, length = x.shape[1], e - s
-        w = self._window(s)
-        n = e - w  # window rows
-        d = drafts.shape[0]
-        device = x.device
-        copies = torch.cat([x[0, w:s].expand(d, s - w), drafts], dim=1)  # [D, n]
-        packed = self.verify == "packed"
-        if self.cache is None:
-            if packed:
-                ids = torch.cat([x[0], copies.reshape(-1)])[None]
-                pos = torch.cat([torch.arange(t), torch.arange(w, e).repeat(d)]).to(device)
-            else:
-                ids = x.repeat(1 + d, 1)
-                ids[1:, w:e] = copies
-                pos = torch.arange(t, device=device)
-            # no draft packed behind the root: full attention, the model's plain path (SDPA)
-            layout = _spiffy_layout(w, n, t - e, d, False) if packed and d else None
-            self._lap("layout")
-            out = self.model(ids, position_ids=pos, layout=layout)
-            self._lap("model")
-            root = out[0, w : w + length]
-            if packed:
-                draft_logits = out[0, t:].view(d, n, out.shape[-1])[:, :length]
-            else:
-                draft_logits = out[1:, w : w + length]
-            return root, draft_logits, out[0, e - self.shift : min(t, e - self.shift + length)]
-        if self.cache == "dual":
-            if packed:
-                ids = torch.cat([x[0, w:e], copies.reshape(-1)])[None]
-                pos = torch.arange(w, e, device=device).repeat(1 + d)
-            else:
-                ids = torch.cat([x[:, w:e], copies])
-                pos = torch.arange(w, e, device=device)
-            self._lap("layout")
-            out = self.model(ids, position_ids=pos, cache=self.kv)
-            self._lap("model")
-            per_copy = out.reshape(1 + d, n, -1)
-            return per_copy[0, :length], per_copy[1:, :length], None
-        # prefix cache: the real rows are the window and everything after it.
-        real = t - w
-        if packed:
-            suffix = x[0, e:].expand(d, t - e)
-            ids = torch.cat([x[0, w:], torch.cat([copies, suffix], dim=1).reshape(-1)])[None]
-            pos = torch.arange(w, t, device=device).repeat(1 + d)
-        else:
-            ids = x[:, w:].repeat(1 + d, 1)
-            ids[1:, :n] = copies
-            pos = torch.arange(w, t, device=device)
+        block's positions from the root rows (or None). Inputs from the one builder
+        (`spiffy_triton.verify_inputs`)."""
+        self._window(s)
+        inputs = verify_inputs(x, s, e, drafts, self.cache, self.verify, shift=self.shift)
         self._lap("layout")
-        out = self.model(ids, position_ids=pos, cache=self.kv)
+        out = self.model(
+            inputs.input_ids,
+            position_ids=inputs.position_ids,
+            layout=inputs.attention_layout,
+            **({} if self.cache is None else {"cache": self.kv}),
+        )
         self._lap("model")
-        per_copy = out.reshape(1 + d, real, -1)
-        hint = per_copy[0, length : min(real, 2 * length)]
-        return per_copy[0, :length], per_copy[1:, :length], hint
-
-
-@functools.lru_cache(maxsize=256)
-def _spiffy_layout(prefix, block, suffix, drafts, cached) -> SegmentLayout:
-    # One layout object per shape, so its tile schedule is computed once.
-    return SegmentLayout.spiffy(prefix, block, suffix, drafts, cached=cached)
+        return inputs.split(out)

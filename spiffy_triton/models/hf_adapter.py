@@ -9,11 +9,19 @@ verifier (`spiffy_verifier`) for its attention pattern:
   read position ``i``'s token from row ``i - 1`` (Dream): `dream.BidirectionalVerifier`;
 - ``attention="block_causal"`` (SDAR-like): `sdar.BlockCausalVerifier`.
 
-The `SegmentLayout` of a forward becomes a dense 4-D mask. It is passed *additive* (0 where a
-query sees a key, the dtype's minimum elsewhere), in the model's dtype: transformers' eager
-attention adds whatever 4-D mask it gets to the scores, so a boolean mask there would add 1
-where visible and 0 where hidden, hiding nothing; SDPA takes an additive mask as well. Flash
-attention ignores 4-D masks, so only ``"eager"`` and ``"sdpa"`` are accepted.
+With ``attn_implementation="eager"`` or ``"sdpa"`` the `SegmentLayout` of a forward becomes a
+dense 4-D mask. It is passed *additive* (0 where a query sees a key, the dtype's minimum
+elsewhere), in the model's dtype: transformers' eager attention adds whatever 4-D mask it gets
+to the scores, so a boolean mask there would add 1 where visible and 0 where hidden, hiding
+nothing; SDPA takes an additive mask as well. Flash attention ignores 4-D masks.
+
+With ``attn_implementation="spiffy_graph"`` (`SPIFFY_ATTENTION`, registered with transformers'
+``AttentionInterface`` by `register_hf_attention`) no mask is built: the layout itself reaches
+every attention layer as the keyword argument ``spiffy_layout`` and the layer runs
+`spiffy_triton.dispatch.graph_attention` (the Triton kernel on CUDA, the reference on CPU; the
+custom op ``torch.ops.spiffy.graph_attention`` under ``torch.compile``). transformers builds no
+mask for an implementation it has no mask function for, so the dense ``[Mq, Mk]`` mask is
+never materialised (benchmarks/hf_mask_memory.py measures what that saves).
 
 No KV cache: ``cache=None`` only (``verify="batch"`` is exact for bidirectional models;
 packed is exact for block-causal ones). For cached decoding port the architecture to
@@ -27,12 +35,74 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..dispatch import BACKENDS, graph_attention
 from ..layout import SegmentLayout
+from ..ops import graph_attention_op
 from .dream import BidirectionalVerifier
 from .sdar import BlockCausalVerifier, block_causal_layout
 
 ATTENTION_KINDS = ("bidirectional", "block_causal")
 MASK_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
+SPIFFY_ATTENTION = "spiffy_graph"
+LAYOUT_KWARG = "spiffy_layout"
+BACKEND_KWARG = "spiffy_backend"
+
+
+def spiffy_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function (``AttentionInterface``) under a `SegmentLayout`.
+
+    ``query [B, Hq, Mq, d]``, ``key, value [B, Hkv, Mk, d]`` (transformers passes grouped
+    key/value heads unrepeated; the kernel reads head ``h // (Hq // Hkv)``). The layout comes
+    as the keyword argument ``spiffy_layout`` of the model's forward (transformers hands its
+    extra keyword arguments to every attention layer), the backend as ``spiffy_backend``
+    (default ``"auto"``). Returns ``(out [B, Mq, Hq, d], None)`` as transformers expects.
+    """
+    layout = kwargs.get(LAYOUT_KWARG)
+    if not isinstance(layout, SegmentLayout):
+        raise ValueError(
+            f"attn_implementation={SPIFFY_ATTENTION!r} needs the model's forward to get "
+            f"{LAYOUT_KWARG}=<SegmentLayout> (got {type(layout).__name__}); HFDiffusionModel "
+            "passes it"
+        )
+    if attention_mask is not None:
+        raise ValueError(
+            f"attn_implementation={SPIFFY_ATTENTION!r} takes the layout, not attention_mask "
+            f"(got a mask of shape {tuple(attention_mask.shape)})"
+        )
+    if dropout and module.training:
+        raise ValueError(f"attn_implementation={SPIFFY_ATTENTION!r} has no dropout, got {dropout}")
+    backend = kwargs.get(BACKEND_KWARG, "auto")
+    if torch.compiler.is_compiling():
+        out = graph_attention_op(query, key, value, layout, scale=scaling, backend=backend)
+    else:
+        out = graph_attention(query, key, value, layout, scale=scaling, backend=backend)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_hf_attention() -> str:
+    """Register `spiffy_attention_forward` with transformers' ``AttentionInterface`` under
+    `SPIFFY_ATTENTION` (idempotent) and return that name.
+
+    >>> from transformers import Qwen3Config, Qwen3ForCausalLM
+    >>> name = register_hf_attention()
+    >>> config = Qwen3Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+    ...                      num_key_value_heads=2, intermediate_size=48, vocab_size=64)
+    >>> config._attn_implementation = name  # or set_attn_implementation(name) on a model
+    >>> model = HFDiffusionModel(Qwen3ForCausalLM(config), mask_token_id=63)
+    """
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SPIFFY_ATTENTION, spiffy_attention_forward)
+    return SPIFFY_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -56,6 +126,8 @@ class HFDiffusionModel(nn.Module):
         attention: ``"bidirectional"`` or ``"block_causal"``.
         block_size: the block size of a block-causal model's forward without a layout.
         tokenizer: anything with ``encode(str)`` / ``decode(ids)`` (optional).
+        backend: the `graph_attention` backend of ``attn_implementation="spiffy_graph"``
+            (``"auto"``, ``"triton"``, ``"torch"``).
     """
 
     def __init__(
@@ -67,8 +139,11 @@ class HFDiffusionModel(nn.Module):
         attention: str = "bidirectional",
         block_size: int | None = None,
         tokenizer=None,
+        backend: str = "auto",
     ):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         hf_config = getattr(hf_model, "config", None)
         if hf_config is None or not callable(hf_model):
             raise ValueError(
@@ -76,11 +151,12 @@ class HFDiffusionModel(nn.Module):
                 f"{type(hf_model).__name__}"
             )
         implementation = getattr(hf_config, "_attn_implementation", None)
-        if implementation not in MASK_ATTENTION_IMPLEMENTATIONS:
+        if implementation not in (*MASK_ATTENTION_IMPLEMENTATIONS, SPIFFY_ATTENTION):
             raise ValueError(
-                f"hf_model uses attn_implementation={implementation!r}; the adapter passes a "
-                f"4-D mask, which only {MASK_ATTENTION_IMPLEMENTATIONS} honour (load the model "
-                "with attn_implementation='sdpa')"
+                f"hf_model uses attn_implementation={implementation!r}; the adapter passes "
+                f"either a 4-D mask, which only {MASK_ATTENTION_IMPLEMENTATIONS} honour, or the "
+                f"layout itself to {SPIFFY_ATTENTION!r} (register_hf_attention(), then "
+                f"model.set_attn_implementation({SPIFFY_ATTENTION!r}))"
             )
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
@@ -101,6 +177,7 @@ class HFDiffusionModel(nn.Module):
         self.attention = attention
         self.block_size = block_size
         self.tokenizer = tokenizer
+        self.backend = backend
         self.config = AdapterConfig(
             mask_token_id=mask_token_id,
             embedding_size=vocab,
@@ -167,13 +244,22 @@ class HFDiffusionModel(nn.Module):
             raise ValueError(
                 f"position_ids must have shape [{t}] or [{b}, {t}], got {tuple(position_ids.shape)}"
             )
+        if self.uses_layout:
+            mask_kwargs = {LAYOUT_KWARG: layout, BACKEND_KWARG: self.backend}
+        else:
+            mask_kwargs = {"attention_mask": self.additive_mask(layout).expand(b, 1, t, t)}
         out = self.hf_model(
             input_ids=input_ids,
-            attention_mask=self.additive_mask(layout).expand(b, 1, t, t),
             position_ids=position_ids.expand(b, t),
             use_cache=False,
+            **mask_kwargs,
         )
         return out.logits
+
+    @property
+    def uses_layout(self) -> bool:
+        """Whether the model's attention takes the layout (`SPIFFY_ATTENTION`) or a dense mask."""
+        return getattr(self.hf_model.config, "_attn_implementation", None) == SPIFFY_ATTENTION
 
     def spiffy_verifier(self, cache: str | None, verify: str | None):
         """The decoder's hook (`spiffy_triton.decoding.generate`)."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..dispatch import BACKENDS, graph_attention
 from ..layout import SegmentLayout
+from ..ops import graph_attention_op
 from .cache import CACHE_MODES, KVCache, LayerKV
 from .config import LLaDAConfig
 
@@ -194,7 +195,7 @@ class LLaDAModel(nn.Module):
             raise ValueError(f"{name} must be int64 or int32, got {input_ids.dtype}")
         if input_ids.device != self.device:
             raise ValueError(f"{name} is on {input_ids.device}, the model on {self.device}")
-        if input_ids.numel():
+        if input_ids.numel() and not torch.compiler.is_compiling():  # values: data-dependent
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.config.embedding_size:
                 raise ValueError(
@@ -217,7 +218,11 @@ class LLaDAModel(nn.Module):
             raise ValueError(
                 f"position_ids batch {position_ids.shape[0]} does not match input_ids ({batch})"
             )
-        if position_ids.numel() and int(position_ids.min()) < 0:
+        if (
+            position_ids.numel()
+            and not torch.compiler.is_compiling()
+            and int(position_ids.min()) < 0
+        ):
             raise ValueError("position_ids must be >= 0")
         return position_ids.to(self.device).expand(batch, length)
 
@@ -227,6 +232,8 @@ class LLaDAModel(nn.Module):
             return F.scaled_dot_product_attention(
                 q, k, v, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
             )
+        if torch.compiler.is_compiling():  # one opaque node of the graph (spiffy_triton/ops.py)
+            return graph_attention_op(q, k, v, layout, scale=scale, backend=self.backend)
         return graph_attention(q, k, v, layout, scale=scale, backend=self.backend)
 
     def _check_layout(self, layout, num_q: int, num_k: int) -> None:
