@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 
@@ -44,6 +44,7 @@ from ..types import (
     VerifyForward,
     VerifyMode,
 )
+from .batch import BatchGenerateOutput
 from .budget import AutoDraftBudget
 from .drafting import Drafts, Filler
 from .methods import Block, DecodeMethod, Forward, SpiffyMethod, Walk
@@ -52,9 +53,6 @@ from .simsd import SIMSD_METHODS, SimSDExactMethod, SimSDMethod
 from .simsd.draft import DraftSource
 from .stats import PHASES, DecodeStats, GenerateOutput, PhaseClock
 from .verify import Verifier, default_verify, is_exact
-
-if TYPE_CHECKING:  # batch.py imports this module (decode): the type only
-    from .batch import BatchGenerateOutput
 
 __all__ = ["PHASES", "DecodeStats", "GenerateOutput", "default_verify", "generate", "is_exact"]
 

@@ -189,8 +189,8 @@ class SpiffyStepper:
             raise ValueError(
                 f"gen_length ({gen_length}) must be a multiple of block_length ({block_length})"
             )
-        if cache not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+        if cache is not None and cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {(None, *CACHE_MODES)}, got {cache!r}")
         verify = default_verify(cache) if verify is None else verify
         if verify not in VERIFY_MODES:
             raise ValueError(f"verify must be one of {VERIFY_MODES} or None, got {verify!r}")
