@@ -155,9 +155,25 @@ def resolve_block_length(model, block_length) -> int:
             f"was trained with ({trained}, config block_size): it never saw other blocks in "
             f"training, so its text may be worse; pass block_length={trained} or leave it out",
             BlockLengthWarning,
-            stacklevel=6,  # generate's caller (through torch.no_grad)
+            stacklevel=_caller_stacklevel(),
         )
     return block_length
+
+
+def _caller_stacklevel() -> int:
+    """The `stacklevel` that points a warning at the user's line: the first frame outside
+    this package and torch's decorator wrappers (`torch.no_grad`), however many of the
+    package's own frames (generate, decode, a batch's row) stand between."""
+    import sys
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1  # the frame that calls warnings.warn is level 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(package)
+        or "torch" + os.sep + "utils" + os.sep + "_contextlib" in frame.f_code.co_filename
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_lengths(model, prompt_length: int, gen_length, block_length) -> tuple[int, int]:
