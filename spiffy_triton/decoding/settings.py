@@ -334,25 +334,17 @@ def resolve_settings(
     prompt = validate_prompt(model, prompt_ids)
     gen_length, block_length = check_lengths(model, prompt.shape[1], gen_length, block_length)
     verify, model_verifier = resolve_verify(model, cache, verify)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
-    schedule = step_schedule(
-        steps,
-        threshold=threshold,
-        factor=factor,
-        remasking=remasking,
-        gen_length=gen_length,
-        block_length=block_length,
-    )
-    rule = TransitionRule(
-        mask_id=model.config.mask_token_id,
+    rule = transition_rule(
+        model.config.mask_token_id,
+        steps=steps,
         remasking=remasking,
         temperature=temperature,
         threshold=threshold,
         factor=factor,
-        schedule=schedule,
         seed=seed,
         backend=backend,
+        gen_length=gen_length,
+        block_length=block_length,
     )
     settings = DecodeSettings(
         prompt=prompt,
@@ -369,3 +361,40 @@ def resolve_settings(
     resolve_drafting(settings, model, graph, max_drafts)
     settings.filler = resolve_filler(filler, backend)
     return settings
+
+
+def transition_rule(
+    mask_id: int,
+    *,
+    steps,
+    remasking,
+    temperature,
+    threshold,
+    factor,
+    seed,
+    backend,
+    gen_length: int,
+    block_length: int,
+) -> TransitionRule:
+    """The transition rule R of a decode: the seed checked, the step schedule of the blocks,
+    the remasking rule. One builder for `generate` and the step API (`decoding.steps`)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    schedule = step_schedule(
+        steps,
+        threshold=threshold,
+        factor=factor,
+        remasking=remasking,
+        gen_length=gen_length,
+        block_length=block_length,
+    )
+    return TransitionRule(
+        mask_id=mask_id,
+        remasking=remasking,
+        temperature=temperature,
+        threshold=threshold,
+        factor=factor,
+        schedule=schedule,
+        seed=seed,
+        backend=backend,
+    )

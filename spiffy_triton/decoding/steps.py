@@ -45,13 +45,12 @@ import torch
 from ..layout import SegmentLayout
 from .drafting import Drafts
 from .methods import Block, DecodeMethod, Forward, SpiffyMethod
-from .rules import TransitionRule
 from .settings import (
     DecodeSettings,
     check_int,
     resolve_drafting,
     resolve_filler,
-    step_schedule,
+    transition_rule,
 )
 from .stats import PhaseClock
 from .verify import CACHE_MODES, VERIFY_MODES, VerifyInputs, additive_mask, default_verify
@@ -199,25 +198,17 @@ class SpiffyStepper:
                 "max_drafts must be None or an int >= 1 here ('auto' times the verify forward, "
                 f"which the caller owns), got {max_drafts!r}"
             )
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
-        schedule = step_schedule(
-            steps,
-            threshold=threshold,
-            factor=factor,
-            remasking=remasking,
-            gen_length=gen_length,
-            block_length=block_length,
-        )
-        rule = TransitionRule(
-            mask_id=mask_id,
+        rule = transition_rule(
+            mask_id,
+            steps=steps,
             remasking=remasking,
             temperature=temperature,
             threshold=threshold,
             factor=factor,
-            schedule=schedule,
             seed=seed,
             backend=backend,
+            gen_length=gen_length,
+            block_length=block_length,
         )
         self.device = torch.device(device)
         settings = DecodeSettings(
