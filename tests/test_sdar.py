@@ -17,7 +17,7 @@ from utils import (
     transformers_qwen_kwargs,
 )
 from utils import random_token_ids as ids
-from walk_oracle import decoy_first
+from walk_oracle import decoy_first, lossless_matrix
 
 from spiffy_triton.decoding import generate
 from spiffy_triton.decoding.rules import TransitionRule, num_transfer_tokens
@@ -365,17 +365,7 @@ MATRIX_MODES = ((None, "packed"), (None, "batch"), ("prefix", "packed"), ("prefi
 MATRIX_GRAPHS = (4, 8, 3)
 
 
-def matrix_cases():
-    cases = []
-    for p in range(len(MATRIX_PROMPTS)):
-        for r, rule in enumerate(MATRIX_RULES):
-            for offset in (0, 2):
-                m = (p + r + offset) % len(MATRIX_MODES)
-                cases.append((p, rule, *MATRIX_MODES[m], MATRIX_GRAPHS[(p + r + m) % 3]))
-    return cases
-
-
-MATRIX = matrix_cases()
+MATRIX = lossless_matrix(len(MATRIX_PROMPTS), MATRIX_RULES, MATRIX_MODES, MATRIX_GRAPHS)
 
 
 def test_matrix_covers_every_rule_in_every_mode():

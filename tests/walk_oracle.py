@@ -178,3 +178,15 @@ def check_walk(model, prompt, *, depth: int = 4, order_seed: int = 0, min_deep: 
     assert deepest >= min_deep, f"the walk advanced at most {deepest} steps per forward"
     assert spiffy.nfe < reference.nfe
     return reference, spiffy
+
+
+def lossless_matrix(num_prompts: int, rules, modes, graphs) -> list[tuple]:
+    """(prompt, rule, cache, verify, graph) cases that cover every (rule, mode) pair twice
+    across the prompts, with the graph budget rotating, so a matrix stays a few dozen cases."""
+    cases = []
+    for p in range(num_prompts):
+        for r, rule in enumerate(rules):
+            for offset in (0, 2):
+                m = (p + r + offset) % len(modes)
+                cases.append((p, rule, *modes[m], graphs[(p + r + m) % len(graphs)]))
+    return cases
