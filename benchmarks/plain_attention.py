@@ -24,46 +24,22 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import torch
 
 from spiffy_triton import generate, load_model
-from spiffy_triton.decoding import verify as V
-from spiffy_triton.layout import SegmentLayout
 from spiffy_triton.training import tinydata
+from spiffy_triton.verify_inputs import VerifyInputs
 
 
-def graph_path_uncached(self, x, s, e, drafts):
-    """`Verifier._uncached` before issue #21: a layout even without packed drafts."""
-    t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
-    packed = self.verify == "packed"
-    layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0)
-    if packed:
-        ids = torch.cat([x[0], drafts.reshape(-1)])[None]
-        pos = torch.cat([torch.arange(t), torch.arange(s, e).repeat(d)]).to(device)
-    else:
-        ids = x.repeat(1 + d, 1)
-        ids[1:, s:e] = drafts
-        pos = torch.arange(t, device=device)
-    out = self._forward(ids, pos, layout)
-    if packed:
-        root, draft_logits = out[0, s:e], out[0, t:].view(d, length, out.shape[-1])
-    else:
-        root, draft_logits = out[0, s:e], out[1:, s:e]
-    return root, draft_logits, out[0, e : min(t, e + length)]
+def graph_path(inputs: VerifyInputs):
+    """Every forward through the graph-attention path (the code before issue #21)."""
+    return inputs.layout
 
 
-def graph_path_dual(self, x, s, e, drafts):
-    """`Verifier._dual` before issue #21."""
-    t, length, d, device = x.shape[1], e - s, drafts.shape[0], x.device
-    packed = self.verify == "packed"
-    layout = SegmentLayout.spiffy(s, length, t - e, d if packed else 0, cached=True)
-    if packed:
-        ids = torch.cat([x[0, s:e], drafts.reshape(-1)])[None]
-        pos = torch.arange(s, e, device=device).repeat(1 + d)
-    else:
-        ids = torch.cat([x[:, s:e], drafts])
-        pos = torch.arange(s, e, device=device)
-    out = self._forward(ids, pos, layout, self.kv)
-    if packed:
-        return out[0, :length], out[0, length:].view(d, length, out.shape[-1]), None
-    return out[0], out[1:], None
+def plain_path(inputs: VerifyInputs):
+    """Plain attention whenever no draft is packed behind the root, cached or not (what the
+    code does now without a cache; with a cache it was measured, then reverted: see
+    docs/PERFORMANCE.md)."""
+    if inputs.verify == "packed" and inputs.num_drafts > 0:
+        return inputs.layout
+    return None
 
 
 @torch.no_grad()
@@ -99,15 +75,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     cache = None if args.cache == "none" else args.cache
-    name = "_uncached" if cache is None else "_dual"
-    plain, graph = (
-        getattr(V.Verifier, name),
-        (graph_path_uncached if cache is None else graph_path_dual),
-    )
+    # the A/B swaps the one place that decides the attention path (VerifyInputs)
+    code_now = VerifyInputs.attention_layout
     model = load_model("tiny", dtype=torch.float32)
     held = tinydata.heldout_prompts(args.prompts)
     texts = [ex.prompt for kind in tinydata.KINDS for ex in held[kind]][: args.prompts]
-    variants = ["graph attention (before)", "plain attention (now)"]
+    variants = (
+        ["graph attention (before)", "plain attention (now)"]
+        if cache is None
+        else ["graph attention (now)", "plain attention (reverted)"]
+    )
     if cache is None:
         variants.append("upstream-style loop")
     times = {v: [] for v in variants}
@@ -122,7 +99,8 @@ def main(argv=None) -> int:
                     if v.startswith("upstream"):
                         outs[v] = upstream_loop(model, ids, args.gen_length, args.block_length)
                     else:
-                        setattr(V.Verifier, name, graph if v.startswith("graph") else plain)
+                        choice = graph_path if v.startswith("graph") else plain_path
+                        VerifyInputs.attention_layout = property(choice)
                         outs[v] = generate(model, ids, **kw).tokens
                     best[v] = min(best[v], time.perf_counter() - start)
             same = all(torch.equal(o, outs[variants[1]]) for o in outs.values())
@@ -133,14 +111,14 @@ def main(argv=None) -> int:
             if not same:
                 raise SystemExit("outputs differ between the variants")
     finally:
-        setattr(V.Verifier, name, plain)
+        VerifyInputs.attention_layout = code_now
     means = {v: sum(t) / len(t) for v, t in times.items()}
     print(
         json.dumps(
             {"cache": args.cache, "mean_ms": {v: round(m * 1e3, 1) for v, m in means.items()}}
         )
     )
-    print(f"now / before: {means[variants[1]] / means[variants[0]]:.3f}")
+    print(f"{variants[1]} / {variants[0]}: {means[variants[1]] / means[variants[0]]:.3f}")
     if cache is None:
         print(f"now / upstream-style loop: {means[variants[1]] / means[variants[2]]:.3f}")
     return 0

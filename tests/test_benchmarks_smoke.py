@@ -278,3 +278,16 @@ def test_run_all_lists_studies_and_accepts_a_leading_separator(capsys):
     assert run_all.main(["--", "--list"]) == 0
     listed = capsys.readouterr().out
     assert all(study.name in listed for study in run_all.STUDIES)
+
+
+def test_plain_attention_ab_runs_both_paths(capsys):
+    """benchmarks/plain_attention.py swaps the one attention-path decision (VerifyInputs) and
+    restores it; both variants give the same tokens."""
+    from benchmarks import plain_attention
+    from spiffy_triton.verify_inputs import VerifyInputs
+
+    code_now = VerifyInputs.attention_layout
+    argv = ["--prompts", "1", "--repeats", "1", "--gen-length", "32"]
+    assert plain_attention.main(argv) == 0
+    assert VerifyInputs.attention_layout is code_now
+    assert "outputs identical: True" in capsys.readouterr().out
