@@ -20,6 +20,7 @@ be None or an int: the ``"auto"`` budget times forwards, which a shared forward 
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass, field
 
@@ -206,22 +207,15 @@ def generate_batch(model, prompts, *, lengths=None, **kwargs):
             "batched decoding takes max_drafts=None or an int with a graph: the 'auto' budget "
             "times each forward, which the batch shares"
         )
-    kw = dict(
-        steps=None,
-        temperature=0.0,
-        remasking="low_confidence",
-        threshold=None,
-        factor=None,
-        cache=None,
-        graph=None,
-        max_drafts=None,
-        verify=None,
-        seed=0,
-        backend="auto",
-        filler=None,
-        method=None,
-        draft=None,
-    )
+    # generate's own defaults (one source), but no shared 'auto' budget across rows
+    kw = {
+        name: parameter.default
+        for name, parameter in inspect.signature(loop.generate).parameters.items()
+        if parameter.kind is parameter.KEYWORD_ONLY
+        and parameter.default is not parameter.empty
+        and name != "lengths"
+    }
+    kw["max_drafts"] = None
     kw.update(kwargs)
     rows = split_prompts(prompts, lengths)
     batcher = ForwardBatcher(model, len(rows))
