@@ -18,7 +18,7 @@ kinds. Spiffy's NFE is the exact replay of its walk on the held-out traces
    traces themselves (its best case there: a ceiling estimate for calibration). NFE speedup over
    vanilla on held-out prompts.
 
-    python benchmarks/acceptance.py [--quick] [--per-kind 10] [--calibration 20]
+    python -m benchmarks.acceptance [--quick] [--per-kind 10] [--calibration 20]
 
 Writes benchmarks/results/acceptance.json and acceptance_loss.png.
 """
@@ -30,9 +30,6 @@ import collections
 import dataclasses
 import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

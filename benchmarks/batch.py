@@ -1,7 +1,7 @@
 """Batched `generate` on the bundled model: model calls and CPU tokens/s at B = 1, 4, 16,
 vanilla vs Spiffy (8-node default graph, every node verified), no cache.
 
-    python benchmarks/batch.py [--quick]
+    python -m benchmarks.batch [--quick]
 
 Prompts are two-term sums of one length (``"Q: a+b=?\\nA: "``, digits a, b), so every row's
 forward has the same shape and the batch shares them (spiffy_triton/decoding/batch.py).
@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results  # noqa: E402
-from spiffy_triton import generate, load_model  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks.timing import Results
+from spiffy_triton import generate, load_model
 
 GEN, BLOCK = 64, 32
 

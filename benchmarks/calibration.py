@@ -23,7 +23,7 @@ rule with tau = 0.9 ("thr0.9").
    max_drafts nodes verified whole ("static graph"): NFE, verified draft rows, tokens equal
    to vanilla.
 
-    python benchmarks/calibration.py [--quick] [--rules 1/step,2/step,thr0.9] [--model DIR]
+    python -m benchmarks.calibration [--quick] [--rules 1/step,2/step,thr0.9] [--model DIR]
                                      [--out-dir DIR]
 
 Writes benchmarks/results/calibration.json, calibration_pruning.json and a picture of the
@@ -37,9 +37,6 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

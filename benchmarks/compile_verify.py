@@ -1,6 +1,6 @@
 """What ``torch.compile`` costs and saves on the verify forward of the bundled model (CPU).
 
-    python benchmarks/compile_verify.py [--quick]
+    python -m benchmarks.compile_verify [--quick]
 
 The forward is the decoder's hot call: a packed dual-cache verify of the root block (32 rows)
 and D drafts over a prompt of 64 tokens and 64 generated tokens (``SegmentLayout.spiffy(...,
@@ -20,17 +20,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results  # noqa: E402
-from spiffy_triton import SegmentLayout, load_model  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks.timing import Results
+from spiffy_triton import SegmentLayout, load_model
 
 PROMPT, GEN, BLOCK = 64, 64, 32
 

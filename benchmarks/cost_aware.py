@@ -16,7 +16,7 @@ MEASURED on this machine.
    graph of 8 nodes, every node verified): NFE, steps per forward, draft acceptance (walked
    drafts / verified drafts), and whether the tokens equal vanilla's (they must).
 
-    python benchmarks/cost_aware.py [--quick] [--repeats 9] [--prompts 2] [--modes greedy-dual,...]
+    python -m benchmarks.cost_aware [--quick] [--repeats 9] [--prompts 2] [--modes greedy-dual,...]
         [--drafts 1,3,8] [--skip-wallclock] [--skip-noise]
 
 Writes benchmarks/results/cost_aware.json (wall clock) and cost_aware_noise.json.
@@ -29,9 +29,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

@@ -26,18 +26,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "gpu"
 TOTAL_BUDGET_S = 540  # under 10 minutes with start-up and the summary
-# name -> (script, its arguments on the GPU, its arguments with --small, share of the budget)
+# name -> (what python runs: a module under benchmarks/ or the parity script of tests/, its
+# arguments on the GPU, its arguments with --small, share of the budget)
 STEPS = {
     "parity": ("tests/parity_cases.py", ["--device", "cuda"], ["--small"], 0.42),
     "graph_attention": (
-        "benchmarks/graph_attention.py",
+        "-m benchmarks.graph_attention",
         ["--contexts", "256,1024", "--drafts", "0,4,8,16"],
         ["--quick"],
         0.22,
     ),
-    "marginals": ("benchmarks/marginals.py", [], ["--quick"], 0.12),
-    "verify_cost": ("benchmarks/verify_cost.py", [], ["--small"], 0.14),
-    "profile": ("benchmarks/profile_graph_attention.py", [], ["--quick"], 0.10),
+    "marginals": ("-m benchmarks.marginals", [], ["--quick"], 0.12),
+    "verify_cost": ("-m benchmarks.verify_cost", [], ["--small"], 0.14),
+    "profile": ("-m benchmarks.profile_graph_attention", [], ["--quick"], 0.10),
 }
 
 
@@ -127,7 +128,8 @@ def main(argv=None) -> int:
     with open(out / "gpu_check.log", "w") as log:
         for index, name in enumerate(steps):
             script, full_args, small_args, _ = STEPS[name]
-            command = [sys.executable, script, *(small_args if args.small else full_args)]
+            target = script.split()  # ["-m", "benchmarks.<study>"] or the script's path
+            command = [sys.executable, *target, *(small_args if args.small else full_args)]
             if name == "parity":
                 command += ["--out", str(out / "parity.json")]
             # this step may use what earlier steps left over, not the later steps' shares

@@ -1,7 +1,7 @@
 """The GPU check's measurements held against the roofline model, row by row.
 
-    python benchmarks/gpu_vs_model.py                       # reads benchmarks/results/gpu/
-    python benchmarks/gpu_vs_model.py --gpu-dir DIR --hardware H200-SXM
+    python -m benchmarks.gpu_vs_model                       # reads benchmarks/results/gpu/
+    python -m benchmarks.gpu_vs_model --gpu-dir DIR --hardware H200-SXM
 
 Runs anywhere (no GPU): it reads the JSON written by `scripts/gpu_check.sh` and predicts each
 measured quantity with the same operator model as `benchmarks/perf_model.py`
@@ -19,16 +19,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.roofline.hardware import HARDWARE, LLADA_8B, StepShape  # noqa: E402
-from benchmarks.roofline.ops import (  # noqa: E402
+from benchmarks.roofline.hardware import HARDWARE, LLADA_8B, StepShape
+from benchmarks.roofline.ops import (
     attention_cost,
     forward_ops,
     marginals_bytes,
     predict,
 )
-from benchmarks.timing import report  # noqa: E402
+from benchmarks.timing import report
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "results" / "gpu"
 COLUMNS = ("study", "shape", "method", "measured_ms", "modeled_ms", "ratio", "bound", "note")

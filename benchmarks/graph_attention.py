@@ -1,9 +1,9 @@
 """Graph-masked attention: the Triton kernel vs SDPA (dense mask), FlexAttention (block mask
 from the same layout) and drafts as separate batch rows, on LLaDA-8B verification shapes.
 
-    python benchmarks/graph_attention.py            # GPU: the full grid; CPU: smoke sizes
-    python benchmarks/graph_attention.py --quick    # smoke sizes everywhere
-    python benchmarks/graph_attention.py --contexts 1024,4096 --drafts 0,4,8,16   # a sub-grid
+    python -m benchmarks.graph_attention            # GPU: the full grid; CPU: smoke sizes
+    python -m benchmarks.graph_attention --quick    # smoke sizes everywhere
+    python -m benchmarks.graph_attention --contexts 1024,4096 --drafts 0,4,8,16   # a sub-grid
 
 On a GPU every method is timed with `triton.testing.do_bench` (median) and reported as ms
 and TFLOP/s over the layout's visible (query, key) pairs (4 * d FLOPs per pair and head: the
@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
-from spiffy_triton import SegmentLayout  # noqa: E402
-from spiffy_triton.kernels.graph_attention import select_config  # noqa: E402
-from spiffy_triton.layout import CAUSAL, ENTRY_K_END, ENTRY_K_START, FULL  # noqa: E402
+import spiffy_triton  # sets the interpreter mode before triton is imported
+from benchmarks.timing import Results, median_ms, on_gpu
+from spiffy_triton import SegmentLayout
+from spiffy_triton.kernels.graph_attention import select_config
+from spiffy_triton.layout import CAUSAL, ENTRY_K_END, ENTRY_K_START, FULL
 
 FLEX_BLOCK = 128
 SDPA_BLOCK_M = 128

@@ -2,7 +2,7 @@
 Hugging Face model's eager / SDPA attention needs) vs the segment layout (the
 ``"spiffy_graph"`` attention hook, spiffy_triton/models/hf_adapter.py).
 
-    python benchmarks/hf_mask_memory.py [--quick]
+    python -m benchmarks.hf_mask_memory [--quick]
 
 For each verify shape (prompt 256 or 1024, 256 generated tokens, first block of 32, D packed
 drafts, no cache / prefix cache / dual cache) it builds the tensors and counts their bytes
@@ -24,19 +24,15 @@ the layout's rows).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results  # noqa: E402
-from spiffy_triton.decoding.cost_model import verify_shape  # noqa: E402
-from spiffy_triton.decoding.verify import prefix_cache_layout  # noqa: E402
-from spiffy_triton.kernels.graph_attention import select_config  # noqa: E402
-from spiffy_triton.layout import SegmentLayout  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks.timing import Results
+from spiffy_triton.decoding.cost_model import verify_shape
+from spiffy_triton.decoding.verify import prefix_cache_layout
+from spiffy_triton.kernels.graph_attention import select_config
+from spiffy_triton.layout import SegmentLayout
 
 GEN, BLOCK, HEAD_DIM, HEADS, DTYPE = 256, 32, 128, 32, torch.bfloat16
 

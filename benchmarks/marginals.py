@@ -1,9 +1,9 @@
 """Fused marginals: the Triton kernel vs the PyTorch composition a decoder would write, and a
 study of the kernel's fp32 Gumbel noise against LLaDA's float64 sampler.
 
-    python benchmarks/marginals.py            # GPU: the full grid; CPU: smoke sizes
-    python benchmarks/marginals.py --quick    # smoke sizes everywhere
-    python benchmarks/marginals.py --gumbel   # the Gumbel noise study (CPU, ~1 minute)
+    python -m benchmarks.marginals            # GPU: the full grid; CPU: smoke sizes
+    python -m benchmarks.marginals --quick    # smoke sizes everywhere
+    python -m benchmarks.marginals --gumbel   # the Gumbel noise study (CPU, ~1 minute)
 
 Timing (GPU): rows in {32, 288, 2048} x V in {126464, 152064}, bf16 logits, top_k = 8, at
 temperature 0 (argmax) and 1 (Gumbel sample); median ms by `triton.testing.do_bench` and
@@ -25,15 +25,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results, median_ms, on_gpu, report  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks.timing import Results, median_ms, on_gpu, report
 
 ROWS = (32, 288, 2048)
 VOCABS = (126464, 152064)

@@ -1,8 +1,8 @@
 """Launch-configuration sweep of the marginals kernel: which block size, warps, pipeline stages
 and vocabulary split reach the most of the copy bandwidth, at LLaDA's vocabulary.
 
-    python benchmarks/marginals_sweep.py            # GPU: rows 32 / 288 / 2048, T 0 and 1
-    python benchmarks/marginals_sweep.py --quick    # smoke sizes (CPU: interpreter)
+    python -m benchmarks.marginals_sweep            # GPU: rows 32 / 288 / 2048, T 0 and 1
+    python -m benchmarks.marginals_sweep --quick    # smoke sizes (CPU: interpreter)
 
 Each row is one configuration of one shape; ``of_copy_bw`` is the logits' bytes per second
 over the measured device copy bandwidth, ``vs_default`` the default configuration's time over
@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.marginals import copy_bandwidth_gb_s  # noqa: E402
-from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
-from spiffy_triton.kernels import marginals as kernel  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks.marginals import copy_bandwidth_gb_s
+from benchmarks.timing import Results, median_ms, on_gpu
+from spiffy_triton.kernels import marginals as kernel
 
 COLUMNS = (
     "rows",

@@ -18,7 +18,7 @@ drafts verified as batch rows, exact; "dual": packed, exact):
 Every Spiffy run is compared token for token with the vanilla run of the same rule; the
 `mismatches` column counts prompts whose output differs (0 expected in the exact modes).
 
-    python benchmarks/nfe.py [--quick] [--per-kind 4] [--caches none,dual] [--kinds arith,word]
+    python -m benchmarks.nfe [--quick] [--per-kind 4] [--caches none,dual] [--kinds arith,word]
                               [--calibration 10] [--dtype float32]
 
 Writes benchmarks/results/nfe.json.
@@ -28,13 +28,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

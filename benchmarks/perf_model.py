@@ -15,7 +15,7 @@ Predicted step time = sum over operators of max(bytes / BW_eff, FLOPs / FLOPS_ef
 (+ an optional launch cost per operator). The whole-forward roofline
 max(total bytes / BW_eff, total FLOPs / FLOPS_eff) is reported beside it as a lower bound.
 
-Run: `python benchmarks/perf_model.py` (table + benchmarks/results/perf_model*.json + PNG).
+Run: `python -m benchmarks.perf_model` (table + benchmarks/results/perf_model*.json + PNG).
 """
 
 from __future__ import annotations
@@ -26,15 +26,12 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.roofline.acceptance import (  # noqa: E402
+from benchmarks.roofline.acceptance import (
     block_time_ms,
     load_steps_per_forward,
     parse_steps_per_forward,
 )
-from benchmarks.roofline.hardware import (  # noqa: E402
+from benchmarks.roofline.hardware import (
     DEFAULT_COMPUTE_EFF,
     DEFAULT_MEMORY_EFF,
     GB,
@@ -46,7 +43,7 @@ from benchmarks.roofline.hardware import (  # noqa: E402
     ModelShape,
     StepShape,
 )
-from benchmarks.roofline.ops import (  # noqa: E402
+from benchmarks.roofline.ops import (
     Op,
     Prediction,
     attention_cost,
@@ -57,7 +54,7 @@ from benchmarks.roofline.ops import (  # noqa: E402
     marginals_bytes,
     predict,
 )
-from benchmarks.roofline.tables import attention_rows, marginals_rows, plot, step_rows  # noqa: E402
+from benchmarks.roofline.tables import attention_rows, marginals_rows, plot, step_rows
 from benchmarks.timing import RESULTS_DIR, format_table, write_results
 
 __all__ = [

@@ -5,7 +5,7 @@ upstream-style LLaDA ``generate`` loop (one full forward per step, float64 confi
 MEASURED on the bundled model, interleaved (each prompt decoded by every variant in turn, the
 minimum of ``--repeats`` runs kept), 1 thread:
 
-    python benchmarks/plain_attention.py [--cache none|dual] [--prompts 4] [--repeats 3]
+    python -m benchmarks.plain_attention [--cache none|dual] [--prompts 4] [--repeats 3]
 
 Prints per-prompt times and the means; the outputs of all variants must be identical.
 """
@@ -16,10 +16,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

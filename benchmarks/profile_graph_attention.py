@@ -1,8 +1,8 @@
 """Where the graph-attention time goes: the kernel's own device time against the time a caller
 sees, for the kernel, SDPA with a dense mask and FlexAttention, at a few verify shapes.
 
-    python benchmarks/profile_graph_attention.py            # GPU: LLaDA-8B heads
-    python benchmarks/profile_graph_attention.py --quick    # smoke sizes (CPU: interpreter)
+    python -m benchmarks.profile_graph_attention            # GPU: LLaDA-8B heads
+    python -m benchmarks.profile_graph_attention --quick    # smoke sizes (CPU: interpreter)
 
 Per method and shape: ``call_ms`` (do_bench median: what benchmarks/graph_attention.py
 reports), ``device_ms`` (sum of the CUDA kernels' own time per call, from torch.profiler),
@@ -18,17 +18,14 @@ import argparse
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402  (sets the interpreter mode before triton is imported)
-from benchmarks.graph_attention import _flex_attention, flex_block_mask  # noqa: E402
-from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
-from spiffy_triton import SegmentLayout  # noqa: E402
-from spiffy_triton.kernels.graph_attention import _graph_attention_fwd, select_config  # noqa: E402
+import spiffy_triton  # sets the interpreter mode before triton is imported
+from benchmarks.graph_attention import _flex_attention, flex_block_mask
+from benchmarks.timing import Results, median_ms, on_gpu
+from spiffy_triton import SegmentLayout
+from spiffy_triton.kernels.graph_attention import _graph_attention_fwd, select_config
 
 COLUMNS = (
     "cached",

@@ -20,10 +20,10 @@ clock (every configuration decodes a prompt back to back), prompts and tokens id
 vanilla's, and held-out answer accuracy (the number after ``####`` equals the reference;
 arithmetic and word problems, as the model card's evaluation).
 
-    python benchmarks/simsd.py [--model tiny-sdar | DIR] [--per-kind 4] [--gen-length 96]
+    python -m benchmarks.simsd [--model tiny-sdar | DIR] [--per-kind 4] [--gen-length 96]
                                [--block-length N] [--cache prefix|none] [--drafts self,tiny]
-    python benchmarks/simsd.py --smoke     # random tiny SDAR model, seconds (CI)
-    python benchmarks/simsd.py --quick     # the bundled model, 1 prompt per kind, 32 tokens
+    python -m benchmarks.simsd --smoke     # random tiny SDAR model, seconds (CI)
+    python -m benchmarks.simsd --quick     # the bundled model, 1 prompt per kind, 32 tokens
 
 Writes benchmarks/results/simsd.json (``--smoke``: simsd_smoke.json).
 """
@@ -31,12 +31,8 @@ Writes benchmarks/results/simsd.json (``--smoke``: simsd_smoke.json).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

@@ -1,7 +1,7 @@
 """Verify cost on LLaDA-8B-wide layers: one dual-cache forward with D drafts, and whole decodes.
 
-    python benchmarks/verify_cost.py            # GPU: 8B-wide layers; CPU: a tiny smoke config
-    python benchmarks/verify_cost.py --small    # the tiny smoke config everywhere
+    python -m benchmarks.verify_cost            # GPU: 8B-wide layers; CPU: a tiny smoke config
+    python -m benchmarks.verify_cost --small    # the tiny smoke config everywhere
 
 The model is the project's `LLaDAModel` with LLaDA-8B's width (d_model 4096, 32 heads, MLP
 12288, vocab 126464) but 4 layers, random bf16 weights built on the device (no checkpoint).
@@ -30,16 +30,13 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
-from spiffy_triton.models import LLaDAConfig, LLaDAModel  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks.timing import Results, median_ms, on_gpu
+from spiffy_triton.models import LLaDAConfig, LLaDAModel
 
 METHODS = ("triton", "torch", "sdpa_dense_mask")
 FULL = dict(

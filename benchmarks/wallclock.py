@@ -12,7 +12,7 @@ round with the median wall time (so the phases add up); the speedup is the media
 of vanilla's wall time over the configuration's in the same round (side by side), with the
 quartiles of those per-round ratios.
 
-    python benchmarks/wallclock.py [--quick] [--drafts 0,3,5,8,10] [--repeats 3] [--cache dual]
+    python -m benchmarks.wallclock [--quick] [--drafts 0,3,5,8,10] [--repeats 3] [--cache dual]
 
 Writes benchmarks/results/wallclock.json and wallclock.png.
 """
@@ -26,9 +26,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

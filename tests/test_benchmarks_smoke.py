@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import run_all  # noqa: E402
+from benchmarks import run_all
 
 WRITES_ACCEPTANCE = """
 from benchmarks.timing import report
