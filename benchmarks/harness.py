@@ -90,7 +90,10 @@ def parser(
     """An argument parser with the options every study shares; the study adds its own."""
     description = (doc or "").split("\n\n")[0] or None
     result = argparse.ArgumentParser(description=description)
-    result.add_argument(*out_dir, dest="out_dir", type=Path, default=None, help="results folder")
+    if out_dir:
+        result.add_argument(
+            *out_dir, dest="out_dir", type=Path, default=None, help="results folder"
+        )
     if quick:
         result.add_argument(*quick, dest="quick", action="store_true", help=quick_help)
     if repeats is not None:
