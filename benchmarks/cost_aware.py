@@ -187,6 +187,34 @@ def build_run(argv: Sequence[str] | None = None) -> Run:
     return run
 
 
+def report_wallclock(run: Run, model, meta: dict) -> None:
+    prompts = pick_prompts(model, run.prompts)
+    meta = {
+        **meta,
+        "prompts": len(prompts),
+        "repeats": run.repeats,
+        "fixed_graphs": "DraftGraph.default(D), every filled node verified",
+        "auto": f'max_drafts="auto" over DraftGraph.default({AUTO_POOL})',
+        "speedup": "median over rounds of vanilla wall / config wall, same round",
+    }
+    rows = wallclock_rows(model, prompts, run)
+    run.report(rows, WALLCLOCK_COLUMNS, key=("mode", "config"), meta=meta)
+
+
+def report_noise(run: Run, model, meta: dict) -> None:
+    prompts = pick_prompts(model, run.noise_prompts)
+    meta = {
+        **meta,
+        "prompts": len(prompts),
+        "cache": "dual",
+        "graph": f"DraftGraph.default({NOISE_GRAPH}), every filled node verified",
+        "seeds": "prompt k uses seed k",
+    }
+    rows = noise_rows(model, prompts, run)
+    key = ("temperature", "filler")
+    run.report(rows, NOISE_COLUMNS, key=key, meta=meta, name="cost_aware_noise")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     run = build_run(argv)
     torch.set_num_threads(run.threads)
@@ -199,29 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": run.threads,
     }
     if not run.skip_wallclock:
-        prompts = pick_prompts(model, run.prompts)
-        meta_wall = {
-            **meta,
-            "prompts": len(prompts),
-            "repeats": run.repeats,
-            "fixed_graphs": "DraftGraph.default(D), every filled node verified",
-            "auto": f'max_drafts="auto" over DraftGraph.default({AUTO_POOL})',
-            "speedup": "median over rounds of vanilla wall / config wall, same round",
-        }
-        rows = wallclock_rows(model, prompts, run)
-        run.report(rows, WALLCLOCK_COLUMNS, key=("mode", "config"), meta=meta_wall)
+        report_wallclock(run, model, meta)
     if not run.skip_noise:
-        prompts = pick_prompts(model, run.noise_prompts)
-        meta_noise = {
-            **meta,
-            "prompts": len(prompts),
-            "cache": "dual",
-            "graph": f"DraftGraph.default({NOISE_GRAPH}), every filled node verified",
-            "seeds": "prompt k uses seed k",
-        }
-        rows = noise_rows(model, prompts, run)
-        key = ("temperature", "filler")
-        run.report(rows, NOISE_COLUMNS, key=key, meta=meta_noise, name="cost_aware_noise")
+        report_noise(run, model, meta)
     return 0
 
 

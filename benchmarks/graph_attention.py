@@ -117,6 +117,38 @@ def flex_block_mask(layout: SegmentLayout, device):
     )
 
 
+def time_methods(methods: dict, flops: int) -> list[dict]:
+    """One row per method: its times, TFLOP/s and modeled K/V bytes, and its largest
+    difference from the first method's output (the kernel's)."""
+    rows = []
+    reference = None
+    for name, (fn, kv_bytes, note) in methods.items():
+        try:
+            out = fn()
+            if name != "separate_rows":
+                if reference is None:
+                    reference = out.float()
+                else:
+                    err = (out.float() - reference).abs().max().item()
+                    note = (note + f" max|diff| vs triton {err:.2g}").strip()
+            times = percentiles_ms(fn, **({} if on_gpu() else {"warmup": 1, "reps": 2}))
+        except Exception as error:
+            rows.append(dict(method=name, note=f"failed: {type(error).__name__}: {error}"[:120]))
+            continue
+        ms = times["p50_ms"]
+        rows.append(
+            dict(
+                method=name,
+                ms=ms,
+                **times,
+                tflops=flops / (ms * 1e-3) / 1e12,
+                kv_mb_modeled=kv_bytes / 2**20,
+                note=note,
+            )
+        )
+    return rows
+
+
 def run_case(prefix, block, suffix, drafts, cached, *, heads, d, dtype, device, flex_fn):
     layout = SegmentLayout.spiffy(prefix, block, suffix, drafts, cached=cached)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -163,32 +195,7 @@ def run_case(prefix, block, suffix, drafts, cached, *, heads, d, dtype, device, 
             )
         except Exception as error:  # report, do not hide: FlexAttention is optional here
             flex_note = f"flex unavailable: {type(error).__name__}: {str(error)[:80]}"
-    rows = []
-    reference = None
-    for name, (fn, kv_bytes, note) in methods.items():
-        try:
-            out = fn()
-            if name != "separate_rows":
-                if reference is None:
-                    reference = out.float()
-                else:
-                    err = (out.float() - reference).abs().max().item()
-                    note = (note + f" max|diff| vs triton {err:.2g}").strip()
-            times = percentiles_ms(fn, **({} if on_gpu() else {"warmup": 1, "reps": 2}))
-        except Exception as error:
-            rows.append(dict(method=name, note=f"failed: {type(error).__name__}: {error}"[:120]))
-            continue
-        ms = times["p50_ms"]
-        rows.append(
-            dict(
-                method=name,
-                ms=ms,
-                **times,
-                tflops=flops / (ms * 1e-3) / 1e12,
-                kv_mb_modeled=kv_bytes / 2**20,
-                note=note,
-            )
-        )
+    rows = time_methods(methods, flops)
     if flex_note:
         rows.append(dict(method="flex_block_mask", note=flex_note))
     sdpa_ms = next((r.get("ms") for r in rows if r["method"] == "sdpa_dense_mask"), None)

@@ -15,7 +15,7 @@ Predicted step time = sum over operators of max(bytes / BW_eff, FLOPs / FLOPS_ef
 (+ an optional launch cost per operator). The whole-forward roofline
 max(total bytes / BW_eff, total FLOPs / FLOPS_eff) is reported beside it as a lower bound.
 
-Run: `python -m benchmarks.perf_model` (table + benchmarks/results/perf_model*.json + PNG).
+Run: `python -m benchmarks.perf_model [--quick]` (table, results/perf_model*.json, PNG).
 """
 
 from __future__ import annotations
