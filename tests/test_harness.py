@@ -114,3 +114,19 @@ def test_keyed_tables_refuse_a_second_row_of_one_configuration(tmp_path):
         run.report([{"D": 1}, {"D": 1}], key=("D",))
     path = run.report([{"D": 1}, {"D": 2}], key=("D",))
     assert json.loads(path.read_text())["benchmark"] == "keyed_report"
+
+
+def test_percentiles_ms_on_cuda_asks_do_bench_for_the_quantiles(monkeypatch):
+    import triton.testing
+
+    seen = {}
+
+    def fake_do_bench(fn, **kwargs):
+        seen.update(kwargs)
+        return [1.0, 2.0, 3.0]
+
+    monkeypatch.setattr(timing, "on_gpu", lambda: True)
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    assert timing.percentiles_ms(lambda: None) == {"p20_ms": 1.0, "p50_ms": 2.0, "p80_ms": 3.0}
+    assert seen["quantiles"] == [0.2, 0.5, 0.8]
+    assert timing.median_ms(lambda: None) == 2.0
