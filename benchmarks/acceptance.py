@@ -18,25 +18,22 @@ kinds. Spiffy's NFE is the exact replay of its walk on the held-out traces
    traces themselves (its best case there: a ceiling estimate for calibration). NFE speedup over
    vanilla on held-out prompts.
 
-    python benchmarks/acceptance.py [--quick] [--per-kind 10] [--calibration 20]
+    python -m benchmarks.acceptance [--quick] [--per-kind 10] [--calibration 20]
 
 Writes benchmarks/results/acceptance.json and acceptance_loss.png.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
-from benchmarks.timing import RESULTS_DIR, report
+from benchmarks import harness
+from benchmarks.harness import Run
 from spiffy_triton.calibration import (
     Traces,
     collect_traces,
@@ -201,45 +198,51 @@ def plot(step_rows, node_rows, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke configuration")
+def build_run(argv=None) -> Run:
+    parser = harness.parser(__doc__, quick_help="smoke configuration")
     parser.add_argument("--per-kind", type=int, default=10, help="held-out prompts per kind")
     parser.add_argument("--calibration", type=int, default=20, help="calibration prompts per kind")
     parser.add_argument("--gen-length", type=int, default=96)
     parser.add_argument("--drafts", type=int, default=8, help="D of the per-step analysis")
     parser.add_argument("--model", default="tiny", help="bundled name or checkpoint directory")
-    parser.add_argument("--out-dir", type=Path, default=None)
-    args = parser.parse_args(argv)
-    budgets = (8, 10)
-    if args.quick:
-        args.per_kind, args.calibration, args.gen_length, budgets = 1, 2, 32, (8,)
+    run = harness.build_run("acceptance", parser.parse_args(argv), budgets=(8, 10))
+    if run.quick:
+        return run.with_sizes(per_kind=1, calibration=2, gen_length=32, budgets=(8,))
+    return run
+
+
+def measure(run: Run) -> tuple[list[dict], dict]:
+    """The graph variants' rows; the per-step and per-node analyses go to the meta."""
     torch.set_num_threads(1)
-    model = load_model(args.model, dtype=torch.float32, backend="torch")
-    settings = {"gen_length": args.gen_length, "block_length": 32, "backend": "torch"}
-    held_set, cal_set = heldout_prompts(args.per_kind), calibration_prompts(args.calibration)
+    model = load_model(run.model, dtype=torch.float32, backend="torch")
+    settings = {"gen_length": run.gen_length, "block_length": 32, "backend": "torch"}
+    held_set, cal_set = heldout_prompts(run.per_kind), calibration_prompts(run.calibration)
     held = collect_traces(model, [e.prompt for k in KINDS for e in held_set[k]], **settings)
     cal = collect_traces(model, [e.prompt for k in KINDS for e in cal_set[k]], **settings)
-    default, calibrated = DraftGraph.default(args.drafts), select_graph(cal, args.drafts)
-    step_rows = per_step_rows(held, default)
-    node_rows = per_node_rows(held, default, "default") + per_node_rows(
-        held, calibrated, "calibrated"
-    )
-    rows = variant_rows(cal, held, budgets)
+    default, calibrated = DraftGraph.default(run.drafts), select_graph(cal, run.drafts)
+    node_rows = per_node_rows(held, default, "default")
+    node_rows += per_node_rows(held, calibrated, "calibrated")
     meta = {
-        "model": args.model,
+        "model": run.model,
         "decode": {**settings, "cache": None, "verify": "batch (exact)", "steps": "1/step"},
         "kinds": KINDS,
-        "heldout_per_kind": args.per_kind,
-        "calibration_per_kind": args.calibration,
+        "heldout_per_kind": run.per_kind,
+        "calibration_per_kind": run.calibration,
         "heldout_traces": held.summary(),
-        "per_step_in_block": step_rows,
+        "per_step_in_block": per_step_rows(held, default),
         "per_node": node_rows,
-        "quick": args.quick,
+        "quick": run.quick,
     }
-    report("acceptance", rows, meta=meta, out_dir=args.out_dir)
-    picture = Path(args.out_dir or RESULTS_DIR) / "acceptance_loss.png"
-    plot(step_rows, node_rows, picture)
+    return variant_rows(cal, held, run.budgets), meta
+
+
+def main(argv=None) -> int:
+    run = build_run(argv)
+    rows, meta = measure(run)
+    run.report(rows, key=("D", "graph"), meta=meta)
+    step_rows = meta["per_step_in_block"]
+    picture = run.results_dir / "acceptance_loss.png"
+    plot(step_rows, meta["per_node"], picture)
     print(f"wrote {picture}")
     lost = {name: sum(r[name] * r["roots"] for r in step_rows) for name in OUTCOMES}
     total = sum(lost.values())

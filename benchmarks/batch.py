@@ -1,7 +1,7 @@
 """Batched `generate` on the bundled model: model calls and CPU tokens/s at B = 1, 4, 16,
 vanilla vs Spiffy (8-node default graph, every node verified), no cache.
 
-    python benchmarks/batch.py [--quick]
+    python -m benchmarks.batch [--quick]
 
 Prompts are two-term sums of one length (``"Q: a+b=?\\nA: "``, digits a, b), so every row's
 forward has the same shape and the batch shares them (spiffy_triton/decoding/batch.py).
@@ -13,31 +13,26 @@ across vanilla and Spiffy (lossless).
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results  # noqa: E402
-from spiffy_triton import generate, load_model  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks import harness
+from spiffy_triton import generate, load_model
 
 GEN, BLOCK = 64, 32
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="B = 1 and 4 only")
-    args = parser.parse_args(argv)
-    sizes = (1, 4) if args.quick else (1, 4, 16)
+    run = harness.build_run(
+        "batch", harness.parser(__doc__, quick_help="B = 1 and 4 only").parse_args(argv)
+    )
+    sizes = (1, 4) if run.quick else (1, 4, 16)
     model = load_model("tiny", dtype=torch.float32, backend="torch")
     meta = dict(model="tiny", gen_length=GEN, block_length=BLOCK, cache=None, verify="batch")
-    results = Results("batch", meta=meta)
+    results = run.table(key=("batch", "method"), meta=meta)
     for b in sizes:
         texts = [f"Q: {i % 9 + 1}+{(3 * i) % 9 + 1}=?\nA: " for i in range(b)]
         prompts = [torch.tensor(model.tokenizer.encode(t)) for t in texts]

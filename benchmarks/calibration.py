@@ -23,7 +23,7 @@ rule with tau = 0.9 ("thr0.9").
    max_drafts nodes verified whole ("static graph"): NFE, verified draft rows, tokens equal
    to vanilla.
 
-    python benchmarks/calibration.py [--quick] [--rules 1/step,2/step,thr0.9] [--model DIR]
+    python -m benchmarks.calibration [--quick] [--rules 1/step,2/step,thr0.9] [--model DIR]
                                      [--out-dir DIR]
 
 Writes benchmarks/results/calibration.json, calibration_pruning.json and a picture of the
@@ -32,18 +32,15 @@ calibrated D = 10 graph with its calibration counts, calibration_graph.png.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
-from benchmarks.timing import RESULTS_DIR, report
+from benchmarks import harness
+from benchmarks.harness import Run
 from spiffy_triton.calibration import (
     Traces,
     collect_traces,
@@ -247,9 +244,15 @@ def pruning_rows(model, graph, cal_traces, prompts, settings, max_drafts_list):
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke configuration (seconds)")
+COLUMNS = (
+    "rule", "eval", "D", "graph", "vanilla_nfe", "nfe", "nfe_speedup", "mean_advance",
+    "in_sample_speedup", "calib_s", "real_check",
+)  # fmt: skip
+KEY = ("rule", "eval", "D", "graph")
+
+
+def build_run(argv=None) -> Run:
+    parser = harness.parser(__doc__, quick_help="smoke configuration (seconds)")
     parser.add_argument("--calibration-prompts", type=int, default=20)
     parser.add_argument("--heldout", type=int, default=8, help="held-out prompts per kind")
     parser.add_argument("--real-check", type=int, default=1, help="prompts per kind decoded")
@@ -257,87 +260,88 @@ def main(argv=None) -> int:
     parser.add_argument("--gen-length", type=int, default=64)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument(
-        "--rules", default=",".join(SETTINGS), help=f"decode rules, from {list(SETTINGS)}"
+        "--rules",
+        type=harness.str_list,
+        default=",".join(SETTINGS),
+        help=f"decode rules, from {list(SETTINGS)}",
     )
     parser.add_argument("--model", default=None, help="checkpoint directory (default: tiny)")
-    parser.add_argument("--out-dir", type=Path, default=None, help="results directory")
     args = parser.parse_args(argv)
-    budgets, max_drafts_list = (3, 5, 8, 10), (8, 5, 3, 2, 1)
-    rules = [r for r in args.rules.split(",") if r]
-    for rule in rules:
+    for rule in args.rules:
         if rule not in SETTINGS:
             parser.error(f"--rules: {rule!r} is not one of {list(SETTINGS)}")
-    if args.quick:
-        args.calibration_prompts, args.heldout, args.real_check, args.pruning_prompts = 3, 1, 1, 1
-        args.gen_length = 32
-        budgets, max_drafts_list, rules = (3, 8), (1,), ["1/step"]
-    torch.set_num_threads(1)
-    model, model_name = load_bench_model(args.model)
-    base = {"gen_length": args.gen_length, "block_length": args.block_length, "backend": "torch"}
+    run = harness.build_run("calibration", args, budgets=(3, 5, 8, 10), max_drafts=(8, 5, 3, 2, 1))
+    if run.quick:
+        run = run.with_sizes(
+            calibration_prompts=3, heldout=1, real_check=1, pruning_prompts=1, gen_length=32
+        )
+        run = run.with_sizes(budgets=(3, 8), max_drafts=(1,), rules=["1/step"])
+    return run
 
-    calib_set = calibration_prompts(args.calibration_prompts)
+
+def measure(run: Run, model, model_name: str):
+    """The calibration table of every rule, its meta, and the first rule's graphs and
+    calibration traces (for the pruning study)."""
+    base = {"gen_length": run.gen_length, "block_length": run.block_length, "backend": "torch"}
+    calib_set = calibration_prompts(run.calibration_prompts)
     calib = [e.prompt for kind in EVAL_KINDS for e in calib_set[kind]]
-    held = heldout_prompts(args.heldout)
+    held = heldout_prompts(run.heldout)
     eval_sets = {kind: [e.prompt for e in held[kind]] for kind in EVAL_KINDS}
-
-    rows, summaries, first_graphs, first_traces = [], {}, None, None
-    for rule in rules:
-        settings = {**base, **rule_settings(rule, args.gen_length)}
+    rows, summaries, first = [], {}, None
+    for rule in run.rules:
+        settings = {**base, **rule_settings(rule, run.gen_length)}
         rule_rows, cal_traces, graphs = calibration_rows(
-            model, rule, settings, calib, eval_sets, budgets, args.real_check
+            model, rule, settings, calib, eval_sets, run.budgets, run.real_check
         )
         rows += rule_rows
         summaries[rule] = cal_traces.summary()
-        if first_graphs is None:
-            first_graphs, first_traces = graphs, cal_traces
-    gains = gains_over_default(rows)
+        first = first or (graphs, cal_traces)
     meta = {
         "model": model_name,
-        "model_sha256": checkpoint_sha256(args.model),
+        "model_sha256": checkpoint_sha256(run.model),
         "decode": {**base, "cache": None, "verify": "batch (exact)", "temperature": 0},
-        "rules": {r: rule_settings(r, args.gen_length) for r in rules},
+        "rules": {r: rule_settings(r, run.gen_length) for r in run.rules},
         "calibration_prompts": len(calib),
         "kinds": EVAL_KINDS,
-        "heldout_per_kind": args.heldout,
-        "real_check_prompts_per_kind": args.real_check,
+        "heldout_per_kind": run.heldout,
+        "real_check_prompts_per_kind": run.real_check,
         "trace_summary": summaries,
-        "speedup_over_default": gains,
-        "quick": args.quick,
+        "speedup_over_default": gains_over_default(rows),
+        "quick": run.quick,
     }
-    columns = [
-        "rule",
-        "eval",
-        "D",
-        "graph",
-        "vanilla_nfe",
-        "nfe",
-        "nfe_speedup",
-        "mean_advance",
-        "in_sample_speedup",
-        "calib_s",
-        "real_check",
-    ]
-    report("calibration", rows, columns, meta=meta, out_dir=args.out_dir)
+    return rows, meta, first, eval_sets["arith"][: run.pruning_prompts]
+
+
+def pruning(run: Run, model, model_name: str, first, prompts) -> None:
+    """Pruning: real decoding with the largest calibrated "steps" graph of the first rule."""
+    graphs, traces = first
+    graph = graphs[("steps", max(run.budgets))]
+    picture = run.results_dir / "calibration_graph.png"
+    draw_graph(graph, picture, counts=node_counts(traces, graph), title=graph.name)
+    print(f"wrote {picture}")
+    settings = {"gen_length": run.gen_length, "block_length": run.block_length, "backend": "torch"}
+    settings.update(rule_settings(run.rules[0], run.gen_length))
+    run.report(
+        pruning_rows(model, graph, traces, prompts, settings, run.max_drafts),
+        key=("max_drafts", "scoring"),
+        meta={"model": model_name, "graph": graph.name, "prompts": len(prompts), **settings},
+        name="calibration_pruning",
+    )
+
+
+def main(argv=None) -> int:
+    run = build_run(argv)
+    torch.set_num_threads(1)
+    model, model_name = load_bench_model(run.model)
+    rows, meta, first, pruning_prompts = measure(run, model, model_name)
+    run.report(rows, COLUMNS, key=KEY, meta=meta)
     print(f"model: {model_name}")
-    for key, g in gains.items():
+    for key, g in meta["speedup_over_default"].items():
         print(
             f"{key}: NFE speedup / default graph's = {g['mean']:.3f} on average over D "
             f"(min {g['min']:.3f}, max {g['max']:.3f})"
         )
-
-    # Pruning: real decoding with the largest calibrated "steps" graph of the first rule.
-    graph = first_graphs[("steps", max(budgets))]
-    picture = Path(args.out_dir or RESULTS_DIR) / "calibration_graph.png"
-    draw_graph(graph, picture, counts=node_counts(first_traces, graph), title=graph.name)
-    print(f"wrote {picture}")
-    prompts = eval_sets["arith"][: args.pruning_prompts]
-    settings = {**base, **rule_settings(rules[0], args.gen_length)}
-    report(
-        "calibration_pruning",
-        pruning_rows(model, graph, first_traces, prompts, settings, max_drafts_list),
-        meta={"model": model_name, "graph": graph.name, "prompts": len(prompts), **settings},
-        out_dir=args.out_dir,
-    )
+    pruning(run, model, model_name, first, pruning_prompts)
     return 0
 
 

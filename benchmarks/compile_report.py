@@ -1,6 +1,6 @@
 """Compile report of every shipped kernel configuration for sm_90 and sm_80 (no GPU needed).
 
-    python benchmarks/compile_report.py [--out benchmarks/results/compile_report.json]
+    python -m benchmarks.compile_report [--out benchmarks/results/compile_report.json]
 
 Prints registers, spills, shared memory and tensor-core instruction counts per configuration
 and writes the JSON; see spiffy_triton/compile_report.py. Exits 1 when a configuration spills,

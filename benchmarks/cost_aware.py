@@ -16,7 +16,7 @@ MEASURED on this machine.
    graph of 8 nodes, every node verified): NFE, steps per forward, draft acceptance (walked
    drafts / verified drafts), and whether the tokens equal vanilla's (they must).
 
-    python benchmarks/cost_aware.py [--quick] [--repeats 9] [--prompts 2] [--modes greedy-dual,...]
+    python -m benchmarks.cost_aware [--quick] [--repeats 9] [--prompts 2] [--modes greedy-dual,...]
         [--drafts 1,3,8] [--skip-wallclock] [--skip-noise]
 
 Writes benchmarks/results/cost_aware.json (wall clock) and cost_aware_noise.json.
@@ -24,18 +24,15 @@ Writes benchmarks/results/cost_aware.json (wall clock) and cost_aware_noise.json
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.timing import RESULTS_DIR, report
+from benchmarks import harness
+from benchmarks.harness import Run
+from benchmarks.timing import PERCENTILE_KEYS
 from benchmarks.wallclock import measure, pick_prompts, summarize
 from spiffy_triton import DraftGraph, generate, load_model
 
@@ -68,17 +65,17 @@ class Config:
         return {**self.rule, "graph": DraftGraph.default(self.drafts), "max_drafts": None}
 
 
-def wallclock_rows(model, prompts, args) -> list[dict]:
+def wallclock_rows(model, prompts, run: Run) -> list[dict]:
     rows = []
-    for mode in args.modes:
+    for mode in run.modes:
         spec = MODES[mode]
-        mode_args = argparse.Namespace(**vars(args), cache=spec["cache"], graph_template=None)
+        mode_run = run.with_sizes(cache=spec["cache"], graph_template=None)
         configs = [Config("vanilla", None, spec["rule"])]
-        configs += [Config(f"D={d}", d, spec["rule"]) for d in args.drafts]
+        configs += [Config(f"D={d}", d, spec["rule"]) for d in run.drafts]
         configs.append(Config("auto", "auto", spec["rule"]))
-        print(f"-- {mode}: {len(configs)} configurations x {args.repeats} rounds", flush=True)
-        runs = measure(model, prompts, configs, mode_args)
-        mode_rows = summarize(runs, configs, mode_args, len(prompts))
+        print(f"-- {mode}: {len(configs)} configurations x {run.repeats} rounds", flush=True)
+        runs = measure(model, prompts, configs, mode_run)
+        mode_rows = summarize(runs, configs, mode_run, len(prompts))
         for row in mode_rows:
             rows.append(
                 {
@@ -95,18 +92,19 @@ def wallclock_rows(model, prompts, args) -> list[dict]:
                     "same_tokens_as_vanilla": row["same_tokens_as_vanilla"],
                     "wall_s_min": row["wall_s_min"],
                     "wall_s_max": row["wall_s_max"],
+                    **{k: row[k] for k in PERCENTILE_KEYS},
                 }
             )
     return rows
 
 
-def noise_rows(model, prompts, args) -> list[dict]:
+def noise_rows(model, prompts, run: Run) -> list[dict]:
     rows = []
     graph = DraftGraph.default(NOISE_GRAPH)
     for temperature in TEMPERATURES:
         common = {
-            "gen_length": args.gen_length,
-            "block_length": args.block_length,
+            "gen_length": run.gen_length,
+            "block_length": run.block_length,
             "cache": "dual",
             "temperature": temperature,
             "backend": "torch",
@@ -138,14 +136,23 @@ def noise_rows(model, prompts, args) -> list[dict]:
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+WALLCLOCK_COLUMNS = [
+    "mode", "config", "tokens_per_s", "speedup", "speedup_q25", "speedup_q75", "nfe",
+    "steps_per_forward", "forward_ms", "drafts_per_forward", "same_tokens_as_vanilla",
+]  # fmt: skip
+NOISE_COLUMNS = [
+    "temperature", "filler", "nfe", "vanilla_nfe", "nfe_speedup", "steps_per_forward",
+    "acceptance", "drafts_verified", "same_tokens_as_vanilla",
+]  # fmt: skip
+
+
+def build_run(argv: Sequence[str] | None = None) -> Run:
+    parser = harness.parser(__doc__, quick_help="1 prompt, 32 tokens, 1 round", repeats=9)
     parser.add_argument("--model", default="tiny", help='"tiny" or a LLaDA checkpoint dir')
     parser.add_argument("--prompts", type=int, default=2, help="prompts per wall-clock run")
     parser.add_argument("--noise-prompts", type=int, default=6)
     parser.add_argument("--gen-length", type=int, default=64)
     parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
         "--modes",
@@ -159,80 +166,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--skip-wallclock", action="store_true")
     parser.add_argument("--skip-noise", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="1 prompt, 32 tokens, 1 round")
-    parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes = harness.str_list(args.modes)
     unknown = [m for m in modes if m not in MODE_IDS]
     if unknown or not modes:
         parser.error(f"--modes: unknown {unknown}; choose from {', '.join(MODE_IDS)}")
-    args.modes = [MODE_IDS[m] for m in modes]
     try:
-        args.drafts = [int(d) for d in args.drafts.split(",") if d.strip()]
+        drafts = harness.int_list(args.drafts)
     except ValueError:
         parser.error(f"--drafts must be comma-separated ints, got {args.drafts!r}")
-    if any(d < 1 or d > 16 for d in args.drafts):
-        parser.error(f"--drafts must be in 1..16, got {args.drafts}")
-    if args.quick:
-        args.prompts, args.noise_prompts, args.repeats = 1, 1, 1
-        args.gen_length = args.block_length = 32
-        args.drafts = [3]
-    for name in ("prompts", "noise_prompts", "gen_length", "block_length", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    torch.set_num_threads(args.threads)
-    out_dir = Path(args.out_dir) if args.out_dir else RESULTS_DIR
-    model = load_model(args.model, dtype=torch.float32, backend="torch")
+    if any(d < 1 or d > 16 for d in drafts):
+        parser.error(f"--drafts must be in 1..16, got {drafts}")
+    run = harness.build_run("cost_aware", args, modes=[MODE_IDS[m] for m in modes], drafts=drafts)
+    if run.quick:
+        run = run.with_sizes(
+            prompts=1, noise_prompts=1, repeats=1, gen_length=32, block_length=32, drafts=[3]
+        )
+    names = ("prompts", "noise_prompts", "gen_length", "block_length", "repeats", "threads")
+    harness.require_positive(parser, run, names)
+    return run
+
+
+def report_wallclock(run: Run, model, meta: dict) -> None:
+    prompts = pick_prompts(model, run.prompts)
+    meta = {
+        **meta,
+        "prompts": len(prompts),
+        "repeats": run.repeats,
+        "fixed_graphs": "DraftGraph.default(D), every filled node verified",
+        "auto": f'max_drafts="auto" over DraftGraph.default({AUTO_POOL})',
+        "speedup": "median over rounds of vanilla wall / config wall, same round",
+    }
+    rows = wallclock_rows(model, prompts, run)
+    run.report(rows, WALLCLOCK_COLUMNS, key=("mode", "config"), meta=meta)
+
+
+def report_noise(run: Run, model, meta: dict) -> None:
+    prompts = pick_prompts(model, run.noise_prompts)
+    meta = {
+        **meta,
+        "prompts": len(prompts),
+        "cache": "dual",
+        "graph": f"DraftGraph.default({NOISE_GRAPH}), every filled node verified",
+        "seeds": "prompt k uses seed k",
+    }
+    rows = noise_rows(model, prompts, run)
+    key = ("temperature", "filler")
+    run.report(rows, NOISE_COLUMNS, key=key, meta=meta, name="cost_aware_noise")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run = build_run(argv)
+    torch.set_num_threads(run.threads)
+    model = load_model(run.model, dtype=torch.float32, backend="torch")
     meta = {
         "label": "MEASURED: CPU wall clock / NFE, PyTorch backend, float32",
-        "model": args.model,
-        "gen_length": args.gen_length,
-        "block_length": args.block_length,
-        "threads": args.threads,
+        "model": run.model,
+        "gen_length": run.gen_length,
+        "block_length": run.block_length,
+        "threads": run.threads,
     }
-
-    if not args.skip_wallclock:
-        prompts = pick_prompts(model, args.prompts)
-        rows = wallclock_rows(model, prompts, args)
-        columns = [
-            "mode", "config", "tokens_per_s", "speedup", "speedup_q25", "speedup_q75", "nfe",
-            "steps_per_forward",
-            "forward_ms", "drafts_per_forward", "same_tokens_as_vanilla",
-        ]  # fmt: skip
-        report(
-            "cost_aware",
-            rows,
-            columns,
-            meta={
-                **meta,
-                "prompts": len(prompts),
-                "repeats": args.repeats,
-                "fixed_graphs": "DraftGraph.default(D), every filled node verified",
-                "auto": f'max_drafts="auto" over DraftGraph.default({AUTO_POOL})',
-                "speedup": "median over rounds of vanilla wall / config wall, same round",
-            },
-            out_dir=out_dir,
-        )
-    if not args.skip_noise:
-        prompts = pick_prompts(model, args.noise_prompts)
-        rows = noise_rows(model, prompts, args)
-        columns = [
-            "temperature", "filler", "nfe", "vanilla_nfe", "nfe_speedup", "steps_per_forward",
-            "acceptance", "drafts_verified", "same_tokens_as_vanilla",
-        ]  # fmt: skip
-        report(
-            "cost_aware_noise",
-            rows,
-            columns,
-            meta={
-                **meta,
-                "prompts": len(prompts),
-                "cache": "dual",
-                "graph": f"DraftGraph.default({NOISE_GRAPH}), every filled node verified",
-                "seeds": "prompt k uses seed k",
-            },
-            out_dir=out_dir,
-        )
+    if not run.skip_wallclock:
+        report_wallclock(run, model, meta)
+    if not run.skip_noise:
+        report_noise(run, model, meta)
     return 0
 
 

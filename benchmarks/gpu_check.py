@@ -26,18 +26,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "gpu"
 TOTAL_BUDGET_S = 540  # under 10 minutes with start-up and the summary
-# name -> (script, its arguments on the GPU, its arguments with --small, share of the budget)
+# name -> (what python runs: a module under benchmarks/ or the parity script of tests/, its
+# arguments on the GPU, its arguments with --small, share of the budget)
 STEPS = {
     "parity": ("tests/parity_cases.py", ["--device", "cuda"], ["--small"], 0.42),
     "graph_attention": (
-        "benchmarks/graph_attention.py",
+        "-m benchmarks.graph_attention",
         ["--contexts", "256,1024", "--drafts", "0,4,8,16"],
         ["--quick"],
         0.22,
     ),
-    "marginals": ("benchmarks/marginals.py", [], ["--quick"], 0.12),
-    "verify_cost": ("benchmarks/verify_cost.py", [], ["--small"], 0.14),
-    "profile": ("benchmarks/profile_graph_attention.py", [], ["--quick"], 0.10),
+    "marginals": ("-m benchmarks.marginals", [], ["--quick"], 0.12),
+    "verify_cost": ("-m benchmarks.verify_cost", [], ["--small"], 0.14),
+    "profile": ("-m benchmarks.profile_graph_attention", [], ["--quick"], 0.10),
 }
 
 
@@ -100,48 +101,62 @@ def run_step(name: str, command: list[str], env: dict, timeout_s: float, log) ->
     return {"step": name, "status": status, "seconds": round(seconds, 1), "last_line": tail[0]}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="smoke sizes on any device (CI)")
     parser.add_argument("--out", type=Path, help=f"results folder (default {DEFAULT_OUT})")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated {list(STEPS)}")
     parser.add_argument("--budget-s", type=float, default=TOTAL_BUDGET_S, help="total seconds")
     args = parser.parse_args(argv)
-    steps = args.steps.split(",")
-    unknown = [s for s in steps if s not in STEPS]
+    args.steps = args.steps.split(",")
+    unknown = [s for s in args.steps if s not in STEPS]
     if unknown:
         parser.error(f"--steps: unknown {unknown}; choose from {list(STEPS)}")
-    usable, found = cuda_status()
-    if not usable and not args.small:
-        print(f"gpu_check: needs a CUDA GPU: {found}. (`--small` runs the CPU smoke check.)")
-        return 2
     default_out = Path(tempfile.gettempdir()) / "spiffy_gpu_check_small"
-    out = (args.out or (default_out if args.small else DEFAULT_OUT)).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    args.out = (args.out or (default_out if args.small else DEFAULT_OUT)).resolve()
+    return args
+
+
+def run_steps(args, out: Path) -> dict:
+    """Every step in its own process under its share of the budget; the summary is rewritten
+    to `gpu_check.json` after each."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["SPIFFY_BENCH_RESULTS_DIR"] = str(out)
-    print(f"gpu_check: {found}; {'small' if args.small else 'full'} run; results in {out}")
     deadline = time.perf_counter() + args.budget_s
     summary = {"mode": "small" if args.small else "full", "machine": machine(), "steps": []}
     with open(out / "gpu_check.log", "w") as log:
-        for index, name in enumerate(steps):
+        for index, name in enumerate(args.steps):
             script, full_args, small_args, _ = STEPS[name]
-            command = [sys.executable, script, *(small_args if args.small else full_args)]
+            target = script.split()  # ["-m", "benchmarks.<study>"] or the script's path
+            command = [sys.executable, *target, *(small_args if args.small else full_args)]
             if name == "parity":
                 command += ["--out", str(out / "parity.json")]
             # this step may use what earlier steps left over, not the later steps' shares
-            reserved = sum(STEPS[later][3] for later in steps[index + 1 :]) * args.budget_s
+            reserved = sum(STEPS[later][3] for later in args.steps[index + 1 :]) * args.budget_s
             limit = deadline - time.perf_counter() - reserved
             row = run_step(name, command, env, limit, log)
             summary["steps"].append(row)
             print(f"{name:16s} {row['status']:40s} {row['seconds']:7.1f} s  {row['last_line']}")
             (out / "gpu_check.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    usable, found = cuda_status()
+    if not usable and not args.small:
+        print(f"gpu_check: needs a CUDA GPU: {found}. (`--small` runs the CPU smoke check.)")
+        return 2
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"gpu_check: {found}; {'small' if args.small else 'full'} run; results in {out}")
+    summary = run_steps(args, out)
     for partial in out.glob("*.partial"):  # a write cut by a kill: the last full file stands
         partial.unlink()
     failed = [r["step"] for r in summary["steps"] if r["status"] != "ok"]
     print(
-        f"gpu_check: {len(steps) - len(failed)} of {len(steps)} steps ok"
+        f"gpu_check: {len(args.steps) - len(failed)} of {len(args.steps)} steps ok"
         + (f"; not ok: {', '.join(failed)} (details in {out / 'gpu_check.log'})" if failed else "")
     )
     return 1 if failed else 0

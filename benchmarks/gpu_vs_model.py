@@ -1,7 +1,7 @@
 """The GPU check's measurements held against the roofline model, row by row.
 
-    python benchmarks/gpu_vs_model.py                       # reads benchmarks/results/gpu/
-    python benchmarks/gpu_vs_model.py --gpu-dir DIR --hardware H200-SXM
+    python -m benchmarks.gpu_vs_model                       # reads benchmarks/results/gpu/
+    python -m benchmarks.gpu_vs_model --gpu-dir DIR --hardware H200-SXM
 
 Runs anywhere (no GPU): it reads the JSON written by `scripts/gpu_check.sh` and predicts each
 measured quantity with the same operator model as `benchmarks/perf_model.py`
@@ -13,22 +13,20 @@ the inputs. ``ratio`` = measured / modeled: 1.0 means the kernel runs at the mod
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.roofline.hardware import HARDWARE, LLADA_8B, StepShape  # noqa: E402
-from benchmarks.roofline.ops import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import Run
+from benchmarks.roofline.hardware import HARDWARE, LLADA_8B, StepShape
+from benchmarks.roofline.ops import (
     attention_cost,
     forward_ops,
     marginals_bytes,
     predict,
 )
-from benchmarks.timing import report  # noqa: E402
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "results" / "gpu"
 COLUMNS = ("study", "shape", "method", "measured_ms", "modeled_ms", "ratio", "bound", "note")
@@ -206,43 +204,54 @@ def goal_rows(attention: dict | None, marginals: dict | None, verify: dict | Non
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_run(argv=None) -> Run:
+    parser = harness.parser(__doc__, quick=(), out_dir=())
     parser.add_argument("--gpu-dir", type=Path, default=DEFAULT_DIR, help="gpu_check results")
     parser.add_argument("--hardware", default="H200-SXM", choices=sorted(HARDWARE))
     args = parser.parse_args(argv)
-    hw = HARDWARE[args.hardware]
+    return harness.build_run("gpu_vs_model", args).with_sizes(out_dir=args.gpu_dir)
+
+
+def measure(run: Run) -> tuple[list[dict], list[dict], dict]:
+    """Measured / modeled rows, the goal rows and the measured results read (empty when no
+    GPU result is there)."""
+    hw = HARDWARE[run.hardware]
+    found = {
+        name: _load(run.out_dir / f"{name}.json")
+        for name in ("graph_attention", "profile_graph_attention", "marginals", "verify_cost")
+    }
+    attention, marginals, verify = (
+        found[n] for n in ("graph_attention", "marginals", "verify_cost")
+    )
     rows: list[dict] = []
-    attention = _load(args.gpu_dir / "graph_attention.json")
     if attention:
-        profile = _load(args.gpu_dir / "profile_graph_attention.json")
-        rows += attention_rows(attention, profile, hw)
-    marginals = _load(args.gpu_dir / "marginals.json")
+        rows += attention_rows(attention, found["profile_graph_attention"], hw)
     if marginals:
         rows += marginals_rows(marginals, hw)
-    verify = _load(args.gpu_dir / "verify_cost.json")
     if verify:
         rows += verify_rows(verify, hw)
+    return rows, goal_rows(attention, marginals, verify), found
+
+
+def main(argv=None) -> int:
+    run = build_run(argv)
+    rows, goals, found = measure(run)
     if not rows:
-        print(f"gpu_vs_model: no GPU results in {args.gpu_dir} (run scripts/gpu_check.sh)")
+        print(f"gpu_vs_model: no GPU results in {run.out_dir} (run scripts/gpu_check.sh)")
         return 2
-    device = (attention or marginals or verify)["machine"].get("device")
+    hw = HARDWARE[run.hardware]
+    measured = found["graph_attention"] or found["marginals"] or found["verify_cost"]
+    device = measured["machine"].get("device")
     meta = dict(
         measured_on=device,
-        modeled_for=args.hardware,
+        modeled_for=run.hardware,
         hardware=dict(eff_TBps=hw.bytes_per_s / 1e12, eff_TFLOPs=hw.flops_per_s / 1e12),
         ratio="measured / modeled (> 1: slower than the model)",
     )
-    report("measured_vs_modeled", rows, COLUMNS, meta=meta, out_dir=args.gpu_dir)
-    goals = goal_rows(attention, marginals, verify)
+    run.report(rows, COLUMNS, meta=meta, name="measured_vs_modeled")
     met = sum(row["met"] for row in goals)
-    report(
-        "gpu_goals",
-        goals,
-        GOAL_COLUMNS,
-        meta=dict(measured_on=device, met=f"{met} of {len(goals)}"),
-        out_dir=args.gpu_dir,
-    )
+    goal_meta = dict(measured_on=device, met=f"{met} of {len(goals)}")
+    run.report(goals, GOAL_COLUMNS, key=("goal", "shape"), meta=goal_meta, name="gpu_goals")
     print(f"goals met: {met} of {len(goals)}")
     return 0
 

@@ -1,13 +1,14 @@
 """Graph-masked attention: the Triton kernel vs SDPA (dense mask), FlexAttention (block mask
 from the same layout) and drafts as separate batch rows, on LLaDA-8B verification shapes.
 
-    python benchmarks/graph_attention.py            # GPU: the full grid; CPU: smoke sizes
-    python benchmarks/graph_attention.py --quick    # smoke sizes everywhere
-    python benchmarks/graph_attention.py --contexts 1024,4096 --drafts 0,4,8,16   # a sub-grid
+    python -m benchmarks.graph_attention            # GPU: the full grid; CPU: smoke sizes
+    python -m benchmarks.graph_attention --quick    # smoke sizes everywhere
+    python -m benchmarks.graph_attention --contexts 1024,4096 --drafts 0,4,8,16   # a sub-grid
 
-On a GPU every method is timed with `triton.testing.do_bench` (median) and reported as ms
-and TFLOP/s over the layout's visible (query, key) pairs (4 * d FLOPs per pair and head: the
-same useful-work numerator for every method). Everywhere, each method's K/V bytes read are
+On a GPU every method is timed with `triton.testing.do_bench` (quantiles 0.2 / 0.5 / 0.8:
+p20_ms / p50_ms / p80_ms; `ms` is the median) and reported as ms and TFLOP/s over the
+layout's visible (query, key) pairs (4 * d FLOPs per pair and head: the same useful-work
+numerator for every method). Everywhere, each method's K/V bytes read are
 modeled from its tiling: the kernel reads the key tiles of its schedule once per (query tile,
 head group); SDPA with a dense mask reads every key for every 128-row query tile plus the
 mask; FlexAttention reads every 128 x 128 block with a visible pair; separate rows run
@@ -16,21 +17,18 @@ mask; FlexAttention reads every 128 x 128 block with a visible pair; separate ro
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
-from spiffy_triton import SegmentLayout  # noqa: E402
-from spiffy_triton.kernels.graph_attention import select_config  # noqa: E402
-from spiffy_triton.layout import CAUSAL, ENTRY_K_END, ENTRY_K_START, FULL  # noqa: E402
+import spiffy_triton  # sets the interpreter mode before triton is imported
+from benchmarks import harness
+from benchmarks.harness import Run
+from benchmarks.timing import on_gpu, percentiles_ms
+from spiffy_triton import SegmentLayout
+from spiffy_triton.kernels.graph_attention import select_config
+from spiffy_triton.layout import CAUSAL, ENTRY_K_END, ENTRY_K_START, FULL
 
 FLEX_BLOCK = 128
 SDPA_BLOCK_M = 128
@@ -40,6 +38,8 @@ COLUMNS = (
     "D",
     "method",
     "ms",
+    "p20_ms",
+    "p80_ms",
     "tflops",
     "speedup_vs_sdpa",
     "kv_mb_modeled",
@@ -117,6 +117,38 @@ def flex_block_mask(layout: SegmentLayout, device):
     )
 
 
+def time_methods(methods: dict, flops: int) -> list[dict]:
+    """One row per method: its times, TFLOP/s and modeled K/V bytes, and its largest
+    difference from the first method's output (the kernel's)."""
+    rows = []
+    reference = None
+    for name, (fn, kv_bytes, note) in methods.items():
+        try:
+            out = fn()
+            if name != "separate_rows":
+                if reference is None:
+                    reference = out.float()
+                else:
+                    err = (out.float() - reference).abs().max().item()
+                    note = (note + f" max|diff| vs triton {err:.2g}").strip()
+            times = percentiles_ms(fn, **({} if on_gpu() else {"warmup": 1, "reps": 2}))
+        except Exception as error:
+            rows.append(dict(method=name, note=f"failed: {type(error).__name__}: {error}"[:120]))
+            continue
+        ms = times["p50_ms"]
+        rows.append(
+            dict(
+                method=name,
+                ms=ms,
+                **times,
+                tflops=flops / (ms * 1e-3) / 1e12,
+                kv_mb_modeled=kv_bytes / 2**20,
+                note=note,
+            )
+        )
+    return rows
+
+
 def run_case(prefix, block, suffix, drafts, cached, *, heads, d, dtype, device, flex_fn):
     layout = SegmentLayout.spiffy(prefix, block, suffix, drafts, cached=cached)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -163,30 +195,7 @@ def run_case(prefix, block, suffix, drafts, cached, *, heads, d, dtype, device, 
             )
         except Exception as error:  # report, do not hide: FlexAttention is optional here
             flex_note = f"flex unavailable: {type(error).__name__}: {str(error)[:80]}"
-    rows = []
-    reference = None
-    for name, (fn, kv_bytes, note) in methods.items():
-        try:
-            out = fn()
-            if name != "separate_rows":
-                if reference is None:
-                    reference = out.float()
-                else:
-                    err = (out.float() - reference).abs().max().item()
-                    note = (note + f" max|diff| vs triton {err:.2g}").strip()
-            ms = median_ms(fn, **({} if on_gpu() else {"warmup": 1, "reps": 2}))
-        except Exception as error:
-            rows.append(dict(method=name, note=f"failed: {type(error).__name__}: {error}"[:120]))
-            continue
-        rows.append(
-            dict(
-                method=name,
-                ms=ms,
-                tflops=flops / (ms * 1e-3) / 1e12,
-                kv_mb_modeled=kv_bytes / 2**20,
-                note=note,
-            )
-        )
+    rows = time_methods(methods, flops)
     if flex_note:
         rows.append(dict(method="flex_block_mask", note=flex_note))
     sdpa_ms = next((r.get("ms") for r in rows if r["method"] == "sdpa_dense_mask"), None)
@@ -201,56 +210,56 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke sizes")
+KEY = ("cached", "context", "D", "method")
+
+
+def build_run(argv=None) -> Run:
+    parser = harness.parser(__doc__, quick_help="smoke sizes")
     parser.add_argument("--contexts", type=_ints, default=(256, 1024, 4096), help="GPU grid")
     parser.add_argument("--drafts", type=_ints, default=(0, 4, 8, 16), help="GPU grid")
-    args = parser.parse_args(argv)
-    gpu = on_gpu() and not args.quick
-    device = "cuda" if on_gpu() else "cpu"
-    if gpu:
-        heads, d, dtype, block = 32, 128, torch.bfloat16, 32
-        contexts, draft_counts = args.contexts, args.drafts
-        flex_fn = torch.compile(_flex_attention())
-    else:
-        # the interpreter is slow: tiny heads and lengths, timings are not meaningful on CPU
-        heads, d, dtype, block = 2, 64, torch.float16 if device == "cuda" else torch.float32, 16
-        contexts, draft_counts = (96,), (0, 4)
-        flex_fn = _flex_attention()
-        # eager FlexAttention on CPU warns that it is unfused: expected for a smoke run
-        warnings.filterwarnings("ignore", message=".*flex_attention.*")
+    run = harness.build_run("graph_attention", parser.parse_args(argv))
+    if run.device == "cuda" and not run.quick:
+        return run.with_sizes(heads=32, d=128, dtype=torch.bfloat16, block=32)
+    # the interpreter is slow: tiny heads and lengths, timings are not meaningful on CPU
+    dtype = torch.float16 if run.device == "cuda" else torch.float32
+    return run.with_sizes(heads=2, d=64, dtype=dtype, block=16, contexts=(96,), drafts=(0, 4))
+
+
+def flex_for(run: Run):
+    if run.device == "cuda" and not run.quick:
+        return torch.compile(_flex_attention())
+    # eager FlexAttention on CPU warns that it is unfused: expected for a smoke run
+    warnings.filterwarnings("ignore", message=".*flex_attention.*")
+    return _flex_attention()
+
+
+def measure(run: Run, results) -> None:
+    flex_fn = flex_for(run)
+    shape = dict(heads=run.heads, d=run.d, dtype=run.dtype, device=run.device, flex_fn=flex_fn)
+    for cached in (True, False):  # the dual-cache verify shapes first: what Spiffy runs
+        for context in run.contexts:
+            # LLaDA layout: the prompt and finished blocks before the block, masked future after
+            prefix, suffix = context // 2, context - context // 2
+            for drafts in run.drafts:
+                for row in run_case(prefix, run.block, suffix, drafts, cached, **shape):
+                    results.add(row)
+
+
+def main(argv=None):
+    run = build_run(argv)
     meta = dict(
-        heads=heads,
-        head_dim=d,
-        dtype=str(dtype),
-        block=block,
-        timing="triton.testing.do_bench median"
-        if on_gpu()
-        else "CPU perf_counter median (Triton interpreter: not a performance number)",
+        heads=run.heads,
+        head_dim=run.d,
+        dtype=str(run.dtype),
+        block=run.block,
+        timing="triton.testing.do_bench p20 / p50 / p80 (ms: the median)"
+        if run.device == "cuda"
+        else "CPU perf_counter p20 / p50 / p80 (Triton interpreter: not a performance number)",
         tflops="4 * d * heads * visible pairs of the layout / time",
         kv_mb_modeled=__doc__.split("Everywhere, ")[1].split('\n"""')[0].strip(),
     )
-    results = Results("graph_attention", COLUMNS, meta=meta)
-    for cached in (True, False):  # the dual-cache verify shapes first: what Spiffy runs
-        for context in contexts:
-            # LLaDA layout: the prompt and finished blocks before the block, masked future after
-            prefix, suffix = context // 2, context - context // 2
-            for drafts in draft_counts:
-                rows = run_case(
-                    prefix,
-                    block,
-                    suffix,
-                    drafts,
-                    cached,
-                    heads=heads,
-                    d=d,
-                    dtype=dtype,
-                    device=device,
-                    flex_fn=flex_fn,
-                )
-                for row in rows:
-                    results.add(row)
+    results = run.table(COLUMNS, key=KEY, meta=meta)
+    measure(run, results)
     results.finish()
 
 

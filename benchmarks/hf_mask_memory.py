@@ -2,7 +2,7 @@
 Hugging Face model's eager / SDPA attention needs) vs the segment layout (the
 ``"spiffy_graph"`` attention hook, spiffy_triton/models/hf_adapter.py).
 
-    python benchmarks/hf_mask_memory.py [--quick]
+    python -m benchmarks.hf_mask_memory [--quick]
 
 For each verify shape (prompt 256 or 1024, 256 generated tokens, first block of 32, D packed
 drafts, no cache / prefix cache / dual cache) it builds the tensors and counts their bytes
@@ -23,20 +23,15 @@ the layout's rows).
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results  # noqa: E402
-from spiffy_triton.decoding.cost_model import verify_shape  # noqa: E402
-from spiffy_triton.decoding.verify import prefix_cache_layout  # noqa: E402
-from spiffy_triton.kernels.graph_attention import select_config  # noqa: E402
-from spiffy_triton.layout import SegmentLayout  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks import harness
+from benchmarks.harness import Run
+from spiffy_triton.decoding.cost_model import verify_shape
+from spiffy_triton.decoding.verify import prefix_cache_layout
+from spiffy_triton.kernels.graph_attention import select_config
+from spiffy_triton.layout import SegmentLayout
 
 GEN, BLOCK, HEAD_DIM, HEADS, DTYPE = 256, 32, 128, 32, torch.bfloat16
 
@@ -86,12 +81,16 @@ def measure(cache: str | None, prompt: int, drafts: int) -> dict:
     )
 
 
+def build_run(argv=None) -> Run:
+    parser = harness.parser(__doc__, quick_help="prompt 256, D in 0 and 8 only")
+    run = harness.build_run("hf_mask_memory", parser.parse_args(argv))
+    if run.quick:
+        return run.with_sizes(prompts=(256,), drafts=(0, 8))
+    return run.with_sizes(prompts=(256, 1024), drafts=(0, 1, 3, 8, 16))
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="prompt 256, D in 0 and 8 only")
-    args = parser.parse_args(argv)
-    prompts = (256,) if args.quick else (256, 1024)
-    drafts = (0, 8) if args.quick else (0, 1, 3, 8, 16)
+    run = build_run(argv)
     meta = dict(
         model="LLaDA-8B verify shapes (bf16, head_dim 128, 32 heads, MHA)",
         generated=GEN,
@@ -99,10 +98,10 @@ def main(argv=None) -> None:
         verify="packed, first block",
         units="bytes per verify forward (the mask is shared by the layers)",
     )
-    results = Results("hf_mask_memory", meta=meta)
+    results = run.table(key=("cache", "prompt", "drafts"), meta=meta)
     for cache in (None, "prefix", "dual"):
-        for prompt in prompts:
-            for d in drafts:
+        for prompt in run.prompts:
+            for d in run.drafts:
                 results.add(measure(cache, prompt, d))
     results.finish()
 

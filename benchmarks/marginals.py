@@ -1,12 +1,13 @@
 """Fused marginals: the Triton kernel vs the PyTorch composition a decoder would write, and a
 study of the kernel's fp32 Gumbel noise against LLaDA's float64 sampler.
 
-    python benchmarks/marginals.py            # GPU: the full grid; CPU: smoke sizes
-    python benchmarks/marginals.py --quick    # smoke sizes everywhere
-    python benchmarks/marginals.py --gumbel   # the Gumbel noise study (CPU, ~1 minute)
+    python -m benchmarks.marginals            # GPU: the full grid; CPU: smoke sizes
+    python -m benchmarks.marginals --quick    # smoke sizes everywhere
+    python -m benchmarks.marginals --gumbel   # the Gumbel noise study (CPU, ~1 minute)
 
 Timing (GPU): rows in {32, 288, 2048} x V in {126464, 152064}, bf16 logits, top_k = 8, at
-temperature 0 (argmax) and 1 (Gumbel sample); median ms by `triton.testing.do_bench` and
+temperature 0 (argmax) and 1 (Gumbel sample); ms by `triton.testing.do_bench` (p20_ms /
+p50_ms / p80_ms; `ms` is the median) and
 achieved GB/s = bytes of the logits / time (the kernel reads them once, so this is its share
 of HBM bandwidth), and ``of_copy_bw`` = that GB/s over the device's measured copy bandwidth
 (a 2 GiB device-to-device `copy_`, read + write bytes / time; the goal is >= 0.85 at rows 32 and
@@ -22,18 +23,16 @@ lower bounds of HBM traffic (caches ignored), not measurements.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results, median_ms, on_gpu, report  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks import harness
+from benchmarks.harness import Run
+from benchmarks.timing import Results, median_ms, on_gpu, percentiles_ms
 
 ROWS = (32, 288, 2048)
 VOCABS = (126464, 152064)
@@ -47,6 +46,8 @@ COLUMNS = (
     "T",
     "method",
     "ms",
+    "p20_ms",
+    "p80_ms",
     "gb_per_s",
     "speedup",
     "mb_modeled",
@@ -129,8 +130,9 @@ def run_benchmark(sizes, dtype, results: Results, copy_gb_s: float | None = None
                 return torch_composition(logits, TOP_K, temperature)
 
             reps = {} if on_gpu() else {"warmup": 1, "reps": 3}
-            kernel_ms = median_ms(kernel, **reps)
-            composed_ms = median_ms(composed, **reps)
+            kernel_times = percentiles_ms(kernel, **reps)
+            composed_times = percentiles_ms(composed, **reps)
+            kernel_ms, composed_ms = kernel_times["p50_ms"], composed_times["p50_ms"]
             common = {"rows": rows, "vocab": vocab, "T": temperature}
             kernel_gb_s = logit_bytes / kernel_ms / 1e6
             results.add(
@@ -138,6 +140,7 @@ def run_benchmark(sizes, dtype, results: Results, copy_gb_s: float | None = None
                     **common,
                     "method": "triton",
                     "ms": kernel_ms,
+                    **kernel_times,
                     "gb_per_s": kernel_gb_s,
                     "speedup": composed_ms / kernel_ms,
                     "mb_modeled": kernel_bytes(rows, vocab, dtype, TOP_K, splits) / 1e6,
@@ -150,6 +153,7 @@ def run_benchmark(sizes, dtype, results: Results, copy_gb_s: float | None = None
                     **common,
                     "method": "torch",
                     "ms": composed_ms,
+                    **composed_times,
                     "gb_per_s": logit_bytes / composed_ms / 1e6,
                     "speedup": 1.0,
                     "mb_modeled": composition_bytes(rows, vocab, dtype, TOP_K, temperature) / 1e6,
@@ -265,30 +269,40 @@ def gumbel_study() -> list[dict]:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke sizes only")
+KEY = ("rows", "vocab", "T", "method")
+
+
+def build_run(argv=None) -> Run:
+    parser = harness.parser(__doc__, quick_help="smoke sizes only")
     parser.add_argument("--gumbel", action="store_true", help="run the Gumbel noise study")
-    args = parser.parse_args(argv)
-    dtype = torch.bfloat16
-    if args.gumbel:
-        report("marginals_gumbel", gumbel_study(), meta={"what": "fp32 Gumbel vs float64"})
+    run = harness.build_run("marginals", parser.parse_args(argv), dtype=torch.bfloat16)
+    full = run.device == "cuda" and not run.quick
+    return run.with_sizes(shapes=[(r, v) for r in ROWS for v in VOCABS] if full else SMOKE)
+
+
+def main(argv=None) -> int:
+    run = build_run(argv)
+    if run.gumbel:
+        meta = {"what": "fp32 Gumbel vs float64"}
+        run.report(gumbel_study(), key=("noise",), meta=meta, name="marginals_gumbel")
         return 0
-    sizes = [(r, v) for r in ROWS for v in VOCABS] if on_gpu() and not args.quick else SMOKE
-    copy_gb_s = copy_bandwidth_gb_s("cuda") if on_gpu() and not args.quick else None
+    copy_gb_s = copy_bandwidth_gb_s("cuda") if run.shapes is not SMOKE else None
     meta = {
-        "dtype": str(dtype),
+        "dtype": str(run.dtype),
         "top_k": TOP_K,
-        "timing": "do_bench median" if on_gpu() else "CPU smoke (kernel in the interpreter)",
+        "timing": "do_bench p20 / p50 / p80 (ms: the median)"
+        if run.device == "cuda"
+        else "CPU smoke (kernel in the interpreter)",
         "gb_per_s": "bytes of the logits / time",
         "copy_gb_s": copy_gb_s,
         "of_copy_bw": "gb_per_s / copy_gb_s (measured device copy: read + write bytes / time)",
         "mb_modeled": "kernel: logits once + outputs + partials; torch: sum of ATen op I/O",
     }
-    results = Results("marginals", COLUMNS, meta=meta)
-    run_benchmark(sizes, dtype, results, copy_gb_s)
+    results = run.table(COLUMNS, key=KEY, meta=meta)
+    run_benchmark(run.shapes, run.dtype, results, copy_gb_s)
     results.finish()
-    report("marginals_bytes_modeled", modeled_rows(dtype), meta={"dtype": str(dtype)})
+    meta = {"dtype": str(run.dtype)}
+    run.report(modeled_rows(run.dtype), meta=meta, name="marginals_bytes_modeled")
     return 0
 
 

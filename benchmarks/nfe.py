@@ -18,7 +18,7 @@ drafts verified as batch rows, exact; "dual": packed, exact):
 Every Spiffy run is compared token for token with the vanilla run of the same rule; the
 `mismatches` column counts prompts whose output differs (0 expected in the exact modes).
 
-    python benchmarks/nfe.py [--quick] [--per-kind 4] [--caches none,dual] [--kinds arith,word]
+    python -m benchmarks.nfe [--quick] [--per-kind 4] [--caches none,dual] [--kinds arith,word]
                               [--calibration 10] [--dtype float32]
 
 Writes benchmarks/results/nfe.json.
@@ -26,19 +26,14 @@ Writes benchmarks/results/nfe.json.
 
 from __future__ import annotations
 
-import argparse
 import functools
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.timing import report
+from benchmarks import harness
+from benchmarks.harness import Run
 from spiffy_triton import generate, load_model
 from spiffy_triton.calibration import collect_traces, select_graph
 from spiffy_triton.training.tinydata import KINDS, calibration_prompts, heldout_prompts
@@ -50,11 +45,7 @@ PAPER = {
 }
 
 
-def parse_list(text: str, kind):
-    return [kind(item) for item in text.split(",") if item.strip()]
-
-
-def run(model, prompt, *, cache, gen_length, block_length, **kwargs):
+def decode_one(model, prompt, *, cache, gen_length, block_length, **kwargs):
     kwargs.setdefault("max_drafts", None)  # fixed D: every node of the graph, no cost model
     return generate(
         model,
@@ -91,115 +82,98 @@ def summary_row(section, outs, reference, *, cache, verify, vanilla_nfe, drafts,
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 prompt per kind, 64 tokens")
+COLUMNS = (
+    "section", "cache", "verify", "threshold", "drafts", "prompts", "nfe", "nfe_speedup",
+    "steps_per_nfe", "mismatches", "tokens_differing", "paper",
+)  # fmt: skip
+KEY = ("section", "cache", "threshold", "drafts")
+
+
+def build_run(argv: Sequence[str] | None = None) -> Run:
+    parser = harness.parser(__doc__, quick_help="1 prompt per kind, 64 tokens")
     parser.add_argument("--per-kind", type=int, default=4, help="held-out prompts per kind")
     parser.add_argument("--gen-length", type=int, default=96)
     parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--drafts", default="3,5,8,10")
-    parser.add_argument("--taus", default="0.9,0.8,0.7")
+    parser.add_argument("--drafts", type=harness.int_list, default="3,5,8,10")
+    parser.add_argument("--taus", type=harness.float_list, default="0.9,0.8,0.7")
     parser.add_argument("--threshold-drafts", type=int, default=8)
-    parser.add_argument("--caches", default="none,dual")
-    parser.add_argument("--kinds", default="arith,word", help="held-out kinds (tinydata.KINDS)")
+    parser.add_argument("--caches", type=harness.str_list, default="none,dual")
+    parser.add_argument(
+        "--kinds", type=harness.str_list, default="arith,word", help="tinydata.KINDS"
+    )
     parser.add_argument(
         "--calibration", type=int, default=10, help="calibration prompts per kind (0: none)"
     )
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.per_kind, args.gen_length, args.calibration = 1, 64, 1
-    kinds = parse_list(args.kinds, str)
-    for kind in kinds:
+    for kind in args.kinds:
         if kind not in KINDS:
             parser.error(f"--kinds: {kind!r} is not one of {KINDS}")
-    drafts = parse_list(args.drafts, int)
-    taus = parse_list(args.taus, float)
-    caches = [None if c == "none" else c for c in parse_list(args.caches, str)]
+    run = harness.build_run("nfe", args, caches=[None if c == "none" else c for c in args.caches])
+    return run.with_sizes(per_kind=1, gen_length=64, calibration=1) if run.quick else run
 
-    model = load_model("tiny", dtype=getattr(torch, args.dtype), backend="torch")
+
+def cache_rows(model, prompts, calibration, cache, run: Run) -> list[dict]:
+    """Every row of one cache mode: vanilla, Spiffy, calibrated, threshold (+ Spiffy), and
+    without cache the packed near-lossless layout."""
+    shape = {"gen_length": run.gen_length, "block_length": run.block_length}
+    cache_name, verify = cache or "none", "batch" if cache is None else "packed"
+
+    def decode(**kwargs):
+        return [decode_one(model, p, cache=cache, **shape, **kwargs) for _, p in prompts]
+
+    def say(what):
+        print(f"[nfe] cache={cache_name} {what}: {rows[-1]['nfe_speedup']:.2f}x", flush=True)
+
+    vanilla = decode()
+    row = functools.partial(summary_row, cache=cache_name, vanilla_nfe=sum(o.nfe for o in vanilla))
+    rows = [row("vanilla", vanilla, vanilla, verify="-", drafts=0, tau=None)]
+    for d in run.drafts:
+        rows.append(row("spiffy", decode(graph=d), vanilla, verify=verify, drafts=d, tau=None))
+        say(f"D={d}")
+    if calibration:  # graphs calibrated on vanilla traces of the calibration split, same rule
+        traces = collect_traces(model, calibration, cache=cache, backend="torch", **shape)
+        for d in run.drafts:
+            outs = decode(graph=select_graph(traces, d))
+            rows.append(row("calibrated", outs, vanilla, verify=verify, drafts=d, tau=None))
+            say(f"calibrated D={d}")
+    d = run.threshold_drafts
+    for tau in run.taus:
+        thr = decode(threshold=tau)
+        rows.append(row("threshold", thr, thr, verify="-", drafts=0, tau=tau))
+        outs = decode(threshold=tau, graph=d)
+        rows.append(row("threshold+spiffy", outs, thr, verify=verify, drafts=d, tau=tau))
+        say(f"tau={tau}")
+    if cache is None:
+        outs = decode(graph=d, verify="packed")
+        rows.append(row("packed-near-lossless", outs, vanilla, verify="packed", drafts=d, tau=None))
+    return rows
+
+
+def measure(run: Run) -> tuple[list[dict], dict]:
+    """The rows of every cache mode, and the meta of the run."""
+    model = load_model("tiny", dtype=getattr(torch, run.dtype), backend="torch")
     tok = model.tokenizer
     prompts = [
         (kind, torch.tensor([tok.encode(e.prompt)]))
-        for kind, examples in heldout_prompts(args.per_kind).items()
-        if kind in kinds
+        for kind, examples in heldout_prompts(run.per_kind).items()
+        if kind in run.kinds
         for e in examples
     ]
     calibration = [
-        e.prompt for k, v in calibration_prompts(args.calibration).items() if k in kinds for e in v
+        e.prompt
+        for k, v in calibration_prompts(run.calibration).items()
+        if k in run.kinds
+        for e in v
     ]
-    shape = {"gen_length": args.gen_length, "block_length": args.block_length}
     start = time.perf_counter()
-    rows = []
-    for cache in caches:
-        cache_name = cache or "none"
-        verify = "batch" if cache is None else "packed"
-        vanilla = [run(model, p, cache=cache, **shape) for _, p in prompts]
-        v_nfe = sum(o.nfe for o in vanilla)
-
-        row = functools.partial(summary_row, cache=cache_name, vanilla_nfe=v_nfe)
-        rows.append(row("vanilla", vanilla, vanilla, verify="-", drafts=0, tau=None))
-        for d in drafts:
-            outs = [run(model, p, cache=cache, graph=d, **shape) for _, p in prompts]
-            rows.append(row("spiffy", outs, vanilla, verify=verify, drafts=d, tau=None))
-            print(f"[nfe] cache={cache_name} D={d}: {rows[-1]['nfe_speedup']:.2f}x", flush=True)
-        if calibration:
-            # Graphs calibrated on vanilla traces of the calibration split, same settings.
-            traces = collect_traces(model, calibration, cache=cache, backend="torch", **shape)
-            for d in drafts:
-                graph = select_graph(traces, d)
-                outs = [run(model, p, cache=cache, graph=graph, **shape) for _, p in prompts]
-                rows.append(row("calibrated", outs, vanilla, verify=verify, drafts=d, tau=None))
-                print(
-                    f"[nfe] cache={cache_name} calibrated D={d}: {rows[-1]['nfe_speedup']:.2f}x",
-                    flush=True,
-                )
-        for tau in taus:
-            thr = [run(model, p, cache=cache, threshold=tau, **shape) for _, p in prompts]
-            rows.append(row("threshold", thr, thr, verify="-", drafts=0, tau=tau))
-            outs = [
-                run(model, p, cache=cache, threshold=tau, graph=args.threshold_drafts, **shape)
-                for _, p in prompts
-            ]
-            rows.append(
-                row(
-                    "threshold+spiffy",
-                    outs,
-                    thr,
-                    verify=verify,
-                    drafts=args.threshold_drafts,
-                    tau=tau,
-                )
-            )
-            print(f"[nfe] cache={cache_name} tau={tau}: {rows[-1]['nfe_speedup']:.2f}x", flush=True)
-        if cache is None:
-            d = args.threshold_drafts
-            outs = [
-                run(model, p, cache=None, graph=d, verify="packed", **shape) for _, p in prompts
-            ]
-            rows.append(
-                row("packed-near-lossless", outs, vanilla, verify="packed", drafts=d, tau=None)
-            )
-
-    columns = [
-        "section",
-        "cache",
-        "verify",
-        "threshold",
-        "drafts",
-        "prompts",
-        "nfe",
-        "nfe_speedup",
-        "steps_per_nfe",
-        "mismatches",
-        "tokens_differing",
-        "paper",
+    rows = [
+        row for cache in run.caches for row in cache_rows(model, prompts, calibration, cache, run)
     ]
     meta = {
         "model": "bundled tiny (spiffy_triton/assets/tiny)",
-        "dtype": args.dtype,
-        "prompts_per_kind": args.per_kind,
+        "dtype": run.dtype,
+        "prompts_per_kind": run.per_kind,
         "kinds": sorted({k for k, _ in prompts}),
         "rule": "LLaDA low-confidence, 1 token per step, temperature 0; threshold rows: "
         "Fast-dLLM threshold",
@@ -208,9 +182,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "calibration_prompts": len(calibration),
         "nfe_speedup": "total 1-token vanilla NFE / total NFE of the row, same prompts and cache",
         "seconds": time.perf_counter() - start,
-        **shape,
+        "gen_length": run.gen_length,
+        "block_length": run.block_length,
     }
-    report("nfe", rows, columns, meta=meta, out_dir=args.out_dir)
+    return rows, meta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run = build_run(argv)
+    rows, meta = measure(run)
+    run.report(rows, COLUMNS, key=KEY, meta=meta)
     return 0
 
 

@@ -15,26 +15,24 @@ Predicted step time = sum over operators of max(bytes / BW_eff, FLOPs / FLOPS_ef
 (+ an optional launch cost per operator). The whole-forward roofline
 max(total bytes / BW_eff, total FLOPs / FLOPS_eff) is reported beside it as a lower bound.
 
-Run: `python benchmarks/perf_model.py` (table + benchmarks/results/perf_model*.json + PNG).
+Run: `python -m benchmarks.perf_model [--quick]` (table, results/perf_model*.json, PNG).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.roofline.acceptance import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import Run
+from benchmarks.roofline.acceptance import (
     block_time_ms,
     load_steps_per_forward,
     parse_steps_per_forward,
 )
-from benchmarks.roofline.hardware import (  # noqa: E402
+from benchmarks.roofline.hardware import (
     DEFAULT_COMPUTE_EFF,
     DEFAULT_MEMORY_EFF,
     GB,
@@ -46,7 +44,7 @@ from benchmarks.roofline.hardware import (  # noqa: E402
     ModelShape,
     StepShape,
 )
-from benchmarks.roofline.ops import (  # noqa: E402
+from benchmarks.roofline.ops import (
     Op,
     Prediction,
     attention_cost,
@@ -57,8 +55,8 @@ from benchmarks.roofline.ops import (  # noqa: E402
     marginals_bytes,
     predict,
 )
-from benchmarks.roofline.tables import attention_rows, marginals_rows, plot, step_rows  # noqa: E402
-from benchmarks.timing import RESULTS_DIR, format_table, write_results
+from benchmarks.roofline.tables import attention_rows, marginals_rows, plot, step_rows
+from benchmarks.timing import RESULTS_DIR, check_keys, format_table, write_results
 
 __all__ = [
     "DEFAULT_COMPUTE_EFF",
@@ -113,9 +111,9 @@ def parse_ints(text: str, name: str) -> list[int]:
     return values
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpus", default="H100-SXM,H200-SXM")
+def build_run(argv: Sequence[str] | None = None) -> Run:
+    parser = harness.parser(__doc__, quick_help="fewer contexts and drafts")
+    parser.add_argument("--gpus", type=harness.str_list, default="H100-SXM,H200-SXM")
     parser.add_argument("--contexts", default="512,1024,2048", help="context lengths C")
     parser.add_argument("--drafts", default="0,1,2,3,4,5,6,7,8,10,12,16", help="draft counts D")
     parser.add_argument("--block", type=int, default=32)
@@ -136,32 +134,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="PLACEHOLDER acceptance 'D:spf,...' used only when no acceptance JSON has any",
     )
-    parser.add_argument("--out-dir", default=None)
-    parser.add_argument("--quick", action="store_true", help="fewer contexts and drafts")
     parser.add_argument("--no-plot", action="store_true")
-    return parser.parse_args(argv)
+    run = harness.build_run("perf_model", parser.parse_args(argv))
+    if run.quick:
+        return run.with_sizes(contexts=[1024], drafts=[0, 3, 5, 8, 10])
+    contexts, drafts = parse_ints(run.contexts, "--contexts"), parse_ints(run.drafts, "--drafts")
+    return run.with_sizes(contexts=contexts, drafts=drafts)
 
 
-def measured_acceptance(args) -> tuple[dict[str, dict[int, float]], str]:
+def measured_acceptance(run: Run) -> tuple[dict[str, dict[int, float]], str]:
     """Steps per forward per cache mode, and where they come from."""
     # Acceptance per cache mode: rows of the cached model read dual-cache acceptance, rows of
     # the uncached model the no-cache one (the same when the JSON does not tell them apart).
     acceptance = {"dual": {}, "none": {}}
     acceptance_source = "none measured: speedup not predicted"
-    for path in (Path(p.strip()) for p in args.acceptance_json.split(",") if p.strip()):
+    for path in (Path(p.strip()) for p in run.acceptance_json.split(",") if p.strip()):
         if path.is_file():
             acceptance = {c: load_steps_per_forward(path, cache=c) for c in acceptance}
         if acceptance["dual"]:
             acceptance_source = f"measured on the bundled model: {path.name}"
             break
-    if not acceptance["dual"] and args.steps_per_forward:
-        placeholder = parse_steps_per_forward(args.steps_per_forward)
+    if not acceptance["dual"] and run.steps_per_forward:
+        placeholder = parse_steps_per_forward(run.steps_per_forward)
         acceptance = {"dual": placeholder, "none": placeholder}
         acceptance_source = "PLACEHOLDER given on the command line (not measured)"
     return acceptance, acceptance_source
 
 
-def assumptions_of(args, hardware, acceptance, acceptance_source) -> dict:
+def assumptions_of(run: Run, hardware, acceptance, acceptance_source) -> dict:
     """What the model assumed (written beside every table)."""
     return {
         "label": "MODELED, not measured: analytic bytes/FLOPs + roofline with assumed ceilings",
@@ -177,16 +177,16 @@ def assumptions_of(args, hardware, acceptance, acceptance_source) -> dict:
             }
             for hw in hardware
         },
-        "block": args.block,
-        "sampling": args.sampling,
-        "launch_us": args.launch_us,
-        "vanilla_steps_per_block": args.vanilla_steps,
+        "block": run.block,
+        "sampling": run.sampling,
+        "launch_us": run.launch_us,
+        "vanilla_steps_per_block": run.vanilla_steps,
         "acceptance": acceptance_source,
         "steps_per_forward": acceptance,
     }
 
 
-def crossover_rows(hardware, contexts, args) -> list[dict]:
+def crossover_rows(hardware, contexts, run: Run) -> list[dict]:
     """Per GPU, context and cache mode: the draft count from which a step is compute-bound."""
     crossover = []
     for hw in hardware:
@@ -201,27 +201,72 @@ def crossover_rows(hardware, contexts, args) -> list[dict]:
                             LLADA_8B,
                             hw,
                             context=context,
-                            block=args.block,
+                            block=run.block,
                             cached=cached,
-                            sampling=args.sampling,
+                            sampling=run.sampling,
                         ),
                     }
                 )
     return crossover
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    hardware = build_hardware(
-        [n.strip() for n in args.gpus.split(",") if n.strip()], args.compute_eff, args.memory_eff
-    )
-    contexts = [1024] if args.quick else parse_ints(args.contexts, "--contexts")
-    drafts = [0, 3, 5, 8, 10] if args.quick else parse_ints(args.drafts, "--drafts")
-    out_dir = Path(args.out_dir) if args.out_dir else RESULTS_DIR
+KEYS = {"perf_model": ("gpu", "cached", "C", "D"), "perf_model_crossover": ("gpu", "C", "cached")}
+SHOWN = (
+    "gpu C D query_rows total_GB total_TFLOP intensity t_mem_ms t_compute_ms t_step_ms "
+    "bound step_cost_vs_D0 fused_saving_pct steps_per_forward speedup_per_block"
+).split()
 
-    acceptance, acceptance_source = measured_acceptance(args)
-    drafts = sorted(set(drafts) | set(acceptance["dual"]) | set(acceptance["none"]))
-    assumptions = assumptions_of(args, hardware, acceptance, acceptance_source)
+
+def model_tables(run: Run, hardware, acceptance) -> dict[str, list[dict]]:
+    """Every table of the model: steps (dual cache, then no cache), the compute-bound
+    crossover, the marginals and the attention."""
+    drafts = sorted(set(run.drafts) | set(acceptance["dual"]) | set(acceptance["none"]))
+    common = dict(
+        contexts=run.contexts,
+        drafts=drafts,
+        block=run.block,
+        vanilla_steps=run.vanilla_steps,
+        sampling=run.sampling,
+        launch_us=run.launch_us,
+    )
+    steps = [
+        step_rows(LLADA_8B, hardware, cached=cached, steps_per_forward=acceptance[mode], **common)
+        for cached, mode in ((True, "dual"), (False, "none"))
+    ]
+    attention = attention_rows(
+        LLADA_8B, hardware, contexts=run.contexts, block=run.block, drafts=drafts
+    )
+    return {
+        "perf_model": steps[0] + steps[1],
+        "perf_model_crossover": crossover_rows(hardware, run.contexts, run),
+        "perf_model_marginals": marginals_rows(LLADA_8B, hardware, block=run.block, drafts=drafts),
+        "perf_model_attention": attention,
+    }
+
+
+def report(run: Run, tables: dict[str, list[dict]], assumptions: dict) -> None:
+    for name, rows in tables.items():
+        print(f"== {name} (MODELED) ==")
+        check_keys(rows, KEYS.get(name, ()))
+        if name == "perf_model":
+            for label, cached in (("dual cache", True), ("no cache", False)):
+                print(f"-- {label} --")
+                print(format_table([r for r in rows if r["cached"] is cached], SHOWN))
+        else:
+            print(format_table(rows))
+        print(f"wrote {write_results(name, rows, meta=assumptions, out_dir=run.results_dir)}")
+    if not run.no_plot:
+        cached_rows = [r for r in tables["perf_model"] if r["cached"] is True]
+        png = plot(cached_rows, run.results_dir / "perf_model.png", assumptions["acceptance"])
+        if png:
+            print(f"wrote {png}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run = build_run(argv)
+    hardware = build_hardware(run.gpus, run.compute_eff, run.memory_eff)
+    acceptance, acceptance_source = measured_acceptance(run)
+    assumptions = assumptions_of(run, hardware, acceptance, acceptance_source)
     print("MODELED, not measured. Ceilings (vendor peak x assumed fraction):")
     for hw in hardware:
         print(
@@ -229,52 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f" effective; ridge {hw.ridge:.0f} FLOP/byte  [{hw.source}]"
         )
     print(f"  acceptance: {acceptance_source}")
-
-    crossover = crossover_rows(hardware, contexts, args)
-    common = dict(
-        contexts=contexts,
-        drafts=drafts,
-        block=args.block,
-        vanilla_steps=args.vanilla_steps,
-        sampling=args.sampling,
-        launch_us=args.launch_us,
-    )
-    cached_rows = step_rows(
-        LLADA_8B, hardware, cached=True, steps_per_forward=acceptance["dual"], **common
-    )
-    uncached_rows = step_rows(
-        LLADA_8B, hardware, cached=False, steps_per_forward=acceptance["none"], **common
-    )
-    tables = {
-        "perf_model": (cached_rows + uncached_rows, None),
-        "perf_model_crossover": (crossover, None),
-        "perf_model_marginals": (
-            marginals_rows(LLADA_8B, hardware, block=args.block, drafts=drafts),
-            None,
-        ),
-        "perf_model_attention": (
-            attention_rows(LLADA_8B, hardware, contexts=contexts, block=args.block, drafts=drafts),
-            None,
-        ),
-    }
-    shown = (
-        "gpu C D query_rows total_GB total_TFLOP intensity t_mem_ms t_compute_ms t_step_ms "
-        "bound step_cost_vs_D0 fused_saving_pct steps_per_forward speedup_per_block"
-    ).split()
-    for name, (rows, _) in tables.items():
-        print(f"== {name} (MODELED) ==")
-        if name == "perf_model":
-            for label, part in (("dual cache", cached_rows), ("no cache", uncached_rows)):
-                print(f"-- {label} --")
-                print(format_table(part, shown))
-        else:
-            print(format_table(rows))
-        path = write_results(name, rows, meta=assumptions, out_dir=out_dir)
-        print(f"wrote {path}")
-    if not args.no_plot:
-        png = plot(cached_rows, out_dir / "perf_model.png", acceptance_source)
-        if png:
-            print(f"wrote {png}")
+    report(run, model_tables(run, hardware, acceptance), assumptions)
     return 0
 
 

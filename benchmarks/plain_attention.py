@@ -5,24 +5,25 @@ upstream-style LLaDA ``generate`` loop (one full forward per step, float64 confi
 MEASURED on the bundled model, interleaved (each prompt decoded by every variant in turn, the
 minimum of ``--repeats`` runs kept), 1 thread:
 
-    python benchmarks/plain_attention.py [--cache none|dual] [--prompts 4] [--repeats 3]
+    python -m benchmarks.plain_attention [--cache none|dual] [--prompts 4] [--repeats 3]
 
-Prints per-prompt times and the means; the outputs of all variants must be identical.
+Prints per-prompt times and the means (a keyed table: prompt x variant, ``ms`` the minimum,
+p20_ms / p50_ms / p80_ms of the repeats; plain_attention.json); the outputs of all variants
+must be identical.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import statistics
 import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from benchmarks import harness
+from benchmarks.harness import Run
+from benchmarks.timing import percentiles
 from spiffy_triton import generate, load_model
 from spiffy_triton.training import tinydata
 from spiffy_triton.verify_inputs import VerifyInputs
@@ -65,62 +66,83 @@ def upstream_loop(model, prompt, gen_length, block_length):
     return x
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+COLUMNS = ("cache", "prompt", "tokens", "variant", "ms", "p20_ms", "p50_ms", "p80_ms", "same")
+KEY = ("prompt", "variant")
+
+
+def build_run(argv=None) -> Run:
+    parser = harness.parser(__doc__, quick=(), repeats=3)
     parser.add_argument("--cache", choices=("none", "dual"), default="none")
     parser.add_argument("--prompts", type=int, default=4, help="held-out prompts")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per variant (min kept)")
     parser.add_argument("--gen-length", type=int, default=64)
     parser.add_argument("--block-length", type=int, default=32)
-    args = parser.parse_args(argv)
+    run = harness.build_run("plain_attention", parser.parse_args(argv))
+    if run.cache == "none":
+        variants = ["graph attention (before)", "plain attention (now)", "upstream-style loop"]
+    else:
+        variants = ["graph attention (now)", "plain attention (reverted)"]
+    return run.with_sizes(variants=variants)
+
+
+def decode(model, ids, variant: str, run: Run):
+    """The tokens of one variant, its attention path set in VerifyInputs."""
+    if variant.startswith("upstream"):
+        return upstream_loop(model, ids, run.gen_length, run.block_length)
+    choice = graph_path if variant.startswith("graph") else plain_path
+    VerifyInputs.attention_layout = property(choice)
+    cache = None if run.cache == "none" else run.cache
+    kw = dict(gen_length=run.gen_length, block_length=run.block_length, cache=cache)
+    return generate(model, ids, **kw).tokens
+
+
+def prompt_rows(model, index: int, ids, run: Run) -> list[dict]:
+    """Every variant on one prompt, interleaved `repeats` times; the minimum is `ms`."""
+    times, outs = {v: [] for v in run.variants}, {}
+    for _ in range(run.repeats):
+        for v in run.variants:
+            start = time.perf_counter()
+            outs[v] = decode(model, ids, v, run)
+            times[v].append((time.perf_counter() - start) * 1e3)
+    same = all(torch.equal(o, outs[run.variants[1]]) for o in outs.values())
+    shown = ", ".join(f"{v} {min(times[v]):.0f} ms" for v in run.variants)
+    print(f"prompt of {ids.shape[1]} tokens: {shown}; outputs identical: {same}")
+    if not same:
+        raise SystemExit("outputs differ between the variants")
+    return [
+        dict(cache=run.cache, prompt=index, tokens=ids.shape[1], variant=v, ms=min(times[v]))
+        | percentiles(times[v])
+        | dict(same=same)
+        for v in run.variants
+    ]
+
+
+def measure(run: Run) -> list[dict]:
     torch.set_num_threads(1)
-    cache = None if args.cache == "none" else args.cache
-    # the A/B swaps the one place that decides the attention path (VerifyInputs)
-    code_now = VerifyInputs.attention_layout
     model = load_model("tiny", dtype=torch.float32)
-    held = tinydata.heldout_prompts(args.prompts)
-    texts = [ex.prompt for kind in tinydata.KINDS for ex in held[kind]][: args.prompts]
-    variants = (
-        ["graph attention (before)", "plain attention (now)"]
-        if cache is None
-        else ["graph attention (now)", "plain attention (reverted)"]
-    )
-    if cache is None:
-        variants.append("upstream-style loop")
-    times = {v: [] for v in variants}
-    kw = dict(gen_length=args.gen_length, block_length=args.block_length, cache=cache)
+    held = tinydata.heldout_prompts(run.prompts)
+    texts = [ex.prompt for kind in tinydata.KINDS for ex in held[kind]][: run.prompts]
+    code_now = VerifyInputs.attention_layout  # the A/B swaps the one place that decides it
     try:
-        for text in texts:
+        rows = []
+        for index, text in enumerate(texts):
             ids = torch.tensor([model.tokenizer.encode(text)])
-            best, outs = dict.fromkeys(variants, float("inf")), {}
-            for _ in range(args.repeats):
-                for v in variants:
-                    start = time.perf_counter()
-                    if v.startswith("upstream"):
-                        outs[v] = upstream_loop(model, ids, args.gen_length, args.block_length)
-                    else:
-                        choice = graph_path if v.startswith("graph") else plain_path
-                        VerifyInputs.attention_layout = property(choice)
-                        outs[v] = generate(model, ids, **kw).tokens
-                    best[v] = min(best[v], time.perf_counter() - start)
-            same = all(torch.equal(o, outs[variants[1]]) for o in outs.values())
-            for v in variants:
-                times[v].append(best[v])
-            shown = ", ".join(f"{v} {best[v] * 1e3:.0f} ms" for v in variants)
-            print(f"prompt of {ids.shape[1]} tokens: {shown}; outputs identical: {same}")
-            if not same:
-                raise SystemExit("outputs differ between the variants")
+            rows += prompt_rows(model, index, ids, run)
+        return rows
     finally:
         VerifyInputs.attention_layout = code_now
-    means = {v: sum(t) / len(t) for v, t in times.items()}
-    print(
-        json.dumps(
-            {"cache": args.cache, "mean_ms": {v: round(m * 1e3, 1) for v, m in means.items()}}
-        )
-    )
-    print(f"{variants[1]} / {variants[0]}: {means[variants[1]] / means[variants[0]]:.3f}")
-    if cache is None:
-        print(f"now / upstream-style loop: {means[variants[1]] / means[variants[2]]:.3f}")
+
+
+def main(argv=None) -> int:
+    run = build_run(argv)
+    rows = measure(run)
+    means = {v: statistics.mean(r["ms"] for r in rows if r["variant"] == v) for v in run.variants}
+    meta = {"cache": run.cache, "mean_ms": {v: round(m, 1) for v, m in means.items()}}
+    run.report(rows, COLUMNS, key=KEY, meta=meta)
+    print(json.dumps(meta))
+    first, second = run.variants[:2]
+    print(f"{second} / {first}: {means[second] / means[first]:.3f}")
+    if run.cache == "none":
+        print(f"now / upstream-style loop: {means[second] / means[run.variants[2]]:.3f}")
     return 0
 
 

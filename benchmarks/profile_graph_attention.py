@@ -1,34 +1,33 @@
 """Where the graph-attention time goes: the kernel's own device time against the time a caller
 sees, for the kernel, SDPA with a dense mask and FlexAttention, at a few verify shapes.
 
-    python benchmarks/profile_graph_attention.py            # GPU: LLaDA-8B heads
-    python benchmarks/profile_graph_attention.py --quick    # smoke sizes (CPU: interpreter)
+    python -m benchmarks.profile_graph_attention            # GPU: LLaDA-8B heads
+    python -m benchmarks.profile_graph_attention --quick    # smoke sizes (CPU: interpreter)
 
 Per method and shape: ``call_ms`` (do_bench median: what benchmarks/graph_attention.py
-reports), ``device_ms`` (sum of the CUDA kernels' own time per call, from torch.profiler),
-``host_ms`` (CPU time per call of launching it, no synchronization) and the kernels launched
-per call. A method whose ``call_ms`` is far above its ``device_ms`` is bound by its launch
-path, not by its kernel. For the Triton kernel it also records the compiled kernels'
-registers, spills and shared memory, and the grid against the number of SMs.
+reports; beside it p20_ms / p50_ms / p80_ms), ``device_ms`` (sum of the CUDA kernels' own time
+per call, from torch.profiler), ``host_ms`` (CPU time per call of launching it, no
+synchronization) and the kernels launched per call. A method whose ``call_ms`` is far above
+its ``device_ms`` is bound by its launch path, not by its kernel. For the Triton kernel it
+also records the compiled kernels' registers, spills and shared memory, and the grid against
+the number of SMs.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402  (sets the interpreter mode before triton is imported)
-from benchmarks.graph_attention import _flex_attention, flex_block_mask  # noqa: E402
-from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
-from spiffy_triton import SegmentLayout  # noqa: E402
-from spiffy_triton.kernels.graph_attention import _graph_attention_fwd, select_config  # noqa: E402
+import spiffy_triton  # sets the interpreter mode before triton is imported
+from benchmarks import harness
+from benchmarks.graph_attention import _flex_attention, flex_block_mask
+from benchmarks.harness import Run
+from benchmarks.timing import on_gpu, percentiles_ms
+from spiffy_triton import SegmentLayout
+from spiffy_triton.kernels.graph_attention import _graph_attention_fwd, select_config
 
 COLUMNS = (
     "cached",
@@ -116,7 +115,8 @@ def profile_shape(cached, context, drafts, *, heads, d, block, dtype, device, fl
     for name, fn in methods.items():
         row = dict(cached=cached, context=context, D=drafts, method=name)
         try:
-            row["call_ms"] = median_ms(fn, **({} if gpu else {"warmup": 1, "reps": 1}))
+            times = percentiles_ms(fn, **({} if gpu else {"warmup": 1, "reps": 1}))
+            row.update(call_ms=times["p50_ms"], **times)
             row["host_ms"] = host_ms_per_call(fn, calls)
             if on_gpu():
                 row["device_ms"], row["kernels_per_call"] = device_ms_per_call(fn, calls)
@@ -131,38 +131,30 @@ def profile_shape(cached, context, drafts, *, heads, d, block, dtype, device, fl
         results.add(row)
 
 
+KEY = ("cached", "context", "D", "method")
+
+
+def build_run(argv=None) -> Run:
+    run = harness.build_run("profile_graph_attention", harness.parser(__doc__).parse_args(argv))
+    if run.device == "cuda" and not run.quick:
+        return run.with_sizes(heads=32, d=128, block=32, dtype=torch.bfloat16, calls=50)
+    return run.with_sizes(heads=2, d=64, block=16, dtype=torch.float32, calls=2)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke sizes")
-    args = parser.parse_args(argv)
-    gpu = on_gpu() and not args.quick
-    device = "cuda" if on_gpu() else "cpu"
-    heads, d, block = (32, 128, 32) if gpu else (2, 64, 16)
-    dtype = torch.bfloat16 if gpu else torch.float32
-    calls = 50 if gpu else 2
+    run = build_run(argv)
+    full = run.device == "cuda" and not run.quick
     sms = torch.cuda.get_device_properties(0).multi_processor_count if on_gpu() else None
     flex = _flex_attention()
-    if flex is not None and gpu:
+    if flex is not None and full:
         flex = torch.compile(flex)
     warnings.filterwarnings("ignore", message=".*flex_attention.*")
-    results = Results(
-        "profile_graph_attention",
-        COLUMNS,
-        meta=dict(heads=heads, head_dim=d, dtype=str(dtype), block=block, sms=sms),
-    )
-    for cached, context, drafts in GPU_SHAPES if gpu else SMOKE_SHAPES:
+    sizes = dict(heads=run.heads, d=run.d, block=run.block, dtype=run.dtype)
+    meta = dict(heads=run.heads, head_dim=run.d, dtype=str(run.dtype), block=run.block, sms=sms)
+    results = run.table(COLUMNS, key=KEY, meta=meta)
+    for shape in GPU_SHAPES if full else SMOKE_SHAPES:
         profile_shape(
-            cached,
-            context,
-            drafts,
-            heads=heads,
-            d=d,
-            block=block,
-            dtype=dtype,
-            device=device,
-            flex=flex,
-            calls=calls,
-            results=results,
+            *shape, **sizes, device=run.device, flex=flex, calls=run.calls, results=results
         )
     results.finish()
     return 0

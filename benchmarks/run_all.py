@@ -2,15 +2,16 @@
 
     python -m benchmarks.run_all [--quick] [--only a,b] [--skip a,b] [--out-dir DIR]
     python -m benchmarks.run_all --summary-only   (no study: SUMMARY.md + plots from the JSON)
-    python benchmarks/run_all.py ...            (the same; `spiffy-triton bench` calls it)
+    spiffy-triton bench ...                      (the same, from a checkout)
 
 Results go to a new folder of the user's cache (``$XDG_CACHE_HOME/spiffy-triton/bench/run-<time>``,
 or ``SPIFFY_BENCH_RESULTS_DIR``), never over the tracked ``benchmarks/results/`` unless it is
 named: ``--out-dir benchmarks/results`` (how the committed results are refreshed).
 
-Each study is a script run in its own subprocess with a timeout (a crash or a hang in one does
-not stop the others); `--quick` is passed to scripts that accept it. Scripts write
-`<out-dir>/<name>.json` through `benchmarks/timing.py` (the out dir reaches them as
+Each study is a module of this package, run from the repository root in its own subprocess
+(`python -m benchmarks.<study>`) with a timeout (a crash or a hang in one does not stop the
+others); `--quick` is passed to studies that accept it. Studies write `<out-dir>/<name>.json`
+through `benchmarks/harness.py` (the out dir reaches them as
 `SPIFFY_BENCH_RESULTS_DIR`). Afterwards this collects every JSON there and writes
 `SUMMARY.md`, PNG plots, `run_all.json` (what ran, how long, exit status) and `logs/<study>.log`.
 """
@@ -29,9 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.timing import machine_info
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -40,7 +38,7 @@ REPO_ROOT = BENCH_DIR.parent
 
 @dataclass(frozen=True)
 class Study:
-    """One study: a script under benchmarks/ or a module run with `python -m`."""
+    """One study: a module run with `python -m` (every study of STUDIES), or a script."""
 
     name: str
     what: str
@@ -69,9 +67,13 @@ class Study:
 # Order matters: perf_model reads nfe.json for the measured acceptance.
 STUDIES = (
     Study(
-        "graph_attention", "graph-masked attention kernel vs SDPA", BENCH_DIR / "graph_attention.py"
+        "graph_attention",
+        "graph-masked attention kernel vs SDPA",
+        module="benchmarks.graph_attention",
     ),
-    Study("marginals", "fused marginals kernel vs PyTorch composition", BENCH_DIR / "marginals.py"),
+    Study(
+        "marginals", "fused marginals kernel vs PyTorch composition", module="benchmarks.marginals"
+    ),
     Study(
         "compile_report",
         "every shipped kernel config compiled for sm_90 / sm_80",
@@ -79,50 +81,54 @@ STUDIES = (
         env={"TRITON_INTERPRET": "0"},
         args=("--out", "{out_dir}/compile_report.json"),
     ),
-    Study("nfe", "forward passes (NFE): vanilla vs Spiffy", BENCH_DIR / "nfe.py", timeout_s=1800.0),
+    Study(
+        "nfe", "forward passes (NFE): vanilla vs Spiffy", module="benchmarks.nfe", timeout_s=1800.0
+    ),
     Study(
         "calibration",
         "calibrated vs default draft graphs",
-        BENCH_DIR / "calibration.py",
+        module="benchmarks.calibration",
         timeout_s=1800.0,
     ),
     Study(
         "acceptance",
         "where acceptance is lost, per step in block and per node; graph variants",
-        BENCH_DIR / "acceptance.py",
+        module="benchmarks.acceptance",
         timeout_s=1800.0,
     ),
     Study(
         "simsd",
         "SimSD and SimSD-exact beside Spiffy on the block-causal tiny-sdar",
-        BENCH_DIR / "simsd.py",
+        module="benchmarks.simsd",
         timeout_s=1800.0,
     ),
-    Study("wallclock", "CPU tokens/s, vanilla vs Spiffy, phase split", BENCH_DIR / "wallclock.py"),
+    Study(
+        "wallclock", "CPU tokens/s, vanilla vs Spiffy, phase split", module="benchmarks.wallclock"
+    ),
     Study(
         "cost_aware",
         'CPU tokens/s of max_drafts="auto" vs fixed D; noise-aware filling',
-        BENCH_DIR / "cost_aware.py",
+        module="benchmarks.cost_aware",
         timeout_s=1800.0,
     ),
     Study(
         "perf_model",
         "MODEL of LLaDA-8B on H100 / H200",
-        BENCH_DIR / "perf_model.py",
+        module="benchmarks.perf_model",
         timeout_s=300.0,
     ),
     Study(
         "hf_mask_memory",
         "dense 4-D mask vs segment layout bytes at LLaDA-8B verify shapes",
-        BENCH_DIR / "hf_mask_memory.py",
+        module="benchmarks.hf_mask_memory",
     ),
     Study(
         "compile_verify",
         "torch.compile of the verify forward: compile seconds, eager vs compiled ms",
-        BENCH_DIR / "compile_verify.py",
-        1800.0,
+        module="benchmarks.compile_verify",
+        timeout_s=1800.0,
     ),
-    Study("batch", "batched generate: B = 1, 4, 16, vanilla vs Spiffy", BENCH_DIR / "batch.py"),
+    Study("batch", "batched generate: B = 1, 4, 16, vanilla vs Spiffy", module="benchmarks.batch"),
 )
 
 

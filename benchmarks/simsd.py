@@ -20,27 +20,22 @@ clock (every configuration decodes a prompt back to back), prompts and tokens id
 vanilla's, and held-out answer accuracy (the number after ``####`` equals the reference;
 arithmetic and word problems, as the model card's evaluation).
 
-    python benchmarks/simsd.py [--model tiny-sdar | DIR] [--per-kind 4] [--gen-length 96]
+    python -m benchmarks.simsd [--model tiny-sdar | DIR] [--per-kind 4] [--gen-length 96]
                                [--block-length N] [--cache prefix|none] [--drafts self,tiny]
-    python benchmarks/simsd.py --smoke     # random tiny SDAR model, seconds (CI)
-    python benchmarks/simsd.py --quick     # the bundled model, 1 prompt per kind, 32 tokens
+    python -m benchmarks.simsd --smoke     # random tiny SDAR model, seconds (CI)
+    python -m benchmarks.simsd --quick     # the bundled model, 1 prompt per kind, 32 tokens
 
 Writes benchmarks/results/simsd.json (``--smoke``: simsd_smoke.json).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.timing import report
+from benchmarks import harness
+from benchmarks.harness import Run
 from spiffy_triton import generate, load_model
 
 try:  # the data module's home after the training code moved (issue 16)
@@ -124,9 +119,9 @@ def load_drafts(names: list[str], target, smoke: bool) -> tuple[dict, dict]:
     return drafts, skipped
 
 
-def configurations(args, drafts: dict) -> dict[str, dict]:
+def configurations(run: Run, drafts: dict) -> dict[str, dict]:
     configs = {"vanilla": {}}
-    for d in args.graphs:
+    for d in run.graphs:
         configs[f"spiffy D={d}"] = {"graph": d, "max_drafts": None}
     for name, draft in drafts.items():
         configs[f"simsd ({name})"] = {"method": "simsd", "draft": draft}
@@ -154,17 +149,13 @@ def prompts(per_kind: int):
     return [example for kind in tinydata.KINDS for example in held[kind]]
 
 
-def run(args) -> list[dict]:
-    torch.set_num_threads(args.threads)
-    target = smoke_model() if args.smoke else load_target(args.model)
-    block = args.block_length or target.config.block_size or 4
-    drafts, skipped = load_drafts(args.drafts, target, args.smoke)
-    configs = configurations(args, drafts)
-    examples = prompts(args.per_kind)
+def decode_totals(target, configs: dict, examples, run: Run, block: int) -> dict[str, dict]:
+    """Every configuration on every prompt (vanilla first): totals of NFE, draft forwards,
+    block rows, wall time and agreement with vanilla."""
     tok = target.tokenizer
     totals = {name: dict(nfe=0, draft=0, rows=0, wall=0.0, same=0, tokens=0, correct=0, scored=0)
               for name in configs}  # fmt: skip
-    common = dict(gen_length=args.gen_length, block_length=block, cache=args.cache, backend="torch")
+    common = dict(gen_length=run.gen_length, block_length=block, cache=run.cache, backend="torch")
     for example in examples:
         ids = torch.tensor([tok.encode(example.prompt)])
         reference = None
@@ -189,49 +180,59 @@ def run(args) -> list[dict]:
                 t["correct"] += (
                     tinydata.extract_answer(tok.decode(generated.tolist())) == example.value
                 )
-    rows = []
+    return totals
+
+
+def summary_rows(totals: dict[str, dict], n: int, gen_tokens: int) -> list[dict]:
     base = totals["vanilla"]
-    n, gen_tokens = len(examples), len(examples) * args.gen_length
-    for name, t in totals.items():
-        rows.append(
-            {
-                "method": name,
-                "nfe": t["nfe"],
-                "tokens_per_forward": gen_tokens / t["nfe"],
-                "nfe_speedup": base["nfe"] / t["nfe"],
-                "draft_forwards": t["draft"],
-                "block_rows_per_forward": t["rows"] / t["nfe"],
-                "wall_s": t["wall"],
-                "wall_speedup": base["wall"] / t["wall"],
-                "prompts_identical": t["same"] / n,
-                "tokens_identical": t["tokens"] / gen_tokens,
-                "accuracy": t["correct"] / t["scored"] if t["scored"] else None,
-            }
-        )
+    return [
+        {
+            "method": name,
+            "nfe": t["nfe"],
+            "tokens_per_forward": gen_tokens / t["nfe"],
+            "nfe_speedup": base["nfe"] / t["nfe"],
+            "draft_forwards": t["draft"],
+            "block_rows_per_forward": t["rows"] / t["nfe"],
+            "wall_s": t["wall"],
+            "wall_speedup": base["wall"] / t["wall"],
+            "prompts_identical": t["same"] / n,
+            "tokens_identical": t["tokens"] / gen_tokens,
+            "accuracy": t["correct"] / t["scored"] if t["scored"] else None,
+        }
+        for name, t in totals.items()
+    ]
+
+
+def measure(run: Run) -> tuple[list[dict], dict]:
+    torch.set_num_threads(run.threads)
+    target = smoke_model() if run.smoke else load_target(run.model)
+    block = run.block_length or target.config.block_size or 4
+    drafts, skipped = load_drafts(run.drafts, target, run.smoke)
+    examples = prompts(run.per_kind)
+    totals = decode_totals(target, configurations(run, drafts), examples, run, block)
     meta = {
-        "model": "random tiny SDAR (smoke)" if args.smoke else args.model,
-        "weights_sha256": None if args.smoke else weights_sha256(args.model),
-        "prompts": n,
-        "per_kind": args.per_kind,
-        "gen_length": args.gen_length,
+        "model": "random tiny SDAR (smoke)" if run.smoke else run.model,
+        "weights_sha256": None if run.smoke else weights_sha256(run.model),
+        "prompts": len(examples),
+        "per_kind": run.per_kind,
+        "gen_length": run.gen_length,
         "block_length": block,
-        "cache": args.cache,
-        "threads": args.threads,
-        "quick": args.quick,
-        "accuracy_prompts": base["scored"],
+        "cache": run.cache,
+        "threads": run.threads,
+        "quick": run.quick,
+        "accuracy_prompts": totals["vanilla"]["scored"],
         "drafts_skipped": skipped,
         "rule": "greedy; vanilla one token per step, low_confidence",
     }
-    name = "simsd_smoke" if args.smoke else "simsd"
-    report(name, rows, COLUMNS, meta=meta, out_dir=args.out)
-    return rows
+    return summary_rows(totals, len(examples), len(examples) * run.gen_length), meta
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_run(argv=None) -> Run:
+    parser = harness.parser(
+        __doc__, quick_help="1 prompt per kind, 32 tokens", out_dir=("--out", "--out-dir")
+    )
     parser.add_argument("--model", default="tiny-sdar", help="bundled name or SDAR checkpoint dir")
     parser.add_argument("--smoke", action="store_true", help="random tiny model, 2 prompts")
-    parser.add_argument("--quick", action="store_true", help="1 prompt per kind, 32 tokens")
     parser.add_argument("--per-kind", type=int, default=4, help="held-out prompts per kind")
     parser.add_argument("--gen-length", type=int, default=96)
     parser.add_argument("--block-length", type=int, default=None, help="default: the model's")
@@ -243,22 +244,22 @@ def parse_args(argv=None):
         help="SimSD draft sources: self, previous, bundled model names or checkpoint dirs",
     )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", "--out-dir", type=Path, default=None, help="results directory")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.per_kind, args.gen_length = 1, min(args.gen_length, 32)
-    if args.smoke:
-        args.per_kind, args.gen_length = min(args.per_kind, 1), min(args.gen_length, 8)
-        keep = ("self", "previous")
-        args.drafts = ",".join(d if d in keep else "smoke" for d in args.drafts.split(","))
-    args.cache = None if args.cache == "none" else args.cache
-    args.graphs = [int(d) for d in args.graphs.split(",") if d.strip()]
-    args.drafts = [d for d in args.drafts.split(",") if d.strip()]
-    return args
+    run = harness.build_run("simsd", parser.parse_args(argv))
+    if run.quick:
+        run = run.with_sizes(per_kind=1, gen_length=min(run.gen_length, 32))
+    drafts = harness.str_list(run.drafts)
+    if run.smoke:
+        run = run.with_sizes(per_kind=min(run.per_kind, 1), gen_length=min(run.gen_length, 8))
+        drafts = [d if d in ("self", "previous") else "smoke" for d in drafts]
+    cache = None if run.cache == "none" else run.cache
+    return run.with_sizes(cache=cache, graphs=harness.int_list(run.graphs), drafts=drafts)
 
 
 def main(argv=None) -> list[dict]:
-    return run(parse_args(argv))
+    run = build_run(argv)
+    rows, meta = measure(run)
+    run.report(rows, COLUMNS, key=("method",), meta=meta, name="simsd_smoke" if run.smoke else None)
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Shared timing and reporting helpers for every benchmark script.
+"""Shared timing and reporting helpers of the benchmark harness (benchmarks/harness.py).
 
-On a CUDA device times come from `triton.testing.do_bench` (median); on CPU from a median of
-`time.perf_counter` runs, and the scripts run a small smoke configuration. Results are printed
-as a table and written as JSON under `benchmarks/results/`.
+On a CUDA device times come from `triton.testing.do_bench` (quantiles 0.2 / 0.5 / 0.8); on CPU
+from the same quantiles of `time.perf_counter` runs, and the studies run a small smoke
+configuration. Results are printed as a table and written as JSON under `benchmarks/results/`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,35 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def median_ms(fn: Callable[[], object], *, warmup: int = 3, reps: int = 10) -> float:
-    """Median wall time of `fn()` in milliseconds (do_bench on CUDA)."""
+QUANTILES = (0.2, 0.5, 0.8)
+PERCENTILE_KEYS = ("p20_ms", "p50_ms", "p80_ms")
+
+
+def percentiles(times_ms: Sequence[float]) -> dict[str, float]:
+    """p20_ms / p50_ms / p80_ms of measured times (linear interpolation between the sorted
+    times, as torch.quantile; p50 is the median)."""
+    ordered = sorted(float(t) for t in times_ms)
+    if not ordered:
+        raise ValueError("percentiles of no times")
+    out = {}
+    for key, q in zip(PERCENTILE_KEYS, QUANTILES):
+        position = q * (len(ordered) - 1)
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        out[key] = ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    out["p50_ms"] = statistics.median(ordered)  # exactly the median, whatever the rounding
+    return out
+
+
+def percentiles_ms(fn: Callable[[], object], *, warmup: int = 3, reps: int = 10) -> dict:
+    """p20_ms / p50_ms / p80_ms wall time of `fn()` in milliseconds: on CUDA from
+    `triton.testing.do_bench(fn, quantiles=[0.2, 0.5, 0.8])`, on CPU from `reps` perf_counter
+    runs after `warmup` calls."""
     if on_gpu():
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        values = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=list(QUANTILES))
+        return dict(zip(PERCENTILE_KEYS, map(float, values)))
     for _ in range(warmup):
         fn()
     times = []
@@ -40,7 +63,12 @@ def median_ms(fn: Callable[[], object], *, warmup: int = 3, reps: int = 10) -> f
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return percentiles(times)
+
+
+def median_ms(fn: Callable[[], object], *, warmup: int = 3, reps: int = 10) -> float:
+    """Median wall time of `fn()` in milliseconds: `percentiles_ms(...)["p50_ms"]`."""
+    return percentiles_ms(fn, warmup=warmup, reps=reps)["p50_ms"]
 
 
 def machine_info() -> dict:
@@ -111,15 +139,43 @@ def report(
     return path
 
 
-class Results:
-    """Rows of one benchmark, written to its JSON after every row, so that a run cut short
-    (a time limit, a crash) still leaves what it measured. `finish` prints the table."""
+def row_key(row: dict, key: Sequence[str]) -> tuple:
+    return tuple(str(row.get(column)) for column in key)
 
-    def __init__(self, name: str, columns: Sequence[str] | None = None, *, meta=None, out_dir=None):
+
+def check_keys(rows: Sequence[dict], key: Sequence[str]) -> None:
+    """Raise if two rows share the values of the `key` columns (the study's configuration
+    columns: one row per configuration)."""
+    if not key:
+        return
+    seen: set[tuple] = set()
+    for row in rows:
+        value = row_key(row, key)
+        if value in seen:
+            raise ValueError(f"two rows with the same {tuple(key)}: {value}")
+        seen.add(value)
+
+
+class Results:
+    """The keyed rows of one benchmark, written to its JSON after every row, so that a run cut
+    short (a time limit, a crash) still leaves what it measured. `finish` prints the table.
+    `key` names the configuration columns: a second row with the same values is an error."""
+
+    def __init__(
+        self,
+        name: str,
+        columns: Sequence[str] | None = None,
+        *,
+        key: Sequence[str] = (),
+        meta=None,
+        out_dir=None,
+    ):
         self.name, self.columns, self.meta, self.out_dir = name, columns, meta, out_dir
+        self.key = tuple(key)
         self.rows: list[dict] = []
 
     def add(self, row: dict) -> None:
+        check_keys([*self.rows, row], self.key)
         self.rows.append(row)
         print("  ".join(f"{k}={_cell(v)}" for k, v in row.items()), flush=True)
         write_results(self.name, self.rows, meta=self.meta, out_dir=self.out_dir)

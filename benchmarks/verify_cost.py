@@ -1,7 +1,7 @@
 """Verify cost on LLaDA-8B-wide layers: one dual-cache forward with D drafts, and whole decodes.
 
-    python benchmarks/verify_cost.py            # GPU: 8B-wide layers; CPU: a tiny smoke config
-    python benchmarks/verify_cost.py --small    # the tiny smoke config everywhere
+    python -m benchmarks.verify_cost            # GPU: 8B-wide layers; CPU: a tiny smoke config
+    python -m benchmarks.verify_cost --small    # the tiny smoke config everywhere
 
 The model is the project's `LLaDAModel` with LLaDA-8B's width (d_model 4096, 32 heads, MLP
 12288, vocab 126464) but 4 layers, random bf16 weights built on the device (no checkpoint).
@@ -20,26 +20,25 @@ vanilla and Spiffy (default graph of 8 nodes, all 8 verified), per attention met
 weights are random, so drafts are rarely accepted: this row measures what verifying costs, not
 what it saves (NFE on a trained model: benchmarks/nfe.py).
 
-On a GPU times are `triton.testing.do_bench` medians (forwards) and one synchronized wall-clock
-run after a warm-up run (decodes). Rows are written to JSON as they are measured.
+On a GPU times are `triton.testing.do_bench` medians (forwards, `ms`; with p20_ms / p50_ms /
+p80_ms) and the fastest synchronized wall-clock run after a warm-up run (decodes, `ms`; the
+percentiles of those runs beside it). Rows are written to JSON as they are measured.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before triton is imported)
-from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
-from spiffy_triton.models import LLaDAConfig, LLaDAModel  # noqa: E402
+import spiffy_triton  # noqa: F401  (sets the interpreter mode before triton is imported)
+from benchmarks import harness
+from benchmarks.harness import Run
+from benchmarks.timing import Results, percentiles, percentiles_ms
+from spiffy_triton.models import LLaDAConfig, LLaDAModel
 
 METHODS = ("triton", "torch", "sdpa_dense_mask")
 FULL = dict(
@@ -142,11 +141,12 @@ def forward_rows(model, setup: dict, device, results: Results, timer) -> None:
                     with torch.no_grad():
                         return model(rows, position_ids=positions, cache=cache)
 
-                ms = timer(forward)
+                times = timer(forward)
+                ms = times["p50_ms"]
                 if drafts == 0:
                     baseline[method] = ms
                 d0 = baseline.get(method)
-                row = dict(study="forward", prompt=prompt, D=drafts, method=method, ms=ms)
+                row = dict(study="forward", prompt=prompt, D=drafts, method=method, ms=ms, **times)
                 row["vs_d0"] = ms / d0 if d0 else None
                 results.add(row)
 
@@ -175,7 +175,8 @@ def decode_rows(model, setup: dict, device, results: Results, repeats: int) -> N
                 )
                 _sync(device)
                 times.append((time.perf_counter() - start) * 1e3)
-            ms = min(times[1:] or times)  # the first run warms kernels and allocator up
+            timed = times[1:] or times  # the first run warms kernels and allocator up
+            ms = min(timed)
             results.add(
                 dict(
                     study=f"decode_{name}",
@@ -186,6 +187,7 @@ def decode_rows(model, setup: dict, device, results: Results, repeats: int) -> N
                     nfe=out.nfe,
                     steps=out.steps,
                     ms_per_token=ms / setup["gen_length"],
+                    **percentiles(timed),
                 )
             )
 
@@ -195,31 +197,40 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="tiny smoke config (any device)")
+KEY = ("study", "prompt", "D", "method")
+
+
+def build_run(argv=None) -> Run:
+    parser = harness.parser(
+        __doc__, quick=("--small", "--quick"), quick_help="tiny smoke config (any device)"
+    )
     parser.add_argument("--skip-decode", action="store_true", help="forward study only")
-    args = parser.parse_args(argv)
-    gpu = on_gpu() and not args.small
-    device = "cuda" if on_gpu() else "cpu"
-    setup = FULL if gpu else SMALL
-    model = build_model(setup["config"], setup["dtype"], device)
+    run = harness.build_run("verify_cost", parser.parse_args(argv))
+    full = run.device == "cuda" and not run.quick
+    return run.with_sizes(full=full, setup=FULL if full else SMALL, repeats=2 if full else 1)
+
+
+def main(argv=None) -> int:
+    run = build_run(argv)
+    setup = run.setup
+    model = build_model(setup["config"], setup["dtype"], run.device)
     meta = dict(
         config=setup["config"],
         dtype=str(setup["dtype"]),
         block=setup["block"],
         gen_length=setup["gen_length"],
         cache="dual",
-        timing="triton.testing.do_bench median (forwards); min of synchronized runs (decodes)"
-        if on_gpu()
+        timing="triton.testing.do_bench p20 / p50 / p80, ms the median (forwards); min of "
+        "synchronized runs (decodes)"
+        if run.device == "cuda"
         else "CPU perf_counter (Triton interpreter: not a performance number)",
         weights="random (no acceptance expected: measures the cost of verifying)",
     )
-    results = Results("verify_cost", COLUMNS, meta=meta)
-    timer = median_ms if gpu else (lambda fn: median_ms(fn, warmup=0, reps=1))
-    forward_rows(model, setup, device, results, timer)
-    if not args.skip_decode:
-        decode_rows(model, setup, device, results, repeats=2 if gpu else 1)
+    results = run.table(COLUMNS, key=KEY, meta=meta)
+    timer = percentiles_ms if run.full else (lambda fn: percentiles_ms(fn, warmup=0, reps=1))
+    forward_rows(model, setup, run.device, results, timer)
+    if not run.skip_decode:
+        decode_rows(model, setup, run.device, results, repeats=run.repeats)
     results.finish()
     return 0
 

@@ -12,14 +12,13 @@ round with the median wall time (so the phases add up); the speedup is the media
 of vanilla's wall time over the configuration's in the same round (side by side), with the
 quartiles of those per-round ratios.
 
-    python benchmarks/wallclock.py [--quick] [--drafts 0,3,5,8,10] [--repeats 3] [--cache dual]
+    python -m benchmarks.wallclock [--quick] [--drafts 0,3,5,8,10] [--repeats 3] [--cache dual]
 
 Writes benchmarks/results/wallclock.json and wallclock.png.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -27,12 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import torch
 
-from benchmarks.timing import RESULTS_DIR, format_table, write_results
+from benchmarks import harness
+from benchmarks.harness import Run
+from benchmarks.timing import percentiles
 from spiffy_triton import DraftGraph, generate, load_model
 from spiffy_triton.decoding import PHASES
 from spiffy_triton.training.tinydata import heldout_prompts
@@ -174,6 +172,7 @@ def summarize(runs: dict[str, list[dict]], configs: Sequence[Config], args, n_pr
             ),
             "wall_s_min": min(rep["wall_s"] for rep in reps),
             "wall_s_max": max(rep["wall_s"] for rep in reps),
+            **percentiles([rep["wall_s"] * 1e3 for rep in reps]),
         }
         rows.append(row)
     return rows
@@ -227,67 +226,76 @@ def parse_drafts(text: str) -> list[int]:
     return sorted(set(drafts))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+COLUMNS = [
+    "config", "tokens_per_s", "speedup", "nfe", "steps_per_forward", "same_tokens_as_vanilla",
+    "forward_ms", "forward_cost_vs_vanilla",
+    *(f"{p}_ms" for p in PHASES), "other_ms", "overhead_pct_of_model",
+    "added_vs_vanilla_pct_of_model",
+]  # fmt: skip
+
+
+def build_run(argv: Sequence[str] | None = None) -> Run:
+    parser = harness.parser(__doc__, quick_help="1 prompt, 32 tokens, 2 repeats", repeats=3)
     parser.add_argument("--model", default="tiny", help='"tiny" or a LLaDA checkpoint dir')
     parser.add_argument("--drafts", default="0,3,5,8,10")
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--gen-length", type=int, default=64)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--cache", choices=("none", "prefix", "dual"), default="dual")
-    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument(
         "--graph-template", default=None, help="graph JSON path with {D}; default: built-in graphs"
     )
-    parser.add_argument("--quick", action="store_true", help="1 prompt, 32 tokens, 2 repeats")
-    parser.add_argument("--out-dir", default=None)
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)
     drafts = parse_drafts(args.drafts)
-    if args.quick:
-        args.prompts, args.gen_length, args.block_length, args.repeats = 1, 32, 32, 2
-        drafts = [d for d in drafts if d in (0, 3)] or drafts[:1]
-    for name in ("prompts", "gen_length", "block_length", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    args.cache = None if args.cache == "none" else args.cache
-    torch.set_num_threads(args.threads)
+    run = harness.build_run(
+        "wallclock", args, drafts=drafts, cache=None if args.cache == "none" else args.cache
+    )
+    if run.quick:
+        quick_drafts = [d for d in drafts if d in (0, 3)] or drafts[:1]
+        run = run.with_sizes(
+            prompts=1, gen_length=32, block_length=32, repeats=2, drafts=quick_drafts
+        )
+    harness.require_positive(
+        parser, run, ("prompts", "gen_length", "block_length", "repeats", "threads")
+    )
+    return run
 
-    model = load_model(args.model, dtype=torch.float32, backend="torch")
-    prompts = pick_prompts(model, args.prompts)
-    configs = [Config("vanilla", None)] + [Config(f"spiffy D={d}", d) for d in drafts]
-    runs = measure(model, prompts, configs, args)
-    rows = summarize(runs, configs, args, len(prompts))
 
+def measure_rows(run: Run) -> tuple[list[dict], dict]:
+    torch.set_num_threads(run.threads)
+    model = load_model(run.model, dtype=torch.float32, backend="torch")
+    prompts = pick_prompts(model, run.prompts)
+    configs = [Config("vanilla", None)] + [Config(f"spiffy D={d}", d) for d in run.drafts]
+    rows = summarize(measure(model, prompts, configs, run), configs, run, len(prompts))
     meta = {
         "label": "MEASURED: CPU wall clock, PyTorch backend, float32",
-        "model": args.model,
+        "model": run.model,
         "prompts": len(prompts),
-        "gen_length": args.gen_length,
-        "block_length": args.block_length,
-        "steps": args.gen_length,
-        "cache": args.cache or "none",
-        "repeats": args.repeats,
-        "threads": args.threads,
-        "graphs": args.graph_template or "DraftGraph.default(D)",
+        "gen_length": run.gen_length,
+        "block_length": run.block_length,
+        "steps": run.gen_length,
+        "cache": run.cache or "none",
+        "repeats": run.repeats,
+        "threads": run.threads,
+        "graphs": run.graph_template or "DraftGraph.default(D)",
         "D=0": "Spiffy loop with a filler that proposes no draft",
         "phase_times": "of the repeat with the median wall time, per generate call (ms)",
         "speedup": "median over repeats of vanilla wall / config wall, same round",
+        "p20_ms": "p20 / p50 / p80 of the rounds' wall time (all prompts, ms)",
     }
-    columns = [
-        "config", "tokens_per_s", "speedup", "nfe", "steps_per_forward", "same_tokens_as_vanilla",
-        "forward_ms", "forward_cost_vs_vanilla",
-        *(f"{p}_ms" for p in PHASES), "other_ms", "overhead_pct_of_model",
-        "added_vs_vanilla_pct_of_model",
-    ]  # fmt: skip
-    print(f"== wallclock (MEASURED, {meta['cache']} cache, {args.threads} thread(s)) ==")
-    print(format_table(rows, columns))
-    out_dir = Path(args.out_dir) if args.out_dir else RESULTS_DIR
-    print(f"wrote {write_results('wallclock', rows, meta=meta, out_dir=out_dir)}")
-    if not args.no_plot:
-        title = f"{args.model}, {meta['cache']} cache, gen {args.gen_length}"
-        png = plot(rows, out_dir / "wallclock.png", title)
+    return rows, meta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run = build_run(argv)
+    rows, meta = measure_rows(run)
+    print(f"== wallclock (MEASURED, {meta['cache']} cache, {run.threads} thread(s)) ==")
+    run.report(rows, COLUMNS, key=("config",), meta=meta, name="wallclock")
+    if not run.no_plot:
+        title = f"{run.model}, {meta['cache']} cache, gen {run.gen_length}"
+        png = plot(rows, run.results_dir / "wallclock.png", title)
         if png:
             print(f"wrote {png}")
     return 0

@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"total on {model.device.type}: " + " | ".join(summary))
     print(
         "(one run each on this machine: for side-by-side wall-clock ratios over several rounds, "
-        "python benchmarks/cost_aware.py)"
+        "python -m benchmarks.cost_aware)"
     )
     exact = is_exact(cache, "batch" if cache is None else "packed")
     print(f"all outputs identical: {all_equal} (verification mode exact: {exact})")

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import run_all  # noqa: E402
+from benchmarks import run_all
 
 WRITES_ACCEPTANCE = """
 from benchmarks.timing import report
@@ -280,14 +277,17 @@ def test_run_all_lists_studies_and_accepts_a_leading_separator(capsys):
     assert all(study.name in listed for study in run_all.STUDIES)
 
 
-def test_plain_attention_ab_runs_both_paths(capsys):
+def test_plain_attention_ab_runs_both_paths(capsys, tmp_path):
     """benchmarks/plain_attention.py swaps the one attention-path decision (VerifyInputs) and
     restores it; both variants give the same tokens."""
     from benchmarks import plain_attention
     from spiffy_triton.verify_inputs import VerifyInputs
 
     code_now = VerifyInputs.attention_layout
-    argv = ["--prompts", "1", "--repeats", "1", "--gen-length", "32"]
+    argv = ["--prompts", "1", "--repeats", "1", "--gen-length", "32", "--out-dir", str(tmp_path)]
     assert plain_attention.main(argv) == 0
     assert VerifyInputs.attention_layout is code_now
     assert "outputs identical: True" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "plain_attention.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == plain_attention.build_run([]).variants
+    assert all(r["p20_ms"] <= r["p50_ms"] <= r["p80_ms"] and r["same"] for r in rows)

@@ -345,10 +345,6 @@ def test_load_graph_rejects_unreadable_files(tmp_path):
 def test_calibration_benchmark_quick(tmp_path):
     """benchmarks/calibration.py --quick on a small random-weight checkpoint: the table's
     replayed NFE agrees with real decoding, and pruned decoding keeps vanilla's tokens."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks import calibration as bench
 
     sizes = dict(n_heads=2, n_kv_heads=1, n_layers=1, max_sequence_length=256)

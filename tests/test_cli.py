@@ -311,7 +311,6 @@ def test_console_entry_point_in_setup_py():
 @pytest.fixture(scope="module")
 def sdar_dir(tmp_path_factory):
     """A random-weight SDAR checkpoint over the bundled character tokenizer."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.simsd import smoke_model
     from spiffy_triton.models import save_checkpoint
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import gpu_check
+from benchmarks.timing import Results
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
-sys.path.insert(0, str(REPO))
-
-from benchmarks import gpu_check  # noqa: E402
-from benchmarks.timing import Results  # noqa: E402
 
 
 def run_script(*args: str, python: str = sys.executable, timeout: float = 900):
@@ -192,7 +191,7 @@ def test_gpu_vs_model_without_results_says_so(tmp_path, capsys):
 def test_marginals_sweep_quick(tmp_path, monkeypatch):
     monkeypatch.setenv("SPIFFY_BENCH_RESULTS_DIR", str(tmp_path))
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "marginals_sweep.py"), "--quick"],
+        [sys.executable, "-m", "benchmarks.marginals_sweep", "--quick"],
         capture_output=True,
         text=True,
         cwd=REPO,

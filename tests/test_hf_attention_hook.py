@@ -122,10 +122,6 @@ def test_hook_errors_name_what_is_missing():
 def test_mask_memory_benchmark_counts_what_it_builds():
     """benchmarks/hf_mask_memory.py: the dense additive mask is Mq x Mk bf16 (2 bytes each),
     the layout O(segments); shapes agree with the cost model's verify_shape."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.hf_mask_memory import measure
 
     row = measure("dual", 256, 8)

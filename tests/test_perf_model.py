@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import perf_model as pm  # noqa: E402
-from spiffy_triton import SegmentLayout  # noqa: E402
+from benchmarks import perf_model as pm
+from spiffy_triton import SegmentLayout
 
 H100 = pm.HARDWARE["H100-SXM"]
 H200 = pm.HARDWARE["H200-SXM"]

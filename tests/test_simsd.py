@@ -364,10 +364,7 @@ def test_model_draft_cached_equals_uncached():
 def test_benchmark_smoke(tmp_path):
     """benchmarks/simsd.py --smoke: every row, the exact ones identical to vanilla."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks import simsd as bench
 
     bench.main(["--smoke", "--out", str(tmp_path)])
