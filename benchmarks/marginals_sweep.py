@@ -25,6 +25,7 @@ import spiffy_triton  # noqa: E402,F401  (sets the interpreter mode before trito
 from benchmarks.marginals import copy_bandwidth_gb_s  # noqa: E402
 from benchmarks.timing import Results, median_ms, on_gpu  # noqa: E402
 from spiffy_triton.kernels import marginals as kernel  # noqa: E402
+from spiffy_triton.kernels.marginals_configs import MAX_SPLITS  # noqa: E402
 
 COLUMNS = (
     "rows",
@@ -49,7 +50,7 @@ def split_options(rows: int, vocab: int, block_v: int) -> list[int]:
     num_blocks = -(-vocab // block_v)
     options = {max(1, min(default, num_blocks))}
     if rows < 1024:
-        options.add(max(1, min(4 * default, num_blocks // 2, kernel.MAX_SPLITS)))
+        options.add(max(1, min(4 * default, num_blocks // 2, MAX_SPLITS)))
     return sorted(options)
 
 
