@@ -129,7 +129,7 @@ MUTANTS = (
     Mutant(
         "kernel-causal-as-full",
         "spiffy_triton.kernels.graph_attention",
-        (("visible = (relation[:, None] == 1) |", "visible = (relation[:, None] >= 1) |"),),
+        (("visible = (relation[:, None] == FULL) |", "visible = (relation[:, None] >= FULL) |"),),
         ("tests/test_graph_attention.py::test_attention_parity",),
         "kernel: only FULL tiles are visible without the offset test",
     ),
