@@ -148,7 +148,7 @@ MUTANTS = (
     # ------------------------------------------------------------------------ top-k insertion
     Mutant(
         "kernel-topk-insert-even-when-smaller",
-        "spiffy_triton.kernels.marginals",
+        "spiffy_triton.kernels.marginals_helpers",
         (
             (
                 "return tl.where((slots == slot) & (candidate > smallest), candidate, topk)",
@@ -161,7 +161,7 @@ MUTANTS = (
     ),
     Mutant(
         "kernel-topk-one-insert-short",
-        "spiffy_triton.kernels.marginals",
+        "spiffy_triton.kernels.marginals_helpers",
         (
             (
                 "for _ in range(tl.minimum(count, K)):",
