@@ -97,6 +97,7 @@ def _attn_fwd_tile(
     m_i,
     q,
     q_offset,
+    visibility_row,
     k_base,
     v_base,
     entry,
@@ -111,10 +112,10 @@ def _attn_fwd_tile(
 ):
     """One key tile of the schedule (the tutorial's `_attn_fwd_inner`, one step): scores, the
     masked stage for entries marked masked (FULL tiles skip it), the online softmax update and
-    P @ V. `entry` = (k_start, k_end, masked, visibility of the key segment, its start). The
+    P @ V. `entry` = (k_start, k_end, masked, key segment, its first key row). The
     stages interleave in the schedule's order, never as two loops: the order of a row's tiles
     is part of the bitwise contract (module docstring)."""
-    k_start, k_end, masked, relation_ptr, k_segment_start = entry
+    k_start, k_end, masked, k_segment, k_segment_start = entry
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     cols = k_start + offs_n
@@ -129,7 +130,7 @@ def _attn_fwd_tile(
         k = k.to(tl.float32)
     scores = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
     if masked != 0:
-        relation = tl.load(relation_ptr)
+        relation = tl.load(visibility_row + k_segment)
         scores = _mask_scores(scores, relation, cols - k_segment_start, col_valid, q_offset)
 
     m_new = tl.maximum(m_i, tl.max(scores, 1))
@@ -246,13 +247,14 @@ def _graph_attention_fwd(
         k_segment = tl.load(fields + ENTRY_K_SEGMENT)
         k_segment_start = tl.load(fields + ENTRY_K_SEGMENT_START)
         masked = tl.load(fields + ENTRY_MASKED)
-        entry = (k_start, k_end, masked, visibility_row + k_segment, k_segment_start)
+        entry = (k_start, k_end, masked, k_segment, k_segment_start)
         acc, l_i, m_i = _attn_fwd_tile(
             acc,
             l_i,
             m_i,
             q,
             q_offset,
+            visibility_row,
             k_base,
             v_base,
             entry,

@@ -55,6 +55,7 @@ from spiffy_triton.kernels.marginals_helpers import (
     noise_words,
     rank_key,
     softmax_entropy_update,
+    tile_flag,
     topk_update,
     vocab_tile,
 )
@@ -135,8 +136,9 @@ def _marginals_kernel(
         block_start = block * BLOCK_V  # a multiple of BLOCK_V: aligned, vectorized loads
         vocab_id = block_start + tile
         valid = vocab_id < V
-        x, clean, block_flag = load_tile(row_ptr, vocab_id, valid, stride_vocab)
+        x, clean = load_tile(row_ptr, vocab_id, valid, stride_vocab)
         m, s, t, block_max = softmax_entropy_update(clean, m, s, t)
+        block_flag = tile_flag(x)
         flag = tl.maximum(flag, block_flag)
         topk = topk_update(topk, x, vocab_id, valid, block_max, block_flag, slots, K, KP)
         if SAMPLE:

@@ -148,14 +148,17 @@ def insert(topk, candidate, slots, K: tl.constexpr, KP: tl.constexpr):
 
 @triton.jit
 def load_tile(row_ptr, vocab_id, valid, stride_vocab):
-    """One tile of the row in fp32 (-inf past V), the tile without NaN / +inf (as -inf), and
-    its flag (2 NaN, 1 +inf, 0 clean)."""
+    """One tile of the row in fp32 (-inf past V), and the tile without NaN / +inf (as -inf)."""
     x = tl.load(row_ptr + vocab_id.to(tl.int64) * stride_vocab, mask=valid, other=float("-inf"))
     x = x.to(tl.float32)
-    is_nan = x != x
-    is_pinf = x == float("inf")
-    clean = tl.where(is_nan | is_pinf, float("-inf"), x)
-    return x, clean, tile_max(tl.where(is_nan, 2, tl.where(is_pinf, 1, 0)))
+    clean = tl.where((x != x) | (x == float("inf")), float("-inf"), x)
+    return x, clean
+
+
+@triton.jit
+def tile_flag(x):
+    """2 if the tile holds a NaN, else 1 if it holds +inf, else 0."""
+    return tile_max(tl.where(x != x, 2, tl.where(x == float("inf"), 1, 0)))
 
 
 @triton.jit
