@@ -23,6 +23,7 @@ from benchmarks.harness import Run
 from benchmarks.marginals import copy_bandwidth_gb_s
 from benchmarks.timing import median_ms, percentiles_ms
 from spiffy_triton.kernels import marginals as kernel
+from spiffy_triton.kernels.marginals_configs import MAX_SPLITS
 
 COLUMNS = (
     "rows",
@@ -49,7 +50,7 @@ def split_options(rows: int, vocab: int, block_v: int) -> list[int]:
     num_blocks = -(-vocab // block_v)
     options = {max(1, min(default, num_blocks))}
     if rows < 1024:
-        options.add(max(1, min(4 * default, num_blocks // 2, kernel.MAX_SPLITS)))
+        options.add(max(1, min(4 * default, num_blocks // 2, MAX_SPLITS)))
     return sorted(options)
 
 

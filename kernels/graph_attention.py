@@ -49,6 +49,110 @@ ENTRY_K_SEGMENT_START = tl.constexpr(layout_contract.ENTRY_K_SEGMENT_START)
 ENTRY_MASKED = tl.constexpr(layout_contract.ENTRY_MASKED)
 FULL = tl.constexpr(layout_contract.FULL)
 CAUSAL = tl.constexpr(layout_contract.CAUSAL)
+LN2 = tl.constexpr(0.6931471805599453)  # the natural log of 2: lse from log2 units
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel helpers
+# --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _row_ptrs(base, batch, heads, rows, offs_d, stride_b, stride_h, stride_m, stride_d):
+    """Pointers of a [BLOCK_M, BLOCK_D] tile of query / output rows (virtual row -> row, head)."""
+    return (
+        base
+        + batch.to(tl.int64) * stride_b
+        + heads[:, None].to(tl.int64) * stride_h
+        + rows[:, None].to(tl.int64) * stride_m
+        + offs_d[None, :] * stride_d
+    )
+
+
+@triton.jit
+def _load_kv_tile(base, k_start, offs_n, offs_d, strides, kv_mask):
+    """A [BLOCK_N, BLOCK_D] tile of keys or values from key row k_start on (zeros past k_end);
+    strides = (row, d)."""
+    stride_n, stride_d = strides
+    ptrs = base + k_start.to(tl.int64) * stride_n
+    return tl.load(
+        ptrs + offs_n[:, None] * stride_n + offs_d[None, :] * stride_d, mask=kv_mask, other=0.0
+    )
+
+
+@triton.jit
+def _mask_scores(scores, relation, key_offset, col_valid, q_offset):
+    """The masked stage: a key tile lies inside one key segment, so each row has one visibility
+    value (FULL, or CAUSAL: keys up to the row's own offset in the segment); -inf elsewhere."""
+    visible = (relation[:, None] == FULL) | (
+        (relation[:, None] == CAUSAL) & (key_offset[None, :] <= q_offset[:, None])
+    )
+    return tl.where(visible & col_valid[None, :], scores, float("-inf"))
+
+
+@triton.jit
+def _attn_fwd_tile(
+    acc,
+    l_i,
+    m_i,
+    q,
+    q_offset,
+    visibility_row,
+    k_base,
+    v_base,
+    entry,
+    k_strides,
+    v_strides,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """One key tile of the schedule (the tutorial's `_attn_fwd_inner`, one step): scores, the
+    masked stage for entries marked masked (FULL tiles skip it), the online softmax update and
+    P @ V. `entry` = (k_start, k_end, masked, key segment, its first key row). The
+    stages interleave in the schedule's order, never as two loops: the order of a row's tiles
+    is part of the bitwise contract (module docstring)."""
+    k_start, k_end, masked, k_segment, k_segment_start = entry
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    cols = k_start + offs_n
+    col_valid = cols < k_end
+    # masks on d only when head_dim is padded to BLOCK_D (keeps [BN, BD] masks out of registers)
+    if BLOCK_D == HEAD_DIM:
+        kv_mask = col_valid[:, None]
+    else:
+        kv_mask = col_valid[:, None] & (offs_d < HEAD_DIM)[None, :]
+    k = _load_kv_tile(k_base, k_start, offs_n, offs_d, k_strides, kv_mask)
+    if DOT_IN_FP32:
+        k = k.to(tl.float32)
+    scores = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
+    if masked != 0:
+        relation = tl.load(visibility_row + k_segment)
+        scores = _mask_scores(scores, relation, cols - k_segment_start, col_valid, q_offset)
+
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    # rows that have seen no key yet keep m = -inf; shift by 0 so exp2 gives 0, not NaN
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_shift)
+    p = tl.math.exp2(scores - m_shift[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+
+    v = _load_kv_tile(v_base, k_start, offs_n, offs_d, v_strides, kv_mask)
+    if DOT_IN_FP32:
+        p_op = p.to(v_base.dtype.element_ty).to(tl.float32)
+        acc = tl.dot(p_op, v.to(tl.float32), acc, input_precision=INPUT_PRECISION)
+    else:
+        acc = tl.dot(p.to(v_base.dtype.element_ty), v, acc, input_precision=INPUT_PRECISION)
+    return acc, l_i, m_new
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel
+# --------------------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -94,6 +198,11 @@ def _graph_attention_fwd(
     DOT_IN_FP32: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
+    """One query tile of one head group: its query rows, the key tiles of its schedule entries
+    in order (`_attn_fwd_tile`), then the output rows and their log-sum-exp."""
+    tl.static_assert(BLOCK_D >= HEAD_DIM, "BLOCK_D holds a head")
+    tl.static_assert(BLOCK_M % HEADS_PER_TILE == 0, "a tile holds whole query rows")
+    tl.static_assert((BLOCK_N & (BLOCK_N - 1)) == 0, "BLOCK_N is a power of two")
     tile = tl.program_id(0)
     batch_head = tl.program_id(1)
     batch = batch_head // num_head_groups
@@ -108,13 +217,7 @@ def _graph_attention_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     d_valid = offs_d < HEAD_DIM
 
-    q_ptrs = (
-        Q
-        + batch.to(tl.int64) * stride_qb
-        + heads[:, None].to(tl.int64) * stride_qh
-        + rows[:, None].to(tl.int64) * stride_qm
-        + offs_d[None, :] * stride_qd
-    )
+    q_ptrs = _row_ptrs(Q, batch, heads, rows, offs_d, stride_qb, stride_qh, stride_qm, stride_qd)
     # masks on d only when head_dim is padded to BLOCK_D (keeps [BM, BD] masks out of registers)
     if BLOCK_D == HEAD_DIM:
         q_mask = row_valid[:, None]
@@ -130,7 +233,6 @@ def _graph_attention_fwd(
 
     k_base = K + batch.to(tl.int64) * stride_kb + kv_head.to(tl.int64) * stride_kh
     v_base = V + batch.to(tl.int64) * stride_vb + kv_head.to(tl.int64) * stride_vh
-    offs_n = tl.arange(0, BLOCK_N)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -145,72 +247,42 @@ def _graph_attention_fwd(
         k_segment = tl.load(fields + ENTRY_K_SEGMENT)
         k_segment_start = tl.load(fields + ENTRY_K_SEGMENT_START)
         masked = tl.load(fields + ENTRY_MASKED)
-
-        cols = k_start + offs_n
-        col_valid = cols < k_end
-        if BLOCK_D == HEAD_DIM:
-            kv_mask = col_valid[:, None]
-        else:
-            kv_mask = col_valid[:, None] & d_valid[None, :]
-        k_ptrs = k_base + k_start.to(tl.int64) * stride_kn
-        k = tl.load(
-            k_ptrs + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-            mask=kv_mask,
-            other=0.0,
+        entry = (k_start, k_end, masked, k_segment, k_segment_start)
+        acc, l_i, m_i = _attn_fwd_tile(
+            acc,
+            l_i,
+            m_i,
+            q,
+            q_offset,
+            visibility_row,
+            k_base,
+            v_base,
+            entry,
+            (stride_kn, stride_kd),
+            (stride_vn, stride_vd),
+            qk_scale,
+            HEAD_DIM,
+            BLOCK_N,
+            BLOCK_D,
+            DOT_IN_FP32,
+            INPUT_PRECISION,
         )
-        if DOT_IN_FP32:
-            k = k.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale
-        if masked != 0:
-            # a key tile lies inside one key segment: one visibility value per row
-            relation = tl.load(visibility_row + k_segment)
-            key_offset = cols - k_segment_start
-            visible = (relation[:, None] == FULL) | (
-                (relation[:, None] == CAUSAL) & (key_offset[None, :] <= q_offset[:, None])
-            )
-            scores = tl.where(visible & col_valid[None, :], scores, float("-inf"))
-
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        # rows that have seen no key yet keep m = -inf; shift by 0 so exp2 gives 0, not NaN
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_shift)
-        p = tl.math.exp2(scores - m_shift[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-
-        v = tl.load(
-            v_base
-            + k_start.to(tl.int64) * stride_vn
-            + offs_n[:, None] * stride_vn
-            + offs_d[None, :] * stride_vd,
-            mask=kv_mask,
-            other=0.0,
-        )
-        if DOT_IN_FP32:
-            p_op = p.to(V.dtype.element_ty).to(tl.float32)
-            acc = tl.dot(p_op, v.to(tl.float32), acc, input_precision=INPUT_PRECISION)
-        else:
-            acc = tl.dot(p.to(V.dtype.element_ty), v, acc, input_precision=INPUT_PRECISION)
-        m_i = m_new
 
     seen = l_i > 0.0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    o_ptrs = (
-        Out
-        + batch.to(tl.int64) * stride_ob
-        + heads[:, None].to(tl.int64) * stride_oh
-        + rows[:, None].to(tl.int64) * stride_om
-        + offs_d[None, :] * stride_od
-    )
+    o_ptrs = _row_ptrs(Out, batch, heads, rows, offs_d, stride_ob, stride_oh, stride_om, stride_od)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=q_mask)
     if RETURN_LSE:
-        lse = tl.where(
-            seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf")
-        )
+        lse = tl.where(seen, (m_i + tl.math.log2(tl.where(seen, l_i, 1.0))) * LN2, float("-inf"))
         # lse is a contiguous [B, Hq, Mq] buffer
         q_heads = num_head_groups * HEADS_PER_TILE
         lse_ptrs = Lse + (batch.to(tl.int64) * q_heads + heads) * num_q_rows + rows
         tl.store(lse_ptrs, lse, mask=row_valid)
+
+
+# --------------------------------------------------------------------------------------------
+# Launcher and host-side config selection
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -346,7 +418,9 @@ def graph_attention(q, k, v, layout, *, scale=None, return_lse=False):
     return _forward(q, k, v, layout, scale, return_lse, config)
 
 
-# ---- shipped configurations, for the compile report -----------------------------------------
+# --------------------------------------------------------------------------------------------
+# Shipped configurations (consumed by spiffy_triton/compile_report.py)
+# --------------------------------------------------------------------------------------------
 
 _TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -371,21 +445,10 @@ def compile_configs() -> list[dict]:
 
 
 def _compile_entry(head_dim, dtype_name, config, precision, heads_per_tile):
-    pointer = f"*{dtype_name}"
-    signature = {
-        "Q": pointer,
-        "K": pointer,
-        "V": pointer,
-        "Out": pointer,
-        "Lse": "*fp32",
-        "TileOffsets": "*i32",
-        "Entries": "*i32",
-        "RowSegment": "*i32",
-        "RowOffset": "*i32",
-        "Visibility": "*i32",
-        "qk_scale": "fp32",
-    }
     # what a launch on contiguous-last-dim tensors compiles: unit d strides, others % 16 == 0
+    pointers = dict.fromkeys(["Q", "K", "V", "Out"], f"*{dtype_name}")
+    schedule = dict.fromkeys(["TileOffsets", "Entries", "RowSegment", "RowOffset", "Visibility"])
+    signature = {**pointers, "Lse": "*fp32", **dict.fromkeys(schedule, "*i32"), "qk_scale": "fp32"}
     unit_strides, aligned_strides = {}, []
     for tensor in "qkvo":
         for dim in "bh" + ("m" if tensor in "qo" else "n"):
@@ -408,7 +471,6 @@ def _compile_entry(head_dim, dtype_name, config, precision, heads_per_tile):
     }
     signature.update(dict.fromkeys(constexprs, "constexpr"))
     constexprs.update(unit_strides)
-    tensor_cores = not (dtype_name == "fp32" and precision == "ieee")
     suffix = f"_{precision}" if dtype_name == "fp32" else ""
     return {
         "name": (
@@ -420,7 +482,7 @@ def _compile_entry(head_dim, dtype_name, config, precision, heads_per_tile):
         "constexprs": constexprs,
         "num_warps": config.num_warps,
         "num_stages": config.num_stages,
-        "tensor_cores": tensor_cores,
+        "tensor_cores": not (dtype_name == "fp32" and precision == "ieee"),
         "divisible_by_16": aligned_strides,
     }
 

@@ -21,6 +21,10 @@ How it works:
   combines the partial (m, s, t), flags and top-k lists. With one split the first kernel
   finalizes in place. The split count depends only on (rows, V): results are reproducible,
   and token / top-k ids are bitwise independent of it.
+
+This file: the kernels, their launchers and `compile_configs()`. The kernels' `@triton.jit`
+helpers are in kernels/marginals_helpers.py, the host configuration (launch config from the
+shape, the table of shipped configurations) in kernels/marginals_configs.py.
 """
 
 from __future__ import annotations
@@ -36,6 +40,25 @@ from spiffy_triton.contract import (
     validate_marginals_args,
     validate_rank_args,
 )
+from spiffy_triton.kernels.marginals_configs import RANK_BLOCK, shipped_configs
+from spiffy_triton.kernels.marginals_configs import select_config as _select_config
+from spiffy_triton.kernels.marginals_helpers import (
+    KEY_SENTINEL,
+    MAX_TOP_K,
+    NOISE_CHUNK,
+    combine_stats,
+    finalize,
+    gumbel_from_uint32,
+    gumbel_update,
+    load_tile,
+    merge_topk,
+    noise_words,
+    rank_key,
+    softmax_entropy_update,
+    tile_flag,
+    topk_update,
+    vocab_tile,
+)
 from spiffy_triton.types import MarginalsOutput
 
 __all__ = [
@@ -46,199 +69,6 @@ __all__ = [
     "gumbel_noise",
     "compile_configs",
 ]
-
-# Host-side configuration (shapes only, no autotuning: results are reproducible).
-TARGET_PROGRAMS = 264  # two waves of an H100's 132 SMs
-MIN_BLOCKS_PER_SPLIT = 2
-MAX_SPLITS = 64  # the combine kernel holds MAX_SPLITS x KP keys in one warp's registers
-RANK_BLOCK = 64
-
-# The contract's constants as compile-time globals of the kernels (spiffy_triton/contract.py):
-# written once there, read here by name.
-PHILOX_M0 = tl.constexpr(contract.PHILOX_M0)
-PHILOX_M1 = tl.constexpr(contract.PHILOX_M1)
-PHILOX_W0 = tl.constexpr(contract.PHILOX_W0)
-PHILOX_W1 = tl.constexpr(contract.PHILOX_W1)
-PHILOX_ROUNDS = tl.constexpr(contract.PHILOX_ROUNDS)
-LANE_SPAN = tl.constexpr(contract.LANE_SPAN)
-LANES = tl.constexpr(contract.LANES)
-NOISE_CHUNK = tl.constexpr(contract.NOISE_CHUNK)
-GUMBEL_STREAM = tl.constexpr(contract.GUMBEL_STREAM)
-TWO_POW_M32 = tl.constexpr(contract.TWO_POW_M32)
-SERIES_CUTOFF = tl.constexpr(contract.SERIES_CUTOFF)
-KEY_SENTINEL = tl.constexpr(contract.KEY_SENTINEL)  # below every real packed key
-KEY_ID_FLIP = tl.constexpr(contract.MAX_VOCAB)  # a packed key's low word is MAX_VOCAB - id
-
-
-# --------------------------------------------------------------------------------------------
-# Device helpers
-# --------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _philox4x32_10(c0, c1, c2, c3, k0, k1):
-    """Philox4x32-10 on uint32 tensors / scalars (Salmon et al., SC'11)."""
-    for _ in tl.static_range(PHILOX_ROUNDS):
-        hi0 = tl.umulhi(c0, PHILOX_M0)
-        lo0 = c0 * PHILOX_M0
-        hi1 = tl.umulhi(c2, PHILOX_M1)
-        lo1 = c2 * PHILOX_M1
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-        k0 = k0 + PHILOX_W0
-        k1 = k1 + PHILOX_W1
-    return c0, c1, c2, c3
-
-
-@triton.jit
-def _noise_words(chunk_index, position, step, stream, k0, k1, QB: tl.constexpr):
-    """The 32-bit words of the vocabulary ids chunk_index * NOISE_CHUNK + the
-    [Q, LANES, LANE_SPAN] tile."""
-    tl.static_assert(LANES == 4, "a Philox4x32 call gives four words: one lane each")
-    q = tl.arange(0, QB)[:, None, None]
-    lane = tl.arange(0, LANES)[None, :, None]
-    i = tl.arange(0, LANE_SPAN)[None, None, :]
-    counter0 = ((chunk_index + q) * LANE_SPAN + i).to(tl.uint32)
-    w0, w1, w2, w3 = _philox4x32_10(counter0, position, step, stream, k0, k1)
-    return tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
-
-
-@triton.jit
-def _vocab_tile(QB: tl.constexpr):
-    """Offsets of a [QB, LANES, LANE_SPAN] tile of contiguous vocabulary ids (the Philox lane
-    layout)."""
-    return (
-        tl.arange(0, QB)[:, None, None] * NOISE_CHUNK
-        + tl.arange(0, LANES)[None, :, None] * LANE_SPAN
-        + tl.arange(0, LANE_SPAN)[None, None, :]
-    )
-
-
-@triton.jit
-def _tile_max(x):
-    """Max of a [Q, 4, 256] tile, reduced axis by axis."""
-    return tl.max(tl.max(tl.max(x, axis=2), axis=1), axis=0)
-
-
-@triton.jit
-def _tile_sum(x):
-    """Sum of a [Q, 4, 256] tile, reduced axis by axis."""
-    return tl.sum(tl.sum(tl.sum(x, axis=2), axis=1), axis=0)
-
-
-@triton.jit
-def _gumbel_from_uint32(bits):
-    """Standard Gumbel noise (fp32) from uint32 words; mirrors reference gumbel_from_uint32."""
-    upper = bits >= 0x80000000
-    source = tl.where(upper, bits ^ 0xFFFFFFFF, bits).to(tl.float32)
-    v = (source + 0.5) * TWO_POW_M32
-    series = v * (1.0 + v * (0.5 + v * (0.3333333333333333 + v * 0.25)))
-    exp_upper = tl.where(v < SERIES_CUTOFF, series, -tl.log(1.0 - v))
-    exponential = tl.where(upper, exp_upper, -tl.log(v))
-    return -tl.log(exponential)
-
-
-@triton.jit
-def _ordered_key(x):
-    """int32 with the order of the fp32 values: -0 == +0, every NaN above +inf."""
-    x = tl.where(x == 0.0, 0.0, x)
-    bits = x.to(tl.int32, bitcast=True)
-    key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return tl.where(x != x, 0x7FFFFFFF, key)
-
-
-@triton.jit
-def _key_value(packed):
-    """The fp32 value in the high word of a packed key."""
-    key = (packed >> 32).to(tl.int32)
-    bits = tl.where(key < 0, key ^ 0x7FFFFFFF, key)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _id_word(vocab_id):
-    """``MAX_VOCAB - id``, the low word of a packed key (so ties go to the lowest id); an
-    involution, so it also reads the id back. Written tensor first: the interpreter would wrap
-    ``constexpr - tensor`` in a constexpr."""
-    return -(vocab_id - KEY_ID_FLIP)
-
-
-@triton.jit
-def _key_id(packed):
-    return _id_word(packed.to(tl.int32))
-
-
-@triton.jit
-def _pack(key, vocab_id, valid):
-    packed = (key.to(tl.int64) << 32) | _id_word(vocab_id).to(tl.int64)
-    return tl.where(valid, packed, KEY_SENTINEL)
-
-
-@triton.jit
-def _insert(topk, candidate, slots, K: tl.constexpr, KP: tl.constexpr):
-    """Replace the smallest of the first K slots by `candidate` when it is larger."""
-    live = tl.where(slots < K, topk, 9223372036854775807)
-    smallest = tl.min(live, axis=0)
-    slot = tl.min(tl.where(live == smallest, slots, KP), axis=0)
-    return tl.where((slots == slot) & (candidate > smallest), candidate, topk)
-
-
-@triton.jit
-def _finalize(
-    row,
-    m,
-    s,
-    t,
-    flag,
-    topk,
-    best,
-    row_ptr,
-    stride_vocab,
-    token_ptr,
-    prob_ptr,
-    topk_tokens_ptr,
-    topk_probs_ptr,
-    lse_ptr,
-    entropy_ptr,
-    K: tl.constexpr,
-    SAMPLE: tl.constexpr,
-):
-    """Write one row's outputs from its reduced statistics (flag: 2 NaN, 1 +inf, 0 clean)."""
-    has_mass = s > 0.0
-    safe_s = tl.where(has_mass, s, 1.0)
-    log_s = tl.log(safe_s)
-    lse = tl.where(has_mass, m + log_s, float("-inf"))
-    entropy = tl.where(has_mass, log_s - t / safe_s, 0.0)
-    lse = tl.where(flag == 2, float("nan"), tl.where(flag == 1, float("inf"), lse))
-    entropy = tl.where(flag > 0, float("nan"), entropy)
-    tl.store(lse_ptr + row, lse)
-    tl.store(entropy_ptr + row, entropy)
-    safe_lse = tl.where((flag > 0) | (lse == float("-inf")), 0.0, lse)  # no inf - inf below
-
-    top_token = tl.zeros((), tl.int64)
-    top_prob = tl.zeros((), tl.float32)
-    for j in tl.static_range(K):
-        b = tl.max(topk, axis=0)
-        topk = tl.where(topk == b, KEY_SENTINEL, topk)
-        real = b != KEY_SENTINEL  # slots past V stay empty
-        p = tl.exp(_key_value(b) - safe_lse)
-        p = tl.where(lse == float("-inf"), 0.0, p)
-        p = tl.where(flag > 0, float("nan"), p)
-        p = tl.where(real, p, 0.0)
-        token = tl.where(real, _key_id(b), -1).to(tl.int64)
-        tl.store(topk_tokens_ptr + row * K + j, token)
-        tl.store(topk_probs_ptr + row * K + j, p)
-        if j == 0:
-            top_token = token
-            top_prob = p
-    if SAMPLE:
-        token = _key_id(best).to(tl.int64)
-        x = tl.load(row_ptr + token * stride_vocab).to(tl.float32)
-        p = tl.where(lse == float("-inf"), 0.0, tl.exp(x - safe_lse))
-        top_prob = tl.where(flag > 0, float("nan"), p)
-        top_token = token
-    tl.store(token_ptr + row, top_token)
-    tl.store(prob_ptr + row, top_prob)
-
 
 # --------------------------------------------------------------------------------------------
 # Kernels
@@ -276,11 +106,16 @@ def _marginals_kernel(
     SAMPLE: tl.constexpr,
     FINALIZE: tl.constexpr,
 ):
+    """One row's vocabulary range [split]: (m, s, t), flag, top-k and best Gumbel score, then
+    the row's outputs (FINALIZE: one split) or the split's partials for `_combine_kernel`."""
+    QB: tl.constexpr = BLOCK_V // NOISE_CHUNK
+    tl.static_assert(QB * NOISE_CHUNK == BLOCK_V, "a tile is whole noise chunks")
+    tl.static_assert(K <= MAX_TOP_K, "top-k fits the KP-slot list of packed keys")
+    tl.static_assert((K <= KP) & ((KP & (KP - 1)) == 0), "KP: a power of two >= K")
     row = tl.program_id(0)
     split = tl.program_id(1)
-    QB: tl.constexpr = BLOCK_V // NOISE_CHUNK
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    tile = _vocab_tile(QB)
+    tile = vocab_tile(QB)
     slots = tl.arange(0, KP)
     first_block = split * blocks_per_split
     end_block = tl.minimum(first_block + blocks_per_split, tl.cdiv(V, BLOCK_V))
@@ -301,65 +136,20 @@ def _marginals_kernel(
         block_start = block * BLOCK_V  # a multiple of BLOCK_V: aligned, vectorized loads
         vocab_id = block_start + tile
         valid = vocab_id < V
-        x = tl.load(row_ptr + vocab_id.to(tl.int64) * stride_vocab, mask=valid, other=float("-inf"))
-        x = x.to(tl.float32)
-        is_nan = x != x
-        is_pinf = x == float("inf")
-        clean = tl.where(is_nan | is_pinf, float("-inf"), x)
-
-        # online softmax with the entropy term
-        block_max = _tile_max(clean)
-        new_m = tl.maximum(m, block_max)
-        shift = tl.where(new_m == float("-inf"), 0.0, new_m)
-        diff = clean - shift
-        e = tl.exp(diff)
-        te = e * tl.maximum(diff, -3.4e38)  # e == 0 where diff == -inf
-        alpha = tl.exp(m - shift)
-        old_m = tl.where(s > 0.0, m, shift)  # keeps -inf * 0 out of the rescale
-        t = alpha * (t + (old_m - shift) * s) + _tile_sum(te)
-        s = alpha * s + _tile_sum(e)
-        m = new_m
-        block_flag = _tile_max(tl.where(is_nan, 2, tl.where(is_pinf, 1, 0)))
+        x, clean = load_tile(row_ptr, vocab_id, valid, stride_vocab)
+        m, s, t, block_max = softmax_entropy_update(clean, m, s, t)
+        block_flag = tile_flag(x)
         flag = tl.maximum(flag, block_flag)
-
-        # top-k: search the block only when its max beats the current k-th key
-        kth = tl.min(tl.where(slots < K, topk, 9223372036854775807), axis=0)
-        if (_ordered_key(block_max) > (kth >> 32).to(tl.int32)) | (block_flag > 0):
-            packed = _pack(_ordered_key(x), vocab_id, valid)
-            count = _tile_sum((packed > kth).to(tl.int32))
-            for _ in range(tl.minimum(count, K)):
-                b = _tile_max(packed)
-                topk = _insert(topk, b, slots, K, KP)
-                packed = tl.where(packed == b, KEY_SENTINEL, packed)
-
+        topk = topk_update(topk, x, vocab_id, valid, block_max, block_flag, slots, K, KP)
         if SAMPLE:
-            words = _noise_words(
-                block_start // NOISE_CHUNK, position, step_u, GUMBEL_STREAM, k0, k1, QB
+            chunk = block_start // NOISE_CHUNK
+            best = gumbel_update(
+                best, x, inv_t, vocab_id, valid, chunk, position, step_u, k0, k1, QB
             )
-            score = x * inv_t + _gumbel_from_uint32(words)
-            packed_score = _pack(_ordered_key(score), vocab_id, valid)
-            best = tl.maximum(best, _tile_max(packed_score))
 
     if FINALIZE:
-        _finalize(
-            row,
-            m,
-            s,
-            t,
-            flag,
-            topk,
-            best,
-            row_ptr,
-            stride_vocab,
-            token_ptr,
-            prob_ptr,
-            topk_tokens_ptr,
-            topk_probs_ptr,
-            lse_ptr,
-            entropy_ptr,
-            K,
-            SAMPLE,
-        )
+        outputs = (token_ptr, prob_ptr, topk_tokens_ptr, topk_probs_ptr, lse_ptr, entropy_ptr)
+        finalize(row, m, s, t, flag, topk, best, row_ptr, stride_vocab, outputs, K, SAMPLE)
     else:
         part = row * num_splits + split
         tl.store(part_stats_ptr + part * 3 + 0, m)
@@ -391,6 +181,8 @@ def _combine_kernel(
     BLOCK_S: tl.constexpr,
     SAMPLE: tl.constexpr,
 ):
+    """One row: merges the splits' partials and writes the row's outputs."""
+    tl.static_assert((BLOCK_S & (BLOCK_S - 1)) == 0, "BLOCK_S is a power of two")
     row = tl.program_id(0)
     splits = tl.arange(0, BLOCK_S)
     live = splits < num_splits
@@ -398,48 +190,17 @@ def _combine_kernel(
     m_i = tl.load(part_stats_ptr + part * 3 + 0, mask=live, other=float("-inf"))
     s_i = tl.load(part_stats_ptr + part * 3 + 1, mask=live, other=0.0)
     t_i = tl.load(part_stats_ptr + part * 3 + 2, mask=live, other=0.0)
-    m = tl.max(m_i, axis=0)
-    has_mass = s_i > 0.0
-    shift = tl.where(m == float("-inf"), 0.0, m)
-    m_i = tl.where(has_mass, m_i, shift)  # splits without mass add exact zeros, never NaN
-    alpha = tl.where(has_mass, tl.exp(m_i - shift), 0.0)
-    s = tl.sum(alpha * s_i, axis=0)
-    t = tl.sum(alpha * (t_i + (m_i - shift) * s_i), axis=0)
+    m, s, t = combine_stats(m_i, s_i, t_i)
     flag = tl.max(tl.load(part_flag_ptr + part, mask=live, other=0), axis=0)
     best = tl.max(tl.load(part_best_ptr + part, mask=live, other=KEY_SENTINEL), axis=0)
-
     slots = tl.arange(0, KP)
-    lists = tl.load(
-        part_topk_ptr + part[:, None] * KP + slots[None, :],
-        mask=live[:, None],
-        other=KEY_SENTINEL,
-    )
-    topk = tl.full((KP,), KEY_SENTINEL, tl.int64)
-    for j in tl.static_range(K):
-        b = tl.max(tl.max(lists, axis=1), axis=0)
-        topk = tl.where(slots == j, b, topk)
-        lists = tl.where(lists == b, KEY_SENTINEL, lists)
+    lists_ptr = part_topk_ptr + part[:, None] * KP + slots[None, :]
+    lists = tl.load(lists_ptr, mask=live[:, None], other=KEY_SENTINEL)
+    topk = merge_topk(lists, slots, K, KP)
 
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    _finalize(
-        row,
-        m,
-        s,
-        t,
-        flag,
-        topk,
-        best,
-        row_ptr,
-        stride_vocab,
-        token_ptr,
-        prob_ptr,
-        topk_tokens_ptr,
-        topk_probs_ptr,
-        lse_ptr,
-        entropy_ptr,
-        K,
-        SAMPLE,
-    )
+    outputs = (token_ptr, prob_ptr, topk_tokens_ptr, topk_probs_ptr, lse_ptr, entropy_ptr)
+    finalize(row, m, s, t, flag, topk, best, row_ptr, stride_vocab, outputs, K, SAMPLE)
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "step", "stream"])
@@ -456,12 +217,13 @@ def _noise_kernel(
 ):
     """The noise of marginals on its own: raw 32-bit words, or the fp32 Gumbel values
     (for the bitwise tests against the reference)."""
+    QB: tl.constexpr = BLOCK_V // NOISE_CHUNK
+    tl.static_assert(QB * NOISE_CHUNK == BLOCK_V, "a tile is whole noise chunks")
     row = tl.program_id(0)
     block_start = tl.program_id(1) * BLOCK_V
-    QB: tl.constexpr = BLOCK_V // NOISE_CHUNK
-    tile = _vocab_tile(QB)
+    tile = vocab_tile(QB)
     position = tl.load(positions_ptr + row).to(tl.uint32)
-    words = _noise_words(
+    words = noise_words(
         block_start // NOISE_CHUNK,
         position,
         step.to(tl.uint32, bitcast=True),
@@ -472,7 +234,7 @@ def _noise_kernel(
     )
     vocab_id = block_start + tile
     if GUMBEL:
-        values = _gumbel_from_uint32(words)
+        values = gumbel_from_uint32(words)
     else:
         values = words.to(tl.int64) & 0xFFFFFFFF
     tl.store(out_ptr + row.to(tl.int64) * V + vocab_id, values, mask=vocab_id < V)
@@ -493,17 +255,16 @@ def _rank_kernel(
     BLOCK_J: tl.constexpr,
 ):
     """rank(i) = #positions ranked before i; out[g, rank(i)] = i."""
+    tl.static_assert((BLOCK_J & (BLOCK_J - 1)) == 0, "BLOCK_J is a power of two")
     g = tl.program_id(0)
     i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    key_i = _rank_key(
-        conf_ptr, eligible_ptr, g, i, L, stride_cg, stride_cl, stride_eg, stride_el, IS_F64
-    )
+    conf_row = conf_ptr + g.to(tl.int64) * stride_cg
+    eligible_row = eligible_ptr + g.to(tl.int64) * stride_eg
+    key_i = rank_key(conf_row, eligible_row, i, L, stride_cl, stride_el, IS_F64)
     rank = tl.zeros((BLOCK_I,), tl.int32)
     for j0 in range(0, L, BLOCK_J):
         j = j0 + tl.arange(0, BLOCK_J)
-        key_j = _rank_key(
-            conf_ptr, eligible_ptr, g, j, L, stride_cg, stride_cl, stride_eg, stride_el, IS_F64
-        )
+        key_j = rank_key(conf_row, eligible_row, j, L, stride_cl, stride_el, IS_F64)
         before = (key_j[None, :] > key_i[:, None]) | (
             (key_j[None, :] == key_i[:, None]) & (j[None, :] < i[:, None])
         )
@@ -511,66 +272,44 @@ def _rank_kernel(
     tl.store(out_ptr + g.to(tl.int64) * L + rank, i.to(tl.int64), mask=i < L)
 
 
-@triton.jit
-def _rank_key(
-    conf_ptr,
-    eligible_ptr,
-    g,
-    idx,
-    L,
-    stride_cg,
-    stride_cl,
-    stride_eg,
-    stride_el,
-    IS_F64: tl.constexpr,
-):
-    """int64 key: order of the confidence (NaN as -inf, -0 == +0), ineligible below all."""
-    valid = idx < L
-    eligible = (
-        tl.load(eligible_ptr + g.to(tl.int64) * stride_eg + idx * stride_el, mask=valid, other=0)
-        != 0
-    )
-    if IS_F64:
-        c = tl.load(conf_ptr + g.to(tl.int64) * stride_cg + idx * stride_cl, mask=valid, other=0.0)
-        c = tl.where(c != c, float("-inf"), c)
-        c = tl.where(c == 0.0, 0.0, c)
-        bits = c.to(tl.int64, bitcast=True)
-        key = tl.where(bits < 0, bits ^ 0x7FFFFFFFFFFFFFFF, bits)
-    else:
-        c = tl.load(
-            conf_ptr + g.to(tl.int64) * stride_cg + idx * stride_cl, mask=valid, other=0.0
-        ).to(tl.float32)
-        c = tl.where(c != c, float("-inf"), c)
-        key = _ordered_key(c).to(tl.int64)
-    return tl.where(eligible, key, KEY_SENTINEL)
-
-
 # --------------------------------------------------------------------------------------------
-# Host side
+# Launchers and host-side config selection
 # --------------------------------------------------------------------------------------------
-
-
-def _select_config(num_rows: int, vocab: int) -> dict:
-    """Block size, warps and vocabulary split from the shape only (reproducible)."""
-    block_v = 2048 if vocab > contract.NOISE_CHUNK else contract.NOISE_CHUNK
-    num_blocks = triton.cdiv(vocab, block_v)
-    splits = max(1, triton.cdiv(TARGET_PROGRAMS, max(num_rows, 1)))
-    splits = max(1, min(splits, num_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
-    return {"block_v": block_v, "splits": splits, "num_warps": _select_num_warps(block_v)}
-
-
-def _select_num_warps(block_v: int) -> int:
-    """4 warps at both block sizes: on the H200 sweep (benchmarks/marginals_sweep.py), 4 warps
-    at BLOCK_V 2048 were within 1.5% of 8 or faster (up to 1.32x) in every shape with >= 288
-    rows, T = 0 and 1."""
-    del block_v
-    return 4
 
 
 def _int32_bits(value: int) -> int:
     """A uint32 value as the int32 with the same bits (kernel arguments are i32)."""
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _noise_keys(seed: int, step: int) -> tuple[int, int, int]:
+    """The kernels' (seed_lo, seed_hi, step) arguments."""
+    return _int32_bits(seed), _int32_bits(seed >> 32), _int32_bits(step)
+
+
+def _empty_outputs(num_rows: int, top_k: int, device) -> MarginalsOutput:
+    ints = {"dtype": torch.int64, "device": device}
+    floats = {"dtype": torch.float32, "device": device}
+    return MarginalsOutput(
+        token=torch.empty(num_rows, **ints),
+        prob=torch.empty(num_rows, **floats),
+        topk_tokens=torch.empty(num_rows, top_k, **ints),
+        topk_probs=torch.empty(num_rows, top_k, **floats),
+        lse=torch.empty(num_rows, **floats),
+        entropy=torch.empty(num_rows, **floats),
+    )
+
+
+def _partials(num_rows: int, splits: int, kp: int, device) -> tuple[torch.Tensor, ...]:
+    """Per (row, split): (m, s, t), flag, top-k list, best score (a dummy with one split)."""
+    shape = (num_rows, splits) if splits > 1 else (1, 1)
+    return (
+        torch.empty(*shape, 3, dtype=torch.float32, device=device),
+        torch.empty(shape, dtype=torch.int32, device=device),
+        torch.empty(*shape, kp, dtype=torch.int64, device=device),
+        torch.empty(shape, dtype=torch.int64, device=device),
+    )
 
 
 def marginals(logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=None):
@@ -583,15 +322,7 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
         logits, top_k, temperature, seed, step, positions, float64_ok=False
     )
     num_rows, vocab = logits.shape
-    device = logits.device
-    out = MarginalsOutput(
-        token=torch.empty(num_rows, dtype=torch.int64, device=device),
-        prob=torch.empty(num_rows, dtype=torch.float32, device=device),
-        topk_tokens=torch.empty(num_rows, top_k, dtype=torch.int64, device=device),
-        topk_probs=torch.empty(num_rows, top_k, dtype=torch.float32, device=device),
-        lse=torch.empty(num_rows, dtype=torch.float32, device=device),
-        entropy=torch.empty(num_rows, dtype=torch.float32, device=device),
-    )
+    out = _empty_outputs(num_rows, top_k, logits.device)
     if num_rows == 0:
         return out
     config = {**_select_config(num_rows, vocab), **(config or {})}
@@ -602,48 +333,32 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
     splits = triton.cdiv(num_blocks, blocks_per_split)
     kp = triton.next_power_of_2(top_k)
     sample = temperature > 0
-    finalize = splits == 1
-
-    part_shape = (num_rows, splits) if not finalize else (1, 1)
-    part_stats = torch.empty(*part_shape, 3, dtype=torch.float32, device=device)
-    part_flag = torch.empty(part_shape, dtype=torch.int32, device=device)
-    part_topk = torch.empty(*part_shape, kp, dtype=torch.int64, device=device)
-    part_best = torch.empty(part_shape, dtype=torch.int64, device=device)
+    partials = _partials(num_rows, splits, kp, logits.device)
     _marginals_kernel[(num_rows, splits)](
         logits,
         positions,
-        part_stats,
-        part_flag,
-        part_topk,
-        part_best,
+        *partials,
         *out,
         vocab,
-        logits.stride(0),
-        logits.stride(1),
+        *logits.stride(),
         blocks_per_split,
         splits,
         inverse_temperature(temperature),
-        _int32_bits(seed),
-        _int32_bits(seed >> 32),
-        _int32_bits(step),
+        *_noise_keys(seed, step),
         K=top_k,
         KP=kp,
         BLOCK_V=block_v,
         SAMPLE=sample,
-        FINALIZE=finalize,
+        FINALIZE=splits == 1,
         num_warps=config["num_warps"],
         num_stages=config.get("num_stages", 1),
     )
-    if not finalize:
+    if splits > 1:
         _combine_kernel[(num_rows,)](
             logits,
-            part_stats,
-            part_flag,
-            part_topk,
-            part_best,
+            *partials,
             *out,
-            logits.stride(0),
-            logits.stride(1),
+            *logits.stride(),
             splits,
             K=top_k,
             KP=kp,
@@ -664,9 +379,7 @@ def _noise(seed, step, positions, num_values, stream, gumbel):
             out,
             positions.to(torch.int64),
             num_values,
-            _int32_bits(seed),
-            _int32_bits(seed >> 32),
-            _int32_bits(step),
+            *_noise_keys(seed, step),
             _int32_bits(stream),
             BLOCK_V=contract.NOISE_CHUNK,
             GUMBEL=gumbel,
@@ -699,10 +412,8 @@ def rank_positions(confidence, eligible):
         eligible_bytes,
         out,
         length,
-        confidence.stride(0),
-        confidence.stride(1),
-        eligible_bytes.stride(0),
-        eligible_bytes.stride(1),
+        *confidence.stride(),
+        *eligible_bytes.stride(),
         IS_F64=confidence.dtype == torch.float64,
         BLOCK_I=block,
         BLOCK_J=block,
@@ -717,137 +428,5 @@ def rank_positions(confidence, eligible):
 
 
 def compile_configs() -> list[dict]:
-    """One entry per shipped configuration of the marginals kernels.
-
-    The main kernel at BLOCK_V 2048 (every V > 1024) in both modes (argmax / Gumbel) and both
-    finishes (fused finalize / split partials) for bf16 at k = 8 (the most registers), k = 1
-    for bf16, the other input dtypes at k = 8, and BLOCK_V 1024 (V <= 1024); the combine
-    kernel; the rank kernel.
-    """
-    shipped = [
-        ("bf16", 2048, 8, sample, finalize)
-        for sample in (False, True)
-        for finalize in (True, False)
-    ]
-    shipped += [("bf16", 2048, 1, False, True), ("bf16", 2048, 1, True, False)]
-    shipped += [(dtype, 2048, 8, True, True) for dtype in ("fp16", "fp32")]
-    shipped += [(dtype, 2048, 8, False, False) for dtype in ("fp16", "fp32")]
-    shipped += [("fp32", contract.NOISE_CHUNK, 8, True, True)]
-    # The buffers both kernels take, in their argument order.
-    partials_and_outputs = {
-        "part_stats_ptr": "*fp32",
-        "part_flag_ptr": "*i32",
-        "part_topk_ptr": "*i64",
-        "part_best_ptr": "*i64",
-        "token_ptr": "*i64",
-        "prob_ptr": "*fp32",
-        "topk_tokens_ptr": "*i64",
-        "topk_probs_ptr": "*fp32",
-        "lse_ptr": "*fp32",
-        "entropy_ptr": "*fp32",
-    }
-    configs = []
-    for dtype, block_v, top_k, sample, finalize in shipped:
-        name = (
-            f"marginals_{dtype}_v{block_v}_k{top_k}_{'sample' if sample else 'argmax'}_"
-            f"{'fused' if finalize else 'split'}"
-        )
-        configs.append(
-            {
-                "name": name,
-                "kernel": _marginals_kernel,
-                "signature": {
-                    "logits_ptr": f"*{dtype}",
-                    "positions_ptr": "*i64",
-                    **partials_and_outputs,
-                    "V": "i32",
-                    "stride_row": "i32",
-                    "stride_vocab": "constexpr",
-                    "blocks_per_split": "i32",
-                    "num_splits": "i32",
-                    "inv_t": "fp32",
-                    "seed_lo": "i32",
-                    "seed_hi": "i32",
-                    "step": "i32",
-                    "K": "constexpr",
-                    "KP": "constexpr",
-                    "BLOCK_V": "constexpr",
-                    "SAMPLE": "constexpr",
-                    "FINALIZE": "constexpr",
-                },
-                "constexprs": {
-                    "stride_vocab": 1,
-                    "K": top_k,
-                    "KP": triton.next_power_of_2(top_k),
-                    "BLOCK_V": block_v,
-                    "SAMPLE": sample,
-                    "FINALIZE": finalize,
-                },
-                "num_warps": _select_num_warps(block_v),
-                "num_stages": 1,
-                "tensor_cores": False,
-                # LLaDA's and Qwen's vocabularies (126464, 152064) are multiples of 16; the JIT
-                # specializes on it and the loads vectorize.
-                "divisible_by_16": ["V", "stride_row"],
-            }
-        )
-    for top_k in (1, 8):
-        for sample in (False, True):
-            configs.append(
-                {
-                    "name": f"marginals_combine_k{top_k}_{'sample' if sample else 'argmax'}",
-                    "kernel": _combine_kernel,
-                    "signature": {
-                        "logits_ptr": "*bf16",
-                        **partials_and_outputs,
-                        "stride_row": "i32",
-                        "stride_vocab": "constexpr",
-                        "num_splits": "i32",
-                        "K": "constexpr",
-                        "KP": "constexpr",
-                        "BLOCK_S": "constexpr",
-                        "SAMPLE": "constexpr",
-                    },
-                    "constexprs": {
-                        "stride_vocab": 1,
-                        "K": top_k,
-                        "KP": triton.next_power_of_2(top_k),
-                        "BLOCK_S": MAX_SPLITS,
-                        "SAMPLE": sample,
-                    },
-                    "num_warps": 1,
-                    "num_stages": 1,
-                    "tensor_cores": False,
-                }
-            )
-    for is_f64 in (False, True):
-        configs.append(
-            {
-                "name": f"rank_positions_{'fp64' if is_f64 else 'fp32'}",
-                "kernel": _rank_kernel,
-                "signature": {
-                    "conf_ptr": "*fp64" if is_f64 else "*fp32",
-                    "eligible_ptr": "*u8",
-                    "out_ptr": "*i64",
-                    "L": "i32",
-                    "stride_cg": "i32",
-                    "stride_cl": "constexpr",
-                    "stride_eg": "i32",
-                    "stride_el": "constexpr",
-                    "IS_F64": "constexpr",
-                    "BLOCK_I": "constexpr",
-                    "BLOCK_J": "constexpr",
-                },
-                "constexprs": {
-                    "stride_cl": 1,
-                    "stride_el": 1,
-                    "IS_F64": is_f64,
-                    "BLOCK_I": RANK_BLOCK,
-                    "BLOCK_J": RANK_BLOCK,
-                },
-                "num_warps": 4,
-                "num_stages": 1,
-                "tensor_cores": False,
-            }
-        )
-    return configs
+    """One entry per shipped configuration (the table is kernels/marginals_configs.py)."""
+    return shipped_configs(_marginals_kernel, _combine_kernel, _rank_kernel)

@@ -129,7 +129,7 @@ MUTANTS = (
     Mutant(
         "kernel-causal-as-full",
         "spiffy_triton.kernels.graph_attention",
-        (("visible = (relation[:, None] == 1) |", "visible = (relation[:, None] >= 1) |"),),
+        (("visible = (relation[:, None] == FULL) |", "visible = (relation[:, None] >= FULL) |"),),
         ("tests/test_graph_attention.py::test_attention_parity",),
         "kernel: only FULL tiles are visible without the offset test",
     ),
@@ -148,7 +148,7 @@ MUTANTS = (
     # ------------------------------------------------------------------------ top-k insertion
     Mutant(
         "kernel-topk-insert-even-when-smaller",
-        "spiffy_triton.kernels.marginals",
+        "spiffy_triton.kernels.marginals_helpers",
         (
             (
                 "return tl.where((slots == slot) & (candidate > smallest), candidate, topk)",
@@ -161,7 +161,7 @@ MUTANTS = (
     ),
     Mutant(
         "kernel-topk-one-insert-short",
-        "spiffy_triton.kernels.marginals",
+        "spiffy_triton.kernels.marginals_helpers",
         (
             (
                 "for _ in range(tl.minimum(count, K)):",

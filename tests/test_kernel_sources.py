@@ -16,6 +16,8 @@ import inspect
 import pytest
 
 KERNEL_MODULES = ("spiffy_triton.kernels.graph_attention", "spiffy_triton.kernels.marginals")
+# @triton.jit helpers a family keeps beside its kernel file (docs/ARCHITECTURE.md, "Kernel files")
+HELPER_MODULES = ("spiffy_triton.kernels.marginals_helpers",)
 
 
 def _jit_decorator(node: ast.FunctionDef):
@@ -118,7 +120,7 @@ def _contract_literals_in(node: ast.FunctionDef, literals: dict) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("module_name", KERNEL_MODULES)
+@pytest.mark.parametrize("module_name", KERNEL_MODULES + HELPER_MODULES)
 def test_kernels_read_the_contract_by_name(module_name):
     literals = _contract_literals()
     found = {
