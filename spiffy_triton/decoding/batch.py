@@ -238,6 +238,9 @@ class ForwardBatcher:
             if not _is_kv_cache(cache) or cache.batch_size not in (1, ids.shape[0]):
                 return ("alone",)
             geometry = (cache.mode, cache.block_start, cache.block_end, cache.total_length)
+        if cache is None and layout is not None and (pos is None or len(pos) == ids.shape[1]):
+            # the B = 1 forward takes the layout path: varlen packing gives its logits
+            return ("varlen", ids.dtype)
         return ("forward", ids.shape[1], ids.dtype, pos, layout, geometry)
 
     def _prefill_key(self, ids, kw) -> tuple:
@@ -276,6 +279,8 @@ class ForwardBatcher:
                     self._run_alone(requests[0])
                 elif key[0] == "forward":
                     self._run_forward(key, requests)
+                elif key[0] == "varlen":
+                    self._run_varlen(requests)
                 else:
                     self._run_prefill(requests)
                 self._attribute(requests, time.perf_counter() - started)
@@ -337,6 +342,31 @@ class ForwardBatcher:
             start += n
         self._count(requests, rows)
 
+    def _run_varlen(self, requests: list[_Request]) -> None:
+        """Uncached forwards with a layout, of any lengths, as one sequence: every batch row of
+        every call is a run of segments (its layout), blind to the others (NONE), at its own
+        positions, visiting its keys in its own order. The kernel's key tiles never cross a
+        segment boundary, so each row gets the logits of its own call (docs/DECODING.md)."""
+        rows = [_batch_rows(r) for r in requests]
+        ids, pos, parts = [], [], []
+        for request, n in zip(requests, rows):
+            x = request.payload[1][0]
+            kw = request.payload[2]
+            p = kw["position_ids"]
+            p = torch.arange(x.shape[1], device=x.device) if p is None else p.reshape(-1)
+            ids.append(x.reshape(-1))
+            pos.append(p.to(x.device).repeat(n))
+            parts += [kw["layout"]] * n
+        out = self.model(
+            torch.cat(ids)[None], position_ids=torch.cat(pos), layout=_block_diagonal(parts)
+        )[0]
+        start = 0
+        for request, n in zip(requests, rows):
+            m = request.payload[1][0].shape[1]
+            request.result = out[start : start + n * m].view(n, m, -1)
+            start += n * m
+        self._count(requests, rows)
+
     def _stack_caches(self, key: tuple, caches: list, rows: list[int]):
         """One cache of ``sum(rows)`` batch rows: each row's cache repeated to its batch rows.
         Kept for the group while its rows' caches (and batch rows) stay the same."""
@@ -385,6 +415,29 @@ class ForwardBatcher:
 
 
 _KV_FIELDS = ("prefix_k", "prefix_v", "suffix_k", "suffix_v")
+
+
+def _block_diagonal(layouts: list):
+    """The layouts side by side, each blind to the others: query and key segments in order,
+    visibility block-diagonal, each layout's key order kept (as distinct ranks)."""
+    from ..layout import NONE, SegmentLayout
+
+    q_lengths, k_lengths, ranks, rows = [], [], [], []
+    num_k = sum(len(layout.k_lengths) for layout in layouts)
+    offset = 0
+    for layout in layouts:
+        n = len(layout.k_lengths)
+        order = sorted(range(n), key=lambda j: (layout.key_order[j], j))
+        rank = [0] * n
+        for r, j in enumerate(order):
+            rank[j] = r
+        q_lengths += layout.q_lengths
+        k_lengths += layout.k_lengths
+        ranks += rank
+        for row in layout.visibility.tolist():
+            rows.append([NONE] * offset + row + [NONE] * (num_k - offset - n))
+        offset += n
+    return SegmentLayout(q_lengths, k_lengths, rows, key_order=ranks)
 
 
 def _batch_rows(request: _Request) -> int:
