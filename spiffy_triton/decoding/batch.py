@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..layout import NONE, SegmentLayout
 from .budget import AutoDraftBudget
 
 __all__ = ["BatchGenerateOutput", "BatchRowStats", "ForwardBatcher", "generate_batch"]
@@ -237,6 +238,8 @@ class ForwardBatcher:
         if cache is not None:
             if not _is_kv_cache(cache) or cache.batch_size not in (1, ids.shape[0]):
                 return ("alone",)
+            if pos is not None and _cached_segments(cache, ids.shape[1], layout) is not None:
+                return ("cached-varlen", ids.dtype)  # packed beside others over their caches
             geometry = (cache.mode, cache.block_start, cache.block_end, cache.total_length)
         if cache is None and layout is not None and (pos is None or len(pos) == ids.shape[1]):
             # the B = 1 forward takes the layout path: varlen packing gives its logits
@@ -281,6 +284,8 @@ class ForwardBatcher:
                     self._run_forward(key, requests)
                 elif key[0] == "varlen":
                     self._run_varlen(requests)
+                elif key[0] == "cached-varlen":
+                    self._run_cached_varlen(key, requests)
                 else:
                     self._run_prefill(requests)
                 self._attribute(requests, time.perf_counter() - started)
@@ -367,6 +372,98 @@ class ForwardBatcher:
             start += n * m
         self._count(requests, rows)
 
+    def _run_cached_varlen(self, key: tuple, requests: list[_Request]) -> None:
+        """Cached forwards of any shapes as one sequence over one merged cache: the keys are
+        every row's cached segments, then every batch row's fresh rows (its queries); each
+        batch row sees its own cache copy and its own rows through its layout's segments (in
+        its own key order), nothing of the others. The model reads the merged keys as a
+        prefix cache whose real rows are all the query rows (`_merged_cache`)."""
+        rows = [_batch_rows(r) for r in requests]
+        plans = []
+        for request in requests:
+            x, kw = request.payload[1][0], request.payload[2]
+            plans.append(_cached_segments(kw["cache"], x.shape[1], kw["layout"]))
+        caches = [r.payload[2]["cache"] for r in requests]
+        cached_k, cached_v, cached_lengths, cached_index = self._merged_cached_keys(
+            key, caches, plans
+        )
+        q_lengths, visibility, fresh, pos, ids = [], [], [], [], []
+        k_lengths = list(cached_lengths)
+        fresh_offset = len(k_lengths)
+        placements = []  # per batch row: (plan, its cached segment indices, its fresh indices)
+        for i, (request, plan, n) in enumerate(zip(requests, plans, rows)):
+            x, kw = request.payload[1][0], request.payload[2]
+            p = kw["position_ids"].reshape(-1).to(x.device)
+            layout, parts = plan
+            for j in range(n):
+                copy = j if kw["cache"].batch_size > 1 else 0
+                index = {}
+                for seg, part in enumerate(parts):
+                    if part in ("real", "extra"):
+                        index[seg] = fresh_offset + len(fresh)
+                        fresh.append(layout.k_lengths[seg])
+                    else:
+                        index[seg] = cached_index[(i, copy, seg)]
+                placements.append((layout, index))
+                ids.append(x[j])
+                pos.append(p)
+        k_lengths += fresh
+        num_k = len(k_lengths)
+        ranks = [0] * num_k
+        for layout, index in placements:
+            n = len(layout.k_lengths)
+            order = sorted(range(n), key=lambda seg: (layout.key_order[seg], seg))
+            for r, seg in enumerate(order):
+                ranks[index[seg]] = r
+            for row in layout.visibility.tolist():
+                full = [NONE] * num_k
+                for seg, v in enumerate(row):
+                    full[index[seg]] = v
+                visibility.append(full)
+            q_lengths += layout.q_lengths
+        layout = SegmentLayout(q_lengths, k_lengths, visibility, key_order=ranks)
+        ids = torch.cat(ids)[None]
+        cache = _merged_cache(caches[0], cached_k, cached_v, ids.shape[1])
+        out = self.model(ids, position_ids=torch.cat(pos), layout=layout, cache=cache)[0]
+        start = 0
+        for request, n in zip(requests, rows):
+            m = request.payload[1][0].shape[1]
+            request.result = out[start : start + n * m].view(n, m, -1)
+            start += n * m
+        self._count(requests, rows)
+
+    def _merged_cached_keys(self, key: tuple, caches: list, plans: list):
+        """Every row's cached keys and values, one sequence per layer (kept while the rows'
+        caches stay the same), their key segments' lengths and where each row's segments
+        are: ``(row, cache copy, its layout's segment) -> merged segment``."""
+        lengths, index, slices = [], {}, []  # slices: (row, copy, field part, start, stop)
+        for i, (cache, (layout, parts)) in enumerate(zip(caches, plans)):
+            for copy in range(cache.batch_size):
+                offsets = {"prefix": 0, "suffix": 0}
+                for seg, part in enumerate(parts):
+                    if part not in offsets:
+                        continue
+                    n = layout.k_lengths[seg]
+                    index[(i, copy, seg)] = len(lengths)
+                    lengths.append(n)
+                    slices.append((i, copy, part, offsets[part], offsets[part] + n))
+                    offsets[part] += n
+        kept = self._stacked.get(key)
+        if kept is not None and len(kept[0]) == len(caches) and kept[1] == slices:
+            if all(a is b for a, b in zip(kept[0], caches)):
+                return kept[2], kept[3], lengths, index
+        keys, values = [], []
+        for layer in range(len(caches[0].layers)):
+            ks, vs = [], []
+            for i, copy, part, a, b in slices:
+                kv = caches[i].layers[layer]
+                ks.append(getattr(kv, f"{part}_k")[copy : copy + 1, :, a:b])
+                vs.append(getattr(kv, f"{part}_v")[copy : copy + 1, :, a:b])
+            keys.append(torch.cat(ks, dim=2))
+            values.append(torch.cat(vs, dim=2))
+        self._stacked[key] = (caches, slices, keys, values)
+        return keys, values, lengths, index
+
     def _stack_caches(self, key: tuple, caches: list, rows: list[int]):
         """One cache of ``sum(rows)`` batch rows: each row's cache repeated to its batch rows.
         Kept for the group while its rows' caches (and batch rows) stay the same."""
@@ -417,11 +514,56 @@ class ForwardBatcher:
 _KV_FIELDS = ("prefix_k", "prefix_v", "suffix_k", "suffix_v")
 
 
+def _cached_segments(cache, num_q: int, layout):
+    """``(layout, part of each key segment)`` of a cached forward with `num_q` query rows (its
+    layout, or the model's default one): a key segment lies in the cached ``"prefix"``, the
+    fresh ``"real"`` rows, the cached ``"suffix"`` or the fresh ``"extra"`` rows (the key order
+    of the cached forward's contract). None when a segment straddles two of them (the forward
+    then runs in a shape group, never cut into other tiles)."""
+    from ..models.llada import default_cached_layout
+
+    real = cache.real_rows
+    if num_q < real:
+        return None
+    if layout is None:
+        try:
+            layout = default_cached_layout(cache, num_q - real)
+        except ValueError:
+            return None
+    bounds = [
+        ("prefix", cache.prefix_len),
+        ("real", real),
+        ("suffix", cache.suffix_len),
+        ("extra", num_q - real),
+    ]
+    if layout.num_q_rows != num_q or layout.num_k_rows != sum(n for _, n in bounds):
+        return None
+    parts, part, used = [], 0, 0
+    for n in layout.k_lengths:
+        while part < len(bounds) and used == bounds[part][1] and n > 0:
+            part, used = part + 1, 0
+        if part == len(bounds) or used + n > bounds[part][1]:
+            return None
+        parts.append(bounds[part][0])
+        used += n
+    return layout, parts
+
+
+def _merged_cache(like, keys: list, values: list, num_q: int):
+    """A prefix cache holding `keys` / `values` (every row's cached keys), whose real rows are
+    all `num_q` query rows: the model's cached forward then attends over ``[merged cached keys,
+    every query row's fresh keys]`` under the caller's layout."""
+    prefix = keys[0].shape[2]
+    layers = tuple(
+        type(like.layers[0])(prefix_k=k, prefix_v=v, suffix_k=None, suffix_v=None)
+        for k, v in zip(keys, values)
+    )
+    return type(like)("prefix", prefix, prefix + 1, prefix + num_q, layers)
+
+
 def _block_diagonal(layouts: list):
     """The layouts side by side, each blind to the others: query and key segments in order,
     visibility block-diagonal, each layout's key order kept (as distinct ranks)."""
-    from ..layout import NONE, SegmentLayout
-
     q_lengths, k_lengths, ranks, rows = [], [], [], []
     num_k = sum(len(layout.k_lengths) for layout in layouts)
     offset = 0
