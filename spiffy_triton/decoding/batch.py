@@ -4,7 +4,7 @@
 ``[B, P]`` tensor with ``lengths=``) runs one `generate` pipeline per row (its own settings,
 step counter, noise keys, drafts, caches, statistics and auto budget), in lockstep: a row's
 verifier calls the model through a proxy, every active row's model call of a round is gathered,
-and calls of the same shape are evaluated in **one** model call (`ForwardBatcher`). A row whose
+and calls that can share are evaluated in **one** model call (`ForwardBatcher`, "Scope"). A row whose
 block is done stops costing rows (it asks for a smaller forward, or none); a finished row
 leaves the batch.
 
@@ -13,19 +13,28 @@ tokens and NFE are B = 1's whenever the model gives a batch row the logits it gi
 alone. It does for the package's models (tests/test_batch.py checks tokens and NFE per row):
 every op is row-wise, and the cached forward takes a cache of one batch row per input row.
 
-Scope. Two calls share a forward when they are forwards of one of the package's models
-(`LLaDAModel` and its subclasses: LLaDA, Dream, SDAR) with the same query length, position ids,
-`SegmentLayout` and cache geometry (mode, block bounds, length): their batch rows are stacked
-(each row's cache repeated to its batch rows and concatenated; the stacked cache is kept while
-the rows' caches do not change). That covers every mode: no cache and ``cache="prefix"`` /
-``"dual"``, ``verify="batch"`` (rows with different draft counts share: drafts are batch rows)
-and ``"packed"`` (rows with the same draft count share). Block-start prefills of the same shape
-share too (LLaDA and Dream; SDAR's incremental commit runs per row). Calls of different shapes
-(prompts of different lengths, packed rows with different draft counts) run as separate calls
-of the same round: rows of different lengths are not packed into one sequence, because a
-block-diagonal varlen forward does not give the B = 1 logits bit for bit (docs/DECODING.md,
-"Batched decoding"). Other models (the Hugging Face adapter) run one row at a time through the
-same lockstep.
+Scope. Calls of the package's models (`LLaDAModel` and its subclasses: LLaDA, Dream, SDAR) are
+merged in every mode, so each call gets the arithmetic of its B = 1 call:
+
+- a forward with a `SegmentLayout` (uncached ``verify="packed"`` with drafts, SDAR's
+  block-causal forwards, every cached forward: ``cache="prefix"`` / ``"dual"``, packed or
+  batch) is packed **varlen**: every batch row of every call is a run of segments of one
+  sequence, blind to the others (NONE), at its own positions, visiting its keys in its own
+  order; cached rows read one merged cache holding every row's cached keys (`_merged_cache`).
+  Rows of any prompt length and draft count share one call, and no padding row is computed.
+  Exact because the attention's key tiles never cross a segment boundary
+  (spiffy_triton/layout.py) and every other op is row-wise: measured bit-identical
+  (docs/DECODING.md, "Batched decoding").
+- a forward without a layout (uncached root-only and ``verify="batch"`` forwards: the model's
+  plain SDPA, issue #21) shares with calls of the same sequence length: batch rows stacked.
+  Packing those varlen would put them on the layout path, whose logits differ from SDPA's in
+  the last bits (measured: up to 5.6e-5 in float32), so rows of different lengths run as
+  separate calls of the round there.
+- block-start prefills (one full SDPA forward) of the same shape share, their caches split
+  per row (LLaDA, Dream; SDAR's incremental commit runs per row).
+
+Other models (the Hugging Face adapter) and calls of other forms run one row at a time through
+the same lockstep.
 
 Auto budgets. ``max_drafts="auto"`` gives each row its own `AutoDraftBudget` (cost model from
 the process cache, measured once; rates learned over the row's own run), not the process-wide
