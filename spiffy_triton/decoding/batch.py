@@ -3,10 +3,10 @@
 `generate_batch(model, prompts, ...)` (and `generate` given a list of prompts or a padded
 ``[B, P]`` tensor with ``lengths=``) runs one `generate` pipeline per row (its own settings,
 step counter, noise keys, drafts, caches, statistics and auto budget), in lockstep: a row's
-verifier calls the model through a proxy, every active row's model call of a round is gathered,
-and calls that can share are evaluated in **one** model call (`ForwardBatcher`, "Scope"). A row whose
-block is done stops costing rows (it asks for a smaller forward, or none); a finished row
-leaves the batch.
+verifier calls the model through a proxy, every active row's model call of a round is
+gathered, and calls that can share are evaluated in **one** model call (`ForwardBatcher`,
+"Scope" below). A row whose block is done stops costing rows (it asks for a smaller forward, or
+none); a finished row leaves the batch.
 
 Each row's decoding is the B = 1 pipeline unchanged (only its model calls are merged), so its
 tokens and NFE are B = 1's whenever the model gives a batch row the logits it gives that row
@@ -239,21 +239,26 @@ class ForwardBatcher:
     def _forward_key(self, ids, pos, layout, cache, kw) -> tuple:
         if not self.shareable or kw or not isinstance(ids, torch.Tensor) or ids.dim() != 2:
             return ("alone",)
-        if pos is not None:
-            if not isinstance(pos, torch.Tensor) or (pos.dim() == 2 and pos.shape[0] != 1):
-                return ("alone",)
-            pos = tuple(pos.reshape(-1).tolist())
+        width = ids.shape[1]
+        if pos is not None and (
+            not isinstance(pos, torch.Tensor)
+            or pos.dim() not in (1, 2)
+            or (pos.dim() == 2 and pos.shape[0] != 1)
+            or pos.shape[-1] != width
+        ):
+            return ("alone",)
         geometry = None
         if cache is not None:
             if not _is_kv_cache(cache) or cache.batch_size not in (1, ids.shape[0]):
                 return ("alone",)
-            if pos is not None and _cached_segments(cache, ids.shape[1], layout) is not None:
+            if pos is not None and _cached_segments(cache, width, layout) is not None:
                 return ("cached-varlen", ids.dtype)  # packed beside others over their caches
             geometry = (cache.mode, cache.block_start, cache.block_end, cache.total_length)
-        if cache is None and layout is not None and (pos is None or len(pos) == ids.shape[1]):
+        elif layout is not None:
             # the B = 1 forward takes the layout path: varlen packing gives its logits
             return ("varlen", ids.dtype)
-        return ("forward", ids.shape[1], ids.dtype, pos, layout, geometry)
+        pos = None if pos is None else tuple(pos.reshape(-1).tolist())
+        return ("forward", width, ids.dtype, pos, layout, geometry)
 
     def _prefill_key(self, ids, kw) -> tuple:
         if (
