@@ -404,7 +404,7 @@ class ForwardBatcher:
         q_lengths, visibility, fresh, pos, ids = [], [], [], [], []
         k_lengths = list(cached_lengths)
         fresh_offset = len(k_lengths)
-        placements = []  # per batch row: (plan, its cached segment indices, its fresh indices)
+        placements = []  # per batch row: its layout, and where each of its key segments went
         for i, (request, plan, n) in enumerate(zip(requests, plans, rows)):
             x, kw = request.payload[1][0], request.payload[2]
             p = kw["position_ids"].reshape(-1).to(x.device)
