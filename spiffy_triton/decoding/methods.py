@@ -198,6 +198,7 @@ class SpiffyMethod(DecodeMethod):
         self.walk_top_k = top_k if self.reuse_p_last else 1
         self.p_last: MarginalsOutput | None = None
         self.shape_of = None  # verify shape with k drafts of the current block
+        self.batch_wait_ms = 0.0  # the last verify's wait for other rows (decoding.batch)
 
     @property
     def num_nodes(self) -> int:
@@ -288,7 +289,9 @@ class SpiffyMethod(DecodeMethod):
 
     def verify(self, run, block: Block, drafts: Drafts, started: float) -> Forward:
         model_s = run.stats.time_s["model"]
+        wait_s = run.stats.time_s.get("batch_wait", 0.0)
         forward = super().verify(run, block, drafts, started)
+        self.batch_wait_ms = (run.stats.time_s.get("batch_wait", 0.0) - wait_s) * 1e3
         if self.auto is not None:  # the budget refits its cost model on real forwards
             ms = (run.stats.time_s["model"] - model_s) * 1e3
             self.auto.record_forward(self.shape_of(len(drafts)), ms, drafts=len(drafts))
@@ -300,7 +303,8 @@ class SpiffyMethod(DecodeMethod):
     def after_walk(self, run, block: Block, forward: Forward, walk: Walk) -> None:
         if self.auto is not None:
             self.auto.observe(walk.path)
-            elapsed_ms = (time.perf_counter() - forward.started) * 1e3
+            # a batched row's wait for the other rows is not this iteration's cost
+            elapsed_ms = (time.perf_counter() - forward.started) * 1e3 - self.batch_wait_ms
             self.auto.end_iteration(walk.advanced, elapsed_ms)
         if walk.done:
             return
