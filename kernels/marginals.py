@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spiffy_triton import contract
+from spiffy_triton import contract, triton_mode
 from spiffy_triton.contract import (
     count_above_threshold,
     inverse_temperature,
@@ -582,6 +582,12 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
     positions = validate_marginals_args(
         logits, top_k, temperature, seed, step, positions, float64_ok=False
     )
+    return launch(logits, positions, top_k, temperature, seed, step, config=config)
+
+
+def launch(logits, positions, top_k, temperature, seed, step, *, config=None):
+    """Launch on checked arguments (`positions` given): reads shapes only, so
+    `torch.library.triton_op` can trace it (spiffy_triton.ops)."""
     num_rows, vocab = logits.shape
     device = logits.device
     out = MarginalsOutput(
@@ -609,7 +615,7 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
     part_flag = torch.empty(part_shape, dtype=torch.int32, device=device)
     part_topk = torch.empty(*part_shape, kp, dtype=torch.int64, device=device)
     part_best = torch.empty(part_shape, dtype=torch.int64, device=device)
-    _marginals_kernel[(num_rows, splits)](
+    triton_mode.traceable(_marginals_kernel)[(num_rows, splits)](
         logits,
         positions,
         part_stats,
@@ -635,7 +641,7 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
         num_stages=config.get("num_stages", 1),
     )
     if not finalize:
-        _combine_kernel[(num_rows,)](
+        triton_mode.traceable(_combine_kernel)[(num_rows,)](
             logits,
             part_stats,
             part_flag,
