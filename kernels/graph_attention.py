@@ -338,9 +338,17 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 
 def _forward(q, k, v, layout: SegmentLayout, scale: float, return_lse: bool, config: KernelConfig):
+    schedule = layout.schedule(config.block_m // config.heads_per_tile, config.block_n, q.device)
+    out, lse = launch(q, k, v, schedule, layout.num_k_segments, scale, return_lse, config)
+    return (out, lse) if return_lse else out
+
+
+def launch(q, k, v, schedule, num_k_segments: int, scale: float, return_lse: bool, config):
+    """Launch the kernel over a tile `schedule` built for `config`: only shapes and tensors are
+    read here (no layout values), so `torch.library.triton_op` can trace it (spiffy_triton.ops).
+    Returns ``(out, lse)``; ``lse`` is a ``(1,)`` placeholder unless `return_lse`."""
     batch, q_heads, q_rows, head_dim = q.shape
-    kv_heads = k.shape[1]
-    group = q_heads // kv_heads
+    group = q_heads // k.shape[1]
     if group % config.heads_per_tile != 0 or config.block_m % config.heads_per_tile != 0:
         raise ValueError(
             f"graph_attention: config {config} does not fit GQA group {group} "
@@ -350,11 +358,10 @@ def _forward(q, k, v, layout: SegmentLayout, scale: float, return_lse: bool, con
     lse_shape = (batch, q_heads, q_rows) if return_lse else (1,)
     lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
-        return (out, lse) if return_lse else out
-    schedule = layout.schedule(config.block_m // config.heads_per_tile, config.block_n, q.device)
+        return out, lse
     num_head_groups = q_heads // config.heads_per_tile
-    grid = (schedule.num_q_tiles, batch * num_head_groups)
-    _graph_attention_fwd[grid](
+    grid = (schedule.tile_offsets.shape[0] - 1, batch * num_head_groups)
+    triton_mode.traceable(_graph_attention_fwd)[grid](
         q,
         k,
         v,
@@ -371,7 +378,7 @@ def _forward(q, k, v, layout: SegmentLayout, scale: float, return_lse: bool, con
         *v.stride(),
         *out.stride(),
         q_rows,
-        layout.num_k_segments,
+        num_k_segments,
         num_head_groups,
         GROUP=group,
         HEADS_PER_TILE=config.heads_per_tile,
@@ -386,7 +393,7 @@ def _forward(q, k, v, layout: SegmentLayout, scale: float, return_lse: bool, con
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    return (out, lse) if return_lse else out
+    return out, lse
 
 
 def check_kernel_inputs(q, k, v, layout, scale, return_lse) -> float:

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spiffy_triton import contract
+from spiffy_triton import contract, triton_mode
 from spiffy_triton.contract import (
     count_above_threshold,
     inverse_temperature,
@@ -321,6 +321,12 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
     positions = validate_marginals_args(
         logits, top_k, temperature, seed, step, positions, float64_ok=False
     )
+    return launch(logits, positions, top_k, temperature, seed, step, config=config)
+
+
+def launch(logits, positions, top_k, temperature, seed, step, *, config=None):
+    """Launch on checked arguments (`positions` given): reads shapes only, so
+    `torch.library.triton_op` can trace it (spiffy_triton.ops)."""
     num_rows, vocab = logits.shape
     out = _empty_outputs(num_rows, top_k, logits.device)
     if num_rows == 0:
@@ -334,7 +340,7 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
     kp = triton.next_power_of_2(top_k)
     sample = temperature > 0
     partials = _partials(num_rows, splits, kp, logits.device)
-    _marginals_kernel[(num_rows, splits)](
+    triton_mode.traceable(_marginals_kernel)[(num_rows, splits)](
         logits,
         positions,
         *partials,
@@ -354,7 +360,7 @@ def _marginals(logits, top_k, temperature, seed, step, positions, *, config=None
         num_stages=config.get("num_stages", 1),
     )
     if splits > 1:
-        _combine_kernel[(num_rows,)](
+        triton_mode.traceable(_combine_kernel)[(num_rows,)](
             logits,
             *partials,
             *out,

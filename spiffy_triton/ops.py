@@ -13,13 +13,17 @@ tile schedule stays cached per layout). The attention op always returns ``(out, 
 `graph_attention_op` returns what ``return_lse`` asks for. A seed crosses as a signed int64
 (two's complement of the unsigned 64-bit seed).
 
-Why `torch.library.custom_op` and not `triton_op` for the Triton path: a `triton_op`'s body is
-traced by ``torch.compile``, so everything before the kernel launch must be traceable. The
-attention launcher builds its tile schedule on the host from the layout's values (data, not
-shapes), which a trace cannot read; the marginals launcher is shape-only but its kernels are
-launched directly (``wrap_triton`` is needed for a traced launch, and in the Triton interpreter
-used on CPU, ``triton.jit`` gives an ``InterpretedFunction`` that ``wrap_triton`` refuses). Both
-ops therefore stay opaque custom ops on every backend.
+The Triton path has a second registration, through `torch.library.triton_op`:
+``torch.ops.spiffy.graph_attention_triton`` and ``torch.ops.spiffy.marginals_triton``. Their
+bodies are the kernels' shape-only launchers (``launch`` in each kernel file) with the launches
+wrapped by ``wrap_triton``, so ``make_fx`` / ``torch.compile`` record the kernel itself as a
+graph node (inductor can then schedule it with the rest of the graph) and their fake
+implementations come from tracing the body. What a trace cannot read stays outside the op: the
+attention's tile schedule is built on the host from the layout's *values*, so it crosses the op
+boundary as tensors (`SegmentLayout.schedule`). `graph_attention_op` / `marginals_op` take this
+path for ``backend="triton"`` on a GPU; in the Triton interpreter (CPU) ``wrap_triton`` gives
+the interpreted kernel back, which cannot run on fake tensors, so there they call the opaque
+custom op instead (docs/INTEGRATION.md says what is checked where).
 
 Example::
 
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch
+from . import dispatch, triton_mode
 from .layout import SegmentLayout, validate_attention_inputs
 from .types import MarginalsOutput
 
@@ -76,8 +80,9 @@ def _(q, k, v, q_lengths, k_lengths, visibility, key_order, scale, backend):
 
 
 def graph_attention_op(q, k, v, layout, *, scale=None, return_lse=False, backend="auto"):
-    """`spiffy_triton.graph_attention` through the custom op ``torch.ops.spiffy.graph_attention``
-    (same arguments and results; traceable by ``torch.compile(fullgraph=True)``).
+    """`spiffy_triton.graph_attention` through a torch op (same arguments and results;
+    traceable by ``torch.compile(fullgraph=True)``): ``torch.ops.spiffy.graph_attention_triton``
+    for the Triton kernel on a GPU, ``torch.ops.spiffy.graph_attention`` otherwise.
 
     >>> layout = SegmentLayout.full(4)
     >>> q = torch.ones(1, 1, 4, 2)
@@ -85,9 +90,31 @@ def graph_attention_op(q, k, v, layout, *, scale=None, return_lse=False, backend
     torch.Size([1, 1, 4, 2])
     """
     scale = validate_attention_inputs(q, k, v, layout, scale, return_lse)
-    dispatch.resolve_backend(backend, {"q": q, "k": k, "v": v}, "graph_attention")
-    out, lse = torch.ops.spiffy.graph_attention(q, k, v, *layout.to_tensors(), scale, backend)
+    resolved = dispatch.resolve_backend(backend, {"q": q, "k": k, "v": v}, "graph_attention")
+    if _traceable_triton(resolved):
+        out, lse = _graph_attention_triton(q, k, v, layout, scale)
+    else:
+        out, lse = torch.ops.spiffy.graph_attention(q, k, v, *layout.to_tensors(), scale, backend)
     return (out, lse) if return_lse else out
+
+
+def _graph_attention_triton(q, k, v, layout: SegmentLayout, scale: float):
+    from .kernels import graph_attention as kernel
+
+    kernel.check_kernel_inputs(q, k, v, layout, scale, True)
+    config = kernel.select_config(q.shape[-1], q.dtype, q.shape[2], q.shape[1] // k.shape[1])
+    block_m = config.block_m // config.heads_per_tile
+    schedule = schedule_tensors(layout, block_m, config.block_n, q.device)
+    return torch.ops.spiffy.graph_attention_triton(q, k, v, *schedule, layout.num_k_segments, scale)
+
+
+@torch.compiler.assume_constant_result
+def schedule_tensors(layout: SegmentLayout, block_m: int, block_n: int, device) -> tuple:
+    """The layout's tile schedule as the op's five tensors. Built from the layout's values on
+    the host, which a trace cannot read: under ``torch.compile`` the result is a constant of
+    the graph (guarded on the layout, so another layout compiles another graph)."""
+    s = layout.schedule(block_m, block_n, device)
+    return (s.tile_offsets, s.entries, s.row_segment, s.row_offset, s.visibility)
 
 
 # ---------------------------------------------------------------------------- marginals
@@ -135,19 +162,95 @@ def _(logits, positions, top_k, temperature, seed, step, backend):
 def marginals_op(
     logits, *, top_k=1, temperature=0.0, seed=0, step=0, positions=None, backend="auto"
 ) -> MarginalsOutput:
-    """`spiffy_triton.marginals` through the custom op ``torch.ops.spiffy.marginals`` (same
-    arguments and `MarginalsOutput`; traceable by ``torch.compile(fullgraph=True)``).
+    """`spiffy_triton.marginals` through a torch op (same arguments and `MarginalsOutput`;
+    traceable by ``torch.compile(fullgraph=True)``): ``torch.ops.spiffy.marginals_triton`` for
+    the Triton kernel on a GPU, ``torch.ops.spiffy.marginals`` otherwise.
 
     >>> out = marginals_op(torch.tensor([[0.0, 2.0, 1.0]]), top_k=2, backend="torch")
     >>> out.token.tolist(), out.topk_tokens.tolist()
     ([1], [[1, 2]])
     """
-    from .reference.marginals import validate_marginals_args
+    from .contract import validate_marginals_args
 
     validate_marginals_args(logits, top_k, temperature, seed, step, positions)
-    dispatch.resolve_backend(backend, {"logits": logits, "positions": positions}, "marginals")
+    tensors = {"logits": logits, "positions": positions}
+    resolved = dispatch.resolve_backend(backend, tensors, "marginals")
     signed_seed = seed - _SEED_SPAN if seed >= _SEED_SIGN else seed
-    result = torch.ops.spiffy.marginals(
-        logits, positions, top_k, float(temperature), signed_seed, step, backend
-    )
+    if _traceable_triton(resolved):
+        positions = validate_marginals_args(
+            logits, top_k, temperature, seed, step, positions, float64_ok=False
+        )
+        result = torch.ops.spiffy.marginals_triton(
+            logits, positions, top_k, float(temperature), signed_seed, step
+        )
+    else:
+        result = torch.ops.spiffy.marginals(
+            logits, positions, top_k, float(temperature), signed_seed, step, backend
+        )
     return MarginalsOutput(*result)
+
+
+# ---------------------------------------------------------------- the Triton path as triton_op
+
+
+def _traceable_triton(resolved_backend: str) -> bool:
+    """The `triton_op` registrations serve the Triton backend outside the interpreter (module
+    docstring: an interpreted kernel cannot run on the fake tensors of a trace)."""
+    if _triton_op is None:
+        return False
+    return resolved_backend == "triton" and not triton_mode.interpreter_enabled()
+
+
+def graph_attention_launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    tile_offsets: torch.Tensor,
+    entries: torch.Tensor,
+    row_segment: torch.Tensor,
+    row_offset: torch.Tensor,
+    visibility: torch.Tensor,
+    num_k_segments: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The body of ``spiffy::graph_attention_triton``: the kernel's launch over a tile schedule
+    given as tensors (what `SegmentLayout.schedule` builds for the shapes' config)."""
+    from .kernels import graph_attention as kernel
+    from .layout import TileSchedule
+
+    config = kernel.select_config(q.shape[-1], q.dtype, q.shape[2], q.shape[1] // k.shape[1])
+    block_m = config.block_m // config.heads_per_tile
+    schedule = TileSchedule(
+        block_m,
+        config.block_n,
+        tile_offsets.shape[0] - 1,
+        tile_offsets,
+        entries,
+        row_segment,
+        row_offset,
+        visibility,
+    )
+    return kernel.launch(q, k, v, schedule, num_k_segments, scale, True, config)
+
+
+def marginals_launch(
+    logits: torch.Tensor,
+    positions: torch.Tensor,
+    top_k: int,
+    temperature: float,
+    seed: int,
+    step: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The body of ``spiffy::marginals_triton``: the kernels' launch on checked arguments."""
+    from .kernels import marginals as kernel
+
+    return tuple(kernel.launch(logits, positions, top_k, temperature, seed % _SEED_SPAN, step))
+
+
+try:  # torch >= 2.6; the bodies import the kernels (and triton) on their first call
+    from torch.library import triton_op as _triton_op
+except ImportError:
+    _triton_op = None
+else:
+    _triton_op("spiffy::graph_attention_triton", mutates_args=())(graph_attention_launch)
+    _triton_op("spiffy::marginals_triton", mutates_args=())(marginals_launch)

@@ -91,3 +91,15 @@ def check_triton_runs_on(device_type: str, op: str) -> None:
         f"{op}: backend='triton' supports CUDA tensors (and CPU tensors under the Triton "
         f"interpreter), got tensors on device type {device_type!r}. Use backend='torch'."
     )
+
+
+def traceable(kernel):
+    """``torch.library.wrap_triton(kernel)``: a launch that ``make_fx`` / ``torch.compile``
+    record as one graph node inside a `torch.library.triton_op` (spiffy_triton.ops), and a
+    plain launch otherwise (also in the interpreter, where wrap_triton gives the kernel back).
+    torch < 2.6 has no wrap_triton: the kernel itself (launches stay eager-only)."""
+    try:
+        from torch.library import wrap_triton
+    except ImportError:
+        return kernel
+    return wrap_triton(kernel)

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import parity_attention as attention
 import parity_marginals as marginals
+import parity_ops as ops
 import torch
 from utils import interpreter_active
 
-GROUPS = ("attention", "marginals", "end_to_end")
+GROUPS = ("attention", "marginals", "ops", "end_to_end")
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,22 @@ def _marginals_cases() -> list[Case]:
     return cases
 
 
+def _ops_cases() -> list[Case]:
+    cases = []
+    for dtype in (torch.float16, torch.float32):
+        for cached in (False, True):
+            name = f"triton_op_attention-{_dtype_name(dtype)}-{'cached' if cached else 'nocache'}"
+            smoke = dtype == torch.float32 and cached
+            cases.append(Case("ops", name, ops.attention_op_case, (dtype, cached), smoke=smoke))
+    for temperature in (0.0, 0.7):
+        name = f"triton_op_marginals-T{temperature}"
+        cases.append(
+            Case("ops", name, ops.marginals_op_case, (temperature,), smoke=temperature > 0)
+        )
+    cases.append(Case("ops", "compiled_verify", ops.compiled_verify_case, cuda_only=True))
+    return cases
+
+
 def _end_to_end_cases() -> list[Case]:
     cases = []
     for graph in (None, 8):
@@ -230,7 +247,7 @@ def _end_to_end_cases() -> list[Case]:
 
 @functools.cache
 def all_cases() -> tuple[Case, ...]:
-    cases = _attention_cases() + _marginals_cases() + _end_to_end_cases()
+    cases = _attention_cases() + _marginals_cases() + _ops_cases() + _end_to_end_cases()
     names = [f"{c.group}/{c.name}" for c in cases]
     assert len(set(names)) == len(names), "case names repeat"
     return tuple(cases)

@@ -70,7 +70,7 @@ def test_small_mode_runs_every_step_from_a_plain_checkout(tmp_path):
     assert all(s["status"] == "ok" for s in summary["steps"]), summary
     parity = json.loads((out / "parity.json").read_text())["rows"]
     assert parity and all(r["status"] == "passed" for r in parity), parity
-    assert {r["group"] for r in parity} == {"attention", "marginals", "end_to_end"}
+    assert {r["group"] for r in parity} == {"attention", "marginals", "ops", "end_to_end"}
     verify = json.loads((out / "verify_cost.json").read_text())["rows"]
     forwards = {(r["D"], r["method"]) for r in verify if r["study"] == "forward"}
     assert forwards == {(d, m) for d in (0, 3) for m in ("triton", "torch", "sdpa_dense_mask")}
