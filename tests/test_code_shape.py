@@ -1,5 +1,5 @@
 """The size limits a maintainer can rely on (issue #23): no module over 500 lines, no function
-over 80 lines, a `@triton.jit` kernel body under 100 lines. Long code here has been split by
+over 80 lines, a `@triton.jit` kernel's body (below its signature) under 100 lines. Long code here has been split by
 idea before; this keeps it that way (a limit to raise deliberately, with a reason, not to drift).
 """
 
@@ -38,8 +38,11 @@ def test_module_and_function_lengths(path):
     too_long = []
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            length = node.end_lineno - node.lineno + 1
-            limit = MAX_KERNEL_LINES if _is_kernel(node) else MAX_FUNCTION_LINES
+            kernel = _is_kernel(node)
+            # a kernel's limit is on its body: its signature lists every pointer and stride
+            first = node.body[0].lineno if kernel else node.lineno
+            length = node.end_lineno - first + 1
+            limit = MAX_KERNEL_LINES if kernel else MAX_FUNCTION_LINES
             if length > limit:
                 too_long.append(f"{node.name} (line {node.lineno}): {length} > {limit}")
     assert not too_long, "functions too long: " + "; ".join(too_long)
