@@ -18,7 +18,10 @@ attention through
 prompt 1024). Study 2 decodes 64 tokens (2 blocks of 32, dual cache) after a 256-token prompt,
 vanilla and Spiffy (default graph of 8 nodes, all 8 verified), per attention method. The
 weights are random, so drafts are rarely accepted: this row measures what verifying costs, not
-what it saves (NFE on a trained model: benchmarks/nfe.py).
+what it saves (NFE on a trained model: benchmarks/nfe.py). Study 3 decodes the same way in
+batches of B = 1, 4, 16 prompts of different lengths (256 + 8i tokens) through batched
+`generate` (the rows' forwards merged varlen into one call per round), Triton attention:
+``tokens_per_s`` of the whole batch, ``forwards`` the model calls, ``nfe`` the rows' summed.
 
 On a GPU times are `triton.testing.do_bench` medians (forwards, `ms`; with p20_ms / p50_ms /
 p80_ms) and the fastest synchronized wall-clock run after a warm-up run (decodes, `ms`; the
@@ -49,6 +52,7 @@ FULL = dict(
     block=32,
     gen_length=64,
     decode_prompt=256,
+    batches=(1, 4, 16),
 )
 SMALL = dict(  # smoke sizes for the interpreter: one block of 8, one layer
     config=dict(
@@ -66,8 +70,22 @@ SMALL = dict(  # smoke sizes for the interpreter: one block of 8, one layer
     block=8,
     gen_length=8,
     decode_prompt=16,
+    batches=(1, 2),
 )
-COLUMNS = ("study", "prompt", "D", "method", "ms", "vs_d0", "nfe", "steps", "ms_per_token")
+COLUMNS = (
+    "study",
+    "batch",
+    "prompt",
+    "D",
+    "method",
+    "ms",
+    "vs_d0",
+    "nfe",
+    "forwards",
+    "steps",
+    "ms_per_token",
+    "tokens_per_s",
+)
 
 
 class AttentionSwitchLLaDA(LLaDAModel):
@@ -192,12 +210,59 @@ def decode_rows(model, setup: dict, device, results: Results, repeats: int) -> N
             )
 
 
+def batch_rows(model, setup: dict, device, results: Results, repeats: int) -> None:
+    """Study 3: batched decodes (`generate` on B prompts of different lengths, the rows'
+    forwards merged varlen, spiffy_triton/decoding/batch.py), vanilla vs Spiffy (8 drafts),
+    dual cache, Triton attention: generated tokens per second of the whole batch."""
+    from spiffy_triton.decoding import generate
+
+    model.method = "triton"
+    gen_length = setup["gen_length"]
+    for b in setup["batches"]:
+        prompts = [
+            random_ids(setup["decode_prompt"] + 8 * i, model.config, device, seed=2 + i)[0]
+            for i in range(b)
+        ]
+        for name, extra in (("vanilla", {}), ("spiffy_D8", {"graph": 8, "max_drafts": None})):
+            times = []
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                out = generate(
+                    model,
+                    prompts,
+                    gen_length=gen_length,
+                    block_length=setup["block"],
+                    cache="dual",
+                    backend="triton",
+                    **extra,
+                )
+                _sync(device)
+                times.append((time.perf_counter() - start) * 1e3)
+            ms = min(times[1:] or times)  # the first run warms kernels and allocator up
+            results.add(
+                dict(
+                    study=f"batch_{name}",
+                    batch=b,
+                    prompt=setup["decode_prompt"],
+                    D=8 if extra else 0,
+                    method="triton",
+                    ms=ms,
+                    nfe=out.row_forwards,
+                    forwards=out.forwards,
+                    ms_per_token=ms / (b * gen_length),
+                    tokens_per_s=b * gen_length / ms * 1e3,
+                    **percentiles(times[1:] or times),
+                )
+            )
+
+
 def _sync(device) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
-KEY = ("study", "prompt", "D", "method")
+KEY = ("study", "batch", "prompt", "D", "method")
 
 
 def build_run(argv=None) -> Run:
@@ -205,6 +270,7 @@ def build_run(argv=None) -> Run:
         __doc__, quick=("--small", "--quick"), quick_help="tiny smoke config (any device)"
     )
     parser.add_argument("--skip-decode", action="store_true", help="forward study only")
+    parser.add_argument("--skip-batch", action="store_true", help="no batched decodes")
     run = harness.build_run("verify_cost", parser.parse_args(argv))
     full = run.device == "cuda" and not run.quick
     return run.with_sizes(full=full, setup=FULL if full else SMALL, repeats=2 if full else 1)
@@ -231,6 +297,8 @@ def main(argv=None) -> int:
     forward_rows(model, setup, run.device, results, timer)
     if not run.skip_decode:
         decode_rows(model, setup, run.device, results, repeats=run.repeats)
+    if not run.skip_batch:
+        batch_rows(model, setup, run.device, results, repeats=run.repeats)
     results.finish()
     return 0
 

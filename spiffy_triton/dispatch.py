@@ -77,7 +77,8 @@ def graph_attention(
         from .kernels.graph_attention import graph_attention as impl
     else:
         from .reference.graph_attention import graph_attention as impl
-    return impl(q, k, v, layout, scale=scale, return_lse=return_lse)
+    with triton_mode.kernel_run_lock():
+        return impl(q, k, v, layout, scale=scale, return_lse=return_lse)
 
 
 def marginals(
@@ -98,9 +99,10 @@ def marginals(
         from .kernels.marginals import marginals as impl
     else:
         from .reference.marginals import marginals as impl
-    return impl(
-        logits, top_k=top_k, temperature=temperature, seed=seed, step=step, positions=positions
-    )
+    with triton_mode.kernel_run_lock():
+        return impl(
+            logits, top_k=top_k, temperature=temperature, seed=seed, step=step, positions=positions
+        )
 
 
 def rank_positions(
@@ -114,4 +116,5 @@ def rank_positions(
         from .kernels.marginals import rank_positions as impl
     else:
         from .reference.marginals import rank_positions as impl
-    return impl(confidence, eligible)
+    with triton_mode.kernel_run_lock():
+        return impl(confidence, eligible)

@@ -14,9 +14,11 @@ No project imports: this sits at the bottom of the module map.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
+import threading
 
 _ENV = "TRITON_INTERPRET"
 
@@ -103,3 +105,16 @@ def traceable(kernel):
     except ImportError:
         return kernel
     return wrap_triton(kernel)
+
+
+_INTERPRETER_LOCK = threading.RLock()
+
+
+def kernel_run_lock():
+    """A lock around one kernel call when the kernels run in the interpreter, else a no-op.
+
+    The interpreter runs a launch's program instances on process-wide state (the patched
+    ``tl`` functions, the grid), so launches from two threads at once fail or mix their grids
+    (measured: ``x >= grid_dim[0]`` and ``_semantic`` errors with batched `generate`, which
+    runs a thread per row). Compiled kernels launch concurrently as usual."""
+    return _INTERPRETER_LOCK if interpreter_enabled() else contextlib.nullcontext()

@@ -290,4 +290,16 @@ MUTANTS = (
         ("tests/test_simsd.py",),
         "candidates fill the draft's most confident positions first",
     ),
+    Mutant(
+        "interpreter-launches-concurrent",
+        "spiffy_triton.triton_mode",
+        (
+            (
+                "return _INTERPRETER_LOCK if interpreter_enabled() else contextlib.nullcontext()",
+                "return contextlib.nullcontext()",
+            ),
+        ),
+        ("tests/test_batch_interpreter.py",),
+        "batched rows run in threads; interpreted kernel launches must not overlap",
+    ),
 )

@@ -76,6 +76,9 @@ def test_small_mode_runs_every_step_from_a_plain_checkout(tmp_path):
     assert forwards == {(d, m) for d in (0, 3) for m in ("triton", "torch", "sdpa_dense_mask")}
     decodes = [r for r in verify if r["study"].startswith("decode")]
     assert len(decodes) == 6 and all(r["steps"] == 8 for r in decodes)
+    batches = [r for r in verify if r["study"].startswith("batch")]
+    assert {(r["batch"], r["D"]) for r in batches} == {(b, d) for b in (1, 2) for d in (0, 8)}
+    assert all(r["forwards"] <= r["nfe"] for r in batches)
     for name in ("graph_attention.json", "marginals.json"):
         assert json.loads((out / name).read_text())["rows"], name
 
