@@ -1,7 +1,7 @@
 """The size limits a maintainer can rely on (issue #23): no module over 500 lines, no function
-over 80 lines, a `@triton.jit` kernel's body (below its signature) under 100 lines. Long code here has been split by
-idea before; this keeps it that way (a limit to raise deliberately, with a reason, not to drift).
-"""
+over 80 lines, a `@triton.jit` kernel's body (below its signature) under 100 lines. Long code
+here has been split by idea before; this keeps it that way (a limit to raise deliberately,
+with a reason, not to drift)."""
 
 from __future__ import annotations
 
