@@ -34,10 +34,10 @@ STEPS = {
         "-m benchmarks.graph_attention",
         ["--contexts", "256,1024", "--drafts", "0,4,8,16"],
         ["--quick"],
-        0.22,
+        0.19,
     ),
     "marginals": ("-m benchmarks.marginals", [], ["--quick"], 0.12),
-    "verify_cost": ("-m benchmarks.verify_cost", [], ["--small"], 0.14),
+    "verify_cost": ("-m benchmarks.verify_cost", [], ["--small"], 0.17),
     "profile": ("-m benchmarks.profile_graph_attention", [], ["--quick"], 0.10),
 }
 
