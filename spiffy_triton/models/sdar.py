@@ -26,8 +26,9 @@ import torch
 from ..layout import FULL, NONE, SegmentLayout
 from ..types import VERIFY_MODES
 from .cache import KVCache, LayerKV
-from .dream import QwenConfig, QwenModel, check_model_has_cache, load_qwen_checkpoint
 from .llada import rope_cos_sin
+from .qwen import QwenConfig, QwenModel, load_qwen_checkpoint
+from .verifier import check_model_has_cache
 
 
 def sdar_1_7b_config() -> QwenConfig:
