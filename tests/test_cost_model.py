@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from spiffy_triton.decoding.cost_model import (
     verify_shape,
 )
 from spiffy_triton.models import LLaDAConfig
+from spiffy_triton.verify_inputs import verify_inputs
 
 # ----------------------------------------------------------------------------- shapes
 
@@ -67,6 +69,44 @@ def test_verify_shape_is_the_decoders_forward(model, cache, verify, num_drafts):
     v(x, s, s + length, x[0, s : s + length].repeat(num_drafts, 1))
     shape = verify_shape(cache, verify, s, length, t, num_drafts)
     assert model.shapes == [(shape.batch, shape.rows, shape.keys)]
+
+
+def arithmetic_shape(cache, verify, s, length, t, d) -> VerifyShape:
+    """The shapes `verify_shape` gave by hand before it read them off the builder."""
+    packed = verify == "packed"
+    if cache is None:
+        return (
+            VerifyShape(1, t + d * length, t + d * length) if packed else VerifyShape(1 + d, t, t)
+        )
+    if cache == "dual":
+        return (
+            VerifyShape(1, (1 + d) * length, t + d * length)
+            if packed
+            else VerifyShape(1 + d, length, t)
+        )
+    real = t - s
+    return (
+        VerifyShape(1, (1 + d) * real, s + (1 + d) * real)
+        if packed
+        else VerifyShape(1 + d, real, t)
+    )
+
+
+@pytest.mark.parametrize("verify", ["packed", "batch"])
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+def test_verify_shape_is_the_builders_shape_over_random_sizes(cache, verify):
+    """verify_shape reads its shapes off the one builder (on meta tensors): they equal real
+    `verify_inputs` (ids, layout) and the former arithmetic, for random sizes."""
+    rng = random.Random(f"{cache}-{verify}")
+    for _ in range(25):
+        length, s, d = rng.randint(1, 12), rng.randint(0, 20), rng.randint(0, 6)
+        t = s + length + rng.randint(0, 15)
+        x = torch.randint(0, 50, (1, t))
+        inputs = verify_inputs(x, s, s + length, torch.randint(0, 50, (d, length)), cache, verify)
+        shape = verify_shape(cache, verify, s, length, t, d)
+        assert (shape.batch, shape.rows) == tuple(inputs.input_ids.shape)
+        assert (shape.rows, shape.keys) == (inputs.layout.num_q_rows, inputs.layout.num_k_rows)
+        assert shape == arithmetic_shape(cache, verify, s, length, t, d)
 
 
 @pytest.mark.parametrize(
