@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from ..types import VERIFY_MODES
+from ..types import CACHE_MODES, VERIFY_MODES
 from ..verify_inputs import verify_inputs
 
 CACHE_ENV = "SPIFFY_TRITON_COST_CACHE"
@@ -104,7 +104,7 @@ def verify_shape(
         )
     if verify not in VERIFY_MODES:
         raise ValueError(f"verify must be 'packed' or 'batch', got {verify!r}")
-    if cache not in (None, "prefix", "dual"):
+    if cache is not None and cache not in CACHE_MODES:
         raise ValueError(f"cache must be None, 'prefix' or 'dual', got {cache!r}")
     return _builder_shape(cache, verify, prefix_len, block_len, total_len, num_drafts)
 
