@@ -1,13 +1,15 @@
 """Verify inputs: the one builder of a verify forward's ids, position ids and `SegmentLayout`
 for bidirectional models (LLaDA, Dream, the Hugging Face adapter), and how to read its logits.
 
-Used by the decoder's `decoding.verify.Verifier`, the models' `BidirectionalVerifier` and the
-step API (`decoding.steps`). Imports only `spiffy_triton.layout` (layer 0), so models and
-decoding can both use it.
+Used by the decoder's `decoding.verify.Verifier`, the models' `BidirectionalVerifier`, SDAR's
+`BlockCausalVerifier` (its own uncached layout, `uncached_layout=`), the step API
+(`decoding.steps`), and the cost model's `verify_shape` (the shapes of its output on ``meta``
+tensors). Imports only `spiffy_triton.layout` (layer 0), so models and decoding can both use it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +58,7 @@ class VerifyInputs:
     num_drafts: int
     total_length: int
     shift: int = 0
+    full_attention: bool = False  # every query row sees every key (`attention_layout`)
 
     @property
     def attention_layout(self) -> SegmentLayout | None:
@@ -66,9 +69,7 @@ class VerifyInputs:
         batch rows stay exact. Cached modes keep the layout even without drafts: a root-only
         forward then does a packed draft row's arithmetic (same kernel, same key order), so
         vanilla's logits equal Spiffy's draft logits bit for bit (docs/PERFORMANCE.md)."""
-        if self.cache is None and not (self.verify == "packed" and self.num_drafts > 0):
-            return None
-        return self.layout
+        return None if self.full_attention else self.layout
 
     def split(self, out: torch.Tensor):
         s, e, d, t, shift = self.start, self.end, self.num_drafts, self.total_length, self.shift
@@ -96,6 +97,7 @@ def verify_inputs(
     verify: str,
     *,
     shift: int = 0,
+    uncached_layout: Callable[[int], SegmentLayout] | None = None,
 ) -> VerifyInputs:
     """The verify forward of the block ``[s, e)`` of ``x [1, T]`` and ``drafts [D, L]``: the
     one builder of verify inputs of bidirectional models (the decoder's `Verifier`, Dream's
@@ -106,14 +108,22 @@ def verify_inputs(
     each draft is a copy of the window (the committed anchor tokens, then the draft). Without
     cache the query rows are the whole sequence (packed: the copies' rows after it; batch: one
     row per draft); with a cache they start at the window (dual: the window; prefix: the
-    window and the suffix, each packed copy with its own suffix)."""
+    window and the suffix, each packed copy with its own suffix).
+
+    ``uncached_layout(num_packed_drafts)``: the layout without cache where the model's is not
+    the bidirectional `SegmentLayout.spiffy` (SDAR: block-causal chunks of the context, with
+    ``x`` cut at the block's end, since nothing before the block sees the masked future)."""
     t, d, device = x.shape[1], drafts.shape[0], x.device
     w = s - shift
     n = e - w
     copies = torch.cat([x[0, w:s].expand(d, shift), drafts], dim=1) if shift else drafts
     packed = verify == "packed"
+    full = cache is None and not (packed and d > 0) and uncached_layout is None
     if cache is None:
-        layout = SegmentLayout.spiffy(w, n, t - e, d if packed else 0)
+        if uncached_layout is None:
+            layout = SegmentLayout.spiffy(w, n, t - e, d if packed else 0)
+        else:
+            layout = uncached_layout(d if packed else 0)
         if packed:
             ids = torch.cat([x[0], copies.reshape(-1)])[None]
             pos = torch.cat([torch.arange(t), torch.arange(w, e).repeat(d)]).to(device)
@@ -141,7 +151,7 @@ def verify_inputs(
             ids = x[:, w:].repeat(1 + d, 1)
             ids[1:, :n] = copies
             pos = torch.arange(w, t, device=device)
-    return VerifyInputs(ids, pos, layout, cache, verify, s, e, d, t, shift)
+    return VerifyInputs(ids, pos, layout, cache, verify, s, e, d, t, shift, full)
 
 
 def additive_mask(layout: SegmentLayout, dtype: torch.dtype, device=None) -> torch.Tensor:

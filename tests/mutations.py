@@ -108,7 +108,7 @@ MUTANTS = (
     ),
     Mutant(
         "prefix-cache-layout-draft-sees-root",
-        "spiffy_triton.decoding.verify",
+        "spiffy_triton.verify_inputs",
         (("row = [FULL, NONE] + [NONE] * d", "row = [FULL, FULL] + [NONE] * d"),),
         ("tests/test_walk.py::test_llada_verifier_gives_each_draft_its_own_logits",),
         "prefix cache, packed: a draft (with its suffix) sees the prefix and itself only",
@@ -135,7 +135,7 @@ MUTANTS = (
     ),
     Mutant(
         "schedule-skips-diagonal-tile",
-        "spiffy_triton.layout",
+        "spiffy_triton.tile_schedule",
         (
             (
                 "if relation == CAUSAL and b_lo > a_hi:",

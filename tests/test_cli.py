@@ -322,10 +322,10 @@ def sdar_dir(tmp_path_factory):
 
 
 def test_generate_method_simsd(capsys, sdar_dir, monkeypatch):
-    from spiffy_triton.models import CharTokenizer, dream
+    from spiffy_triton.models import CharTokenizer, qwen
 
     # The SDAR loader reads Hugging Face tokenizers; this checkpoint has the character one.
-    monkeypatch.setattr(dream, "load_hf_tokenizer", CharTokenizer.load)
+    monkeypatch.setattr(qwen, "load_hf_tokenizer", CharTokenizer.load)
     common = ["--model", sdar_dir, "--gen-length", 8, "--block-length", 4, "--backend", "torch"]
     outputs = {}
     for method in ("vanilla", "simsd", "simsd-exact"):

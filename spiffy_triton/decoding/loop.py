@@ -153,6 +153,16 @@ def finish(run: DecodeRun) -> GenerateOutput:
 
 
 @torch.no_grad()
+def is_batch(prompt_ids, lengths) -> bool:
+    """Whether `generate` got a batch: a list of prompts, `lengths`, or a ``[B > 1, P]``
+    tensor."""
+    if isinstance(prompt_ids, (list, tuple)) or lengths is not None:
+        return True
+    return (
+        isinstance(prompt_ids, torch.Tensor) and prompt_ids.dim() == 2 and prompt_ids.shape[0] > 1
+    )
+
+
 def generate(
     model: DiffusionModel,
     prompt_ids: torch.Tensor,
@@ -200,9 +210,8 @@ def generate(
             per predicted unit of verify cost, measured on this machine (zero drafts when
             drafts do not pay; `spiffy_triton.decoding.budget`), learning across calls with the
             same model and setting (`shared_budget`; see `shared_budgets`,
-            `forget_shared_budgets`); an `AutoDraftBudget` to give its cost
-            model or acceptance prior, or to keep a run apart; an int: at most this many drafts
-            per forward
+            `forget_shared_budgets`); an `AutoDraftBudget` to give its cost model or acceptance
+            prior, or to keep a run apart; an int: at most this many drafts per forward
             (dynamic pruning); None (or ``"all"``, as the command line spells it): every filled
             node of the graph.
         verify: ``"packed"`` or ``"batch"``; default the exact mode of `cache`.
@@ -215,39 +224,14 @@ def generate(
             vanilla's output) or ``"simsd-exact"`` (vanilla's output, the references as
             candidate states); SimSD needs a block-causal model (`decoding.simsd`).
         draft: SimSD's reference tokens: ``"self"`` (the default: the target, one step),
-            ``"previous"``
-            (the target's tokens from its previous forward of the block), a draft model of the
-            same vocabulary, or a `spiffy_triton.decoding.simsd.DraftSource`.
+            ``"previous"`` (the target's tokens from its previous forward of the block), a draft
+            model of the same vocabulary, or a `spiffy_triton.decoding.simsd.DraftSource`.
 
     Returns `GenerateOutput(tokens [1, P + gen_length], nfe, steps, stats)`.
     """
-    arguments = dict(
-        gen_length=gen_length,
-        block_length=block_length,
-        steps=steps,
-        temperature=temperature,
-        remasking=remasking,
-        threshold=threshold,
-        factor=factor,
-        cache=cache,
-        graph=graph,
-        max_drafts=max_drafts,
-        verify=verify,
-        seed=seed,
-        backend=backend,
-        filler=filler,
-        method=method,
-        draft=draft,
-    )
-    if (
-        isinstance(prompt_ids, (list, tuple))
-        or lengths is not None
-        or (
-            isinstance(prompt_ids, torch.Tensor)
-            and prompt_ids.dim() == 2
-            and prompt_ids.shape[0] > 1
-        )
-    ):
+    # Every keyword argument but `lengths`, passed on as given (decode's and generate_batch's).
+    arguments = {k: v for k, v in locals().items() if k not in ("model", "prompt_ids", "lengths")}
+    if is_batch(prompt_ids, lengths):
         from .batch import generate_batch
 
         return generate_batch(model, prompt_ids, lengths=lengths, **arguments)

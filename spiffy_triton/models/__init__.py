@@ -11,8 +11,9 @@ from ..types import Backend
 from .cache import CACHE_MODES, KVCache, LayerKV
 from .checkpoint import expected_shapes, load_checkpoint, read_config, save_checkpoint
 from .config import LLaDAConfig, llada_8b_config
-from .dream import DreamModel, QwenConfig, dream_7b_config, load_dream
+from .dream import DreamModel, dream_7b_config, load_dream
 from .llada import LLaDAModel
+from .qwen import QwenConfig
 from .sdar import SDARModel, load_sdar, sdar_1_7b_config
 from .tokenizer import CharTokenizer
 

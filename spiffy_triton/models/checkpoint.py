@@ -129,7 +129,7 @@ def load_checkpoint(
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     config = read_config(path)
     state = read_state_dict(path, config)
-    from .dream import load_hf_tokenizer  # one reader for every architecture
+    from .tokenizer import load_hf_tokenizer  # one reader for every architecture
 
     tokenizer = load_hf_tokenizer(os.path.join(path, TOKENIZER_FILE))
     with torch.device("meta"):

@@ -38,8 +38,8 @@ from torch import nn
 from ..dispatch import BACKENDS, graph_attention
 from ..layout import SegmentLayout
 from ..ops import graph_attention_op
-from .dream import BidirectionalVerifier
 from .sdar import BlockCausalVerifier, block_causal_layout
+from .verifier import BidirectionalVerifier
 
 ATTENTION_KINDS = ("bidirectional", "block_causal")
 MASK_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")

@@ -25,9 +25,11 @@ import torch
 
 from ..layout import FULL, NONE, SegmentLayout
 from ..types import VERIFY_MODES
+from ..verify_inputs import verify_inputs
 from .cache import KVCache, LayerKV
-from .dream import QwenConfig, QwenModel, check_model_has_cache, load_qwen_checkpoint
 from .llada import rope_cos_sin
+from .qwen import QwenConfig, QwenModel, load_qwen_checkpoint
+from .verifier import check_model_has_cache
 
 
 def sdar_1_7b_config() -> QwenConfig:
@@ -249,35 +251,31 @@ class BlockCausalVerifier:
         return logits[0], None
 
     def __call__(self, x: torch.Tensor, s: int, e: int, drafts: torch.Tensor):
-        """Logits of the root block ``[L, V]``, of each draft ``[D, L, V]``, and no hint."""
-        length, d, device = e - s, drafts.shape[0], x.device
-        packed = self.verify == "packed"
-        if self.cache is None:
-            chunks = self._chunks(0, s, length) + (length,)
-            layout = block_causal_layout(0, chunks, d if packed else 0)
-            if packed:
-                ids = torch.cat([x[0, :e], drafts.reshape(-1)])[None]
-                pos = torch.cat([torch.arange(e), torch.arange(s, e).repeat(d)]).to(device)
-            else:
-                ids = x[:, :e].repeat(1 + d, 1)
-                ids[1:, s:e] = drafts
-                pos = torch.arange(e, device=device)
-            self._lap("layout")
-            out = self.model(ids, position_ids=pos, layout=layout)
-            self._lap("model")
-            if packed:
-                return out[0, s:e], out[0, e:].view(d, length, out.shape[-1]), None
-            return out[0, s:e], out[1:, s:e], None
-        if packed:
-            ids = torch.cat([x[0, s:e], drafts.reshape(-1)])[None]
-            pos = torch.arange(s, e, device=device).repeat(1 + d)
-        else:
-            ids = torch.cat([x[:, s:e], drafts])
-            pos = torch.arange(s, e, device=device)
+        """Logits of the root block ``[L, V]``, of each draft ``[D, L, V]``, and no hint.
+
+        Inputs from the one builder (`spiffy_triton.verify_inputs`) on the sequence cut at the
+        block's end (nothing before the masked future sees it); without cache under the
+        block-causal layout of the context's chunks; with the cache, real rows see
+        ``[committed, block]`` and a draft ``[committed, itself]`` in the block's slot (the
+        builder's `prefix_cache_layout` without a suffix)."""
+        length = e - s
+        chunks = self._chunks(0, s, length) + (length,) if self.cache is None else None
+        inputs = verify_inputs(
+            x[:, :e],
+            s,
+            e,
+            drafts,
+            self.cache,
+            self.verify,
+            uncached_layout=lambda d: block_causal_layout(0, chunks, d),
+        )
         self._lap("layout")
-        # The cached forward's default layout: real rows see [committed, block]; a draft sees
-        # [committed, itself] in the block's slot.
-        out = self.model(ids, position_ids=pos, cache=self.kv)
+        out = self.model(
+            inputs.input_ids,
+            position_ids=inputs.position_ids,
+            layout=inputs.attention_layout,
+            **({} if self.cache is None else {"cache": self.kv}),
+        )
         self._lap("model")
-        per_copy = out.reshape(1 + d, length, -1)
-        return per_copy[0], per_copy[1:], None
+        root, draft_logits, _ = inputs.split(out)  # the hint: the next block's rows, not fed
+        return root, draft_logits, None

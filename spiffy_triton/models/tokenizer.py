@@ -1,4 +1,6 @@
-"""Character-level tokenizer of the bundled model: printable ASCII, newline, and specials.
+"""Tokenizers: the character-level one of the bundled models (printable ASCII, newline, and
+specials), and `load_hf_tokenizer`, the one reader of a checkpoint's ``tokenizer.json`` for every
+architecture (a Hugging Face tokenizer through `HFTokenizer`).
 
 Ids 0..3 are the special tokens (pad/EOS share one id, as in LLaDA's SFT where answers are
 padded with EOS), then one id per character. The vocabulary is stored in ``tokenizer.json``
@@ -107,3 +109,39 @@ class CharTokenizer:
                 f"{path}: expected a tokenizer of type 'char', got {data.get('type')!r}"
             )
         return cls(data["characters"], tuple(data["special_tokens"]))
+
+
+class HFTokenizer:
+    """``encode(str) -> list[int]`` / ``decode(list[int]) -> str`` over a Hugging Face
+    ``tokenizer.json`` (the `tokenizers` package)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def load_hf_tokenizer(file: str):
+    """The tokenizer in `file` (None when there is none): the project's character tokenizer
+    when the file says ``"type": "char"`` (the bundled models), else a Hugging Face tokenizer
+    (needs the `tokenizers` package)."""
+    if not os.path.isfile(file):
+        return None
+    with open(file, encoding="utf-8") as f:
+        try:
+            is_char = json.load(f).get("type") == "char"
+        except (json.JSONDecodeError, AttributeError):
+            is_char = False
+    if is_char:
+        return CharTokenizer.load(file)
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as error:
+        raise ImportError(
+            f"{file} is a Hugging Face tokenizer; install the `tokenizers` package to load it"
+        ) from error
+    return HFTokenizer(Tokenizer.from_file(file))
