@@ -190,13 +190,13 @@ MUTANTS = (
     # ------------------------------------------------------ noise keyed by (seed, step, pos)
     Mutant(
         "reference-noise-ignores-step",
-        "spiffy_triton.reference.marginals",
+        "spiffy_triton.contract",
         (
             (
-                "        torch.tensor(step & MASK32, dtype=torch.int64, device=device),\n"
-                "        torch.tensor(stream & MASK32",
-                "        torch.tensor(0, dtype=torch.int64, device=device),\n"
-                "        torch.tensor(stream & MASK32",
+                "        (positions & MASK32)[:, None],\n"
+                "        torch.tensor(step & MASK32, dtype=torch.int64, device=device),",
+                "        (positions & MASK32)[:, None],\n"
+                "        torch.tensor(0, dtype=torch.int64, device=device),",
             ),
         ),
         ("tests/test_marginals.py::test_noise_is_a_function_of_seed_step_position_vocab",),
@@ -204,14 +204,14 @@ MUTANTS = (
     ),
     Mutant(
         "reference-noise-ignores-position",
-        "spiffy_triton.reference.marginals",
+        "spiffy_triton.contract",
         (("(positions & MASK32)[:, None],", "(positions & 0)[:, None],"),),
         ("tests/test_marginals.py::test_noise_is_a_function_of_seed_step_position_vocab",),
         "reference Gumbel noise is keyed by the position",
     ),
     Mutant(
         "reference-noise-ignores-seed-high-word",
-        "spiffy_triton.reference.marginals",
+        "spiffy_triton.contract",
         (
             (
                 "        (seed >> 32) & MASK32,\n    )\n    # Vocabulary",
