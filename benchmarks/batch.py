@@ -5,7 +5,7 @@ vanilla vs Spiffy (8-node default graph), in each cache / verify mode, side by s
         [--max-drafts all|auto] [--mixed]
 
 Prompts are two-term sums (``"Q: a+b=?\\nA: "``, digits a, b); ``--mixed`` makes every other
-prompt longer (varlen calls in the layout modes, spiffy_triton/decoding/batch.py).
+prompt longer (varlen calls in the layout modes, spiffy_triton/decoding/batch/).
 ``forwards``: model calls the batch made; ``row_nfe``: the rows' NFE summed (what B separate
 calls would make); ``rows_evaluated``: batch rows over the calls; ``tokens_per_s``: generated
 tokens of all rows over the wall time of the batched call (one run each; ``load_avg_1min``

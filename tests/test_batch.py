@@ -1,4 +1,4 @@
-"""Batched decoding (spiffy_triton/decoding/batch.py): every row's tokens, NFE and steps equal
+"""Batched decoding (spiffy_triton/decoding/batch/): every row's tokens, NFE and steps equal
 its B = 1 call's, vanilla and Spiffy, greedy and sampled, every cache and verify mode; rows of
 one shape share forwards (their caches stacked per row); auto budgets per row (tokens only)."""
 
