@@ -169,31 +169,40 @@ def forward_rows(model, setup: dict, device, results: Results, timer) -> None:
                 results.add(row)
 
 
-def decode_rows(model, setup: dict, device, results: Results, repeats: int) -> None:
-    """Study 2: whole decodes of `gen_length` tokens, vanilla vs Spiffy (8 drafts verified)."""
+DECODERS = (("vanilla", {}), ("spiffy_D8", {"graph": 8, "max_drafts": None}))
+
+
+def timed_decodes(model, prompts, setup: dict, device, repeats: int, backend: str, extra: dict):
+    """`repeats` dual-cache decodes of `prompts` (one tensor, or a list: a batch); returns the
+    last output and the times (ms) after the first run, which warms kernels and allocator up."""
     from spiffy_triton.decoding import generate
 
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        out = generate(
+            model,
+            prompts,
+            gen_length=setup["gen_length"],
+            block_length=setup["block"],
+            cache="dual",
+            backend=backend,
+            **extra,
+        )
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return out, times[1:] or times
+
+
+def decode_rows(model, setup: dict, device, results: Results, repeats: int) -> None:
+    """Study 2: whole decodes of `gen_length` tokens, vanilla vs Spiffy (8 drafts verified)."""
     prompt = random_ids(setup["decode_prompt"], model.config, device, seed=1)
     for method in METHODS:
         model.method = method
         backend = "torch" if method == "torch" else "triton"
-        for name, extra in (("vanilla", {}), ("spiffy_D8", {"graph": 8, "max_drafts": None})):
-            times = []
-            for _ in range(repeats):
-                _sync(device)
-                start = time.perf_counter()
-                out = generate(
-                    model,
-                    prompt,
-                    gen_length=setup["gen_length"],
-                    block_length=setup["block"],
-                    cache="dual",
-                    backend=backend,
-                    **extra,
-                )
-                _sync(device)
-                times.append((time.perf_counter() - start) * 1e3)
-            timed = times[1:] or times  # the first run warms kernels and allocator up
+        for name, extra in DECODERS:
+            out, timed = timed_decodes(model, prompt, setup, device, repeats, backend, extra)
             ms = min(timed)
             results.add(
                 dict(
@@ -212,34 +221,18 @@ def decode_rows(model, setup: dict, device, results: Results, repeats: int) -> N
 
 def batch_rows(model, setup: dict, device, results: Results, repeats: int) -> None:
     """Study 3: batched decodes (`generate` on B prompts of different lengths, the rows'
-    forwards merged varlen, spiffy_triton/decoding/batch.py), vanilla vs Spiffy (8 drafts),
+    forwards merged varlen, spiffy_triton/decoding/batch/), vanilla vs Spiffy (8 drafts),
     dual cache, Triton attention: generated tokens per second of the whole batch."""
-    from spiffy_triton.decoding import generate
-
     model.method = "triton"
-    gen_length = setup["gen_length"]
+    tokens = setup["gen_length"]
     for b in setup["batches"]:
         prompts = [
             random_ids(setup["decode_prompt"] + 8 * i, model.config, device, seed=2 + i)[0]
             for i in range(b)
         ]
-        for name, extra in (("vanilla", {}), ("spiffy_D8", {"graph": 8, "max_drafts": None})):
-            times = []
-            for _ in range(repeats):
-                _sync(device)
-                start = time.perf_counter()
-                out = generate(
-                    model,
-                    prompts,
-                    gen_length=gen_length,
-                    block_length=setup["block"],
-                    cache="dual",
-                    backend="triton",
-                    **extra,
-                )
-                _sync(device)
-                times.append((time.perf_counter() - start) * 1e3)
-            ms = min(times[1:] or times)  # the first run warms kernels and allocator up
+        for name, extra in DECODERS:
+            out, timed = timed_decodes(model, prompts, setup, device, repeats, "triton", extra)
+            ms = min(timed)
             results.add(
                 dict(
                     study=f"batch_{name}",
@@ -250,9 +243,9 @@ def batch_rows(model, setup: dict, device, results: Results, repeats: int) -> No
                     ms=ms,
                     nfe=out.row_forwards,
                     forwards=out.forwards,
-                    ms_per_token=ms / (b * gen_length),
-                    tokens_per_s=b * gen_length / ms * 1e3,
-                    **percentiles(times[1:] or times),
+                    ms_per_token=ms / (b * tokens),
+                    tokens_per_s=b * tokens / ms * 1e3,
+                    **percentiles(timed),
                 )
             )
 

@@ -71,6 +71,14 @@ class VerifyInputs:
         vanilla's logits equal Spiffy's draft logits bit for bit (docs/PERFORMANCE.md)."""
         return None if self.full_attention else self.layout
 
+    def run(self, model, kv=None) -> torch.Tensor:
+        """``model``'s forward on these inputs (``kv``: the cache of a cached mode; a model
+        without a cache is not handed one)."""
+        cache = {} if self.cache is None else {"cache": kv}
+        return model(
+            self.input_ids, position_ids=self.position_ids, layout=self.attention_layout, **cache
+        )
+
     def split(self, out: torch.Tensor):
         s, e, d, t, shift = self.start, self.end, self.num_drafts, self.total_length, self.shift
         w, length, packed = s - shift, e - s, self.verify == "packed"

@@ -62,12 +62,6 @@ class Verifier:
         block's positions from the root rows (``[L', V]`` or None when not computed)."""
         inputs = verify_inputs(x, s, e, drafts, self.cache_mode, self.verify)
         self.clock.lap("layout")
-        cache = None if self.cache_mode is None else self.kv
-        out = self.model(
-            inputs.input_ids,
-            position_ids=inputs.position_ids,
-            layout=inputs.attention_layout,
-            cache=cache,
-        )
+        out = inputs.run(self.model, self.kv)
         self.clock.lap("model")
         return inputs.split(out)

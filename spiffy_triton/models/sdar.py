@@ -270,12 +270,7 @@ class BlockCausalVerifier:
             uncached_layout=lambda d: block_causal_layout(0, chunks, d),
         )
         self._lap("layout")
-        out = self.model(
-            inputs.input_ids,
-            position_ids=inputs.position_ids,
-            layout=inputs.attention_layout,
-            **({} if self.cache is None else {"cache": self.kv}),
-        )
+        out = inputs.run(self.model, self.kv)
         self._lap("model")
         root, draft_logits, _ = inputs.split(out)  # the hint: the next block's rows, not fed
         return root, draft_logits, None

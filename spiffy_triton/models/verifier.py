@@ -81,11 +81,6 @@ class BidirectionalVerifier:
         self._window(s)
         inputs = verify_inputs(x, s, e, drafts, self.cache, self.verify, shift=self.shift)
         self._lap("layout")
-        out = self.model(
-            inputs.input_ids,
-            position_ids=inputs.position_ids,
-            layout=inputs.attention_layout,
-            **({} if self.cache is None else {"cache": self.kv}),
-        )
+        out = inputs.run(self.model, self.kv)
         self._lap("model")
         return inputs.split(out)
