@@ -14,6 +14,7 @@ switched without touching call sites.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable, Mapping
 
@@ -62,6 +63,18 @@ def resolve_backend(
     return backend
 
 
+def _call(backend: str, family: str, name: str, *args, **kwargs):
+    """`name` of ``kernels/<family>.py`` (resolved backend ``"triton"``) or of its twin
+    ``reference/<family>.py``. Kernel calls hold `triton_mode.kernel_run_lock` (interpreted
+    launches from several threads at once corrupt each other); reference calls need none."""
+    if backend == "triton":
+        impl = getattr(importlib.import_module(f".kernels.{family}", __package__), name)
+        with triton_mode.kernel_run_lock():
+            return impl(*args, **kwargs)
+    impl = getattr(importlib.import_module(f".reference.{family}", __package__), name)
+    return impl(*args, **kwargs)
+
+
 def graph_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -73,12 +86,18 @@ def graph_attention(
     backend: Backend = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention of `q` over `k, v` under a `SegmentLayout` (see the kernel's docstring)."""
-    if resolve_backend(backend, {"q": q, "k": k, "v": v}, "graph_attention") == "triton":
-        from .kernels.graph_attention import graph_attention as impl
-    else:
-        from .reference.graph_attention import graph_attention as impl
-    with triton_mode.kernel_run_lock():
-        return impl(q, k, v, layout, scale=scale, return_lse=return_lse)
+    resolved = resolve_backend(backend, {"q": q, "k": k, "v": v}, "graph_attention")
+    return _call(
+        resolved,
+        "graph_attention",
+        "graph_attention",
+        q,
+        k,
+        v,
+        layout,
+        scale=scale,
+        return_lse=return_lse,
+    )
 
 
 def marginals(
@@ -92,29 +111,24 @@ def marginals(
     backend: Backend = "auto",
 ) -> MarginalsOutput:
     """Fused per-row token choice, confidence, top-k, lse and entropy over the vocabulary."""
-    if (
-        resolve_backend(backend, {"logits": logits, "positions": positions}, "marginals")
-        == "triton"
-    ):
-        from .kernels.marginals import marginals as impl
-    else:
-        from .reference.marginals import marginals as impl
-    with triton_mode.kernel_run_lock():
-        return impl(
-            logits, top_k=top_k, temperature=temperature, seed=seed, step=step, positions=positions
-        )
+    resolved = resolve_backend(backend, {"logits": logits, "positions": positions}, "marginals")
+    return _call(
+        resolved,
+        "marginals",
+        "marginals",
+        logits,
+        top_k=top_k,
+        temperature=temperature,
+        seed=seed,
+        step=step,
+        positions=positions,
+    )
 
 
 def rank_positions(
     confidence: torch.Tensor, eligible: torch.Tensor, *, backend: Backend = "auto"
 ) -> torch.Tensor:
     """Positions per row by descending confidence (ties: lower position), ineligible last."""
-    if (
-        resolve_backend(backend, {"confidence": confidence, "eligible": eligible}, "rank_positions")
-        == "triton"
-    ):
-        from .kernels.marginals import rank_positions as impl
-    else:
-        from .reference.marginals import rank_positions as impl
-    with triton_mode.kernel_run_lock():
-        return impl(confidence, eligible)
+    tensors = {"confidence": confidence, "eligible": eligible}
+    resolved = resolve_backend(backend, tensors, "rank_positions")
+    return _call(resolved, "marginals", "rank_positions", confidence, eligible)

@@ -238,57 +238,22 @@ def generate(
     return decode(model, prompt_ids, **arguments)
 
 
-def decode(
-    model,
-    prompt_ids,
-    *,
-    gen_length,
-    block_length,
-    steps,
-    temperature,
-    remasking,
-    threshold,
-    factor,
-    cache,
-    graph,
-    max_drafts,
-    verify,
-    seed,
-    backend,
-    filler,
-    method,
-    draft,
-    wrap_verifier=None,
-) -> GenerateOutput:
-    """One prompt's decode (`generate`'s body); `wrap_verifier` wraps the run's verifier
-    (batched decoding shares its forwards, `decoding.batch`)."""
-    method = resolve_method(method, graph, draft, threshold, factor)
+def decode(model, prompt_ids, *, method, draft, wrap_verifier=None, **options) -> GenerateOutput:
+    """One prompt's decode (`generate`'s body; `options`: the rest of its keyword arguments,
+    checked by `resolve_settings`); `wrap_verifier` wraps the run's verifier (batched decoding
+    shares its forwards, `decoding.batch`)."""
+    method = resolve_method(
+        method, options["graph"], draft, options["threshold"], options["factor"]
+    )
     # The command line's spellings are the API's too (issue #21): cache "none" is None,
     # max_drafts "all" is None (every node), SimSD's draft defaults to "self".
-    if cache == "none":
-        cache = None
-    if isinstance(max_drafts, str) and max_drafts == "all":
-        max_drafts = None
+    if options["cache"] == "none":
+        options["cache"] = None
+    if isinstance(options["max_drafts"], str) and options["max_drafts"] == "all":
+        options["max_drafts"] = None
     if method in SIMSD_METHODS and draft is None:
         draft = "self"
-    settings = resolve_settings(
-        model,
-        prompt_ids,
-        gen_length=gen_length,
-        block_length=block_length,
-        steps=steps,
-        temperature=temperature,
-        remasking=remasking,
-        threshold=threshold,
-        factor=factor,
-        cache=cache,
-        graph=graph,
-        max_drafts=max_drafts,
-        verify=verify,
-        seed=seed,
-        backend=backend,
-        filler=filler,
-    )
+    settings = resolve_settings(model, prompt_ids, **options)
     run = DecodeRun(model, settings, make_method(settings, model, method, draft))
     if wrap_verifier is not None:
         run.verifier = wrap_verifier(run.verifier)

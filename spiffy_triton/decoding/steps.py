@@ -53,7 +53,14 @@ from .settings import (
     transition_rule,
 )
 from .stats import PhaseClock
-from .verify import CACHE_MODES, VERIFY_MODES, VerifyInputs, additive_mask, default_verify
+from .verify import (
+    CACHE_MODES,
+    VERIFY_MODES,
+    VerifyInputs,
+    additive_mask,
+    default_verify,
+    is_exact,
+)
 
 __all__ = ["BlockState", "Proposal", "SpiffyStepper", "StepResult"]
 
@@ -217,7 +224,7 @@ class SpiffyStepper:
             block_length=block_length,
             cache=cache,
             verify=verify,
-            exact=not (cache is None and verify == "packed"),
+            exact=is_exact(cache, verify),
             model_verifier=None,
             rule=rule,
             seed=seed,
